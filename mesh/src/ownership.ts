@@ -1,0 +1,383 @@
+/**
+ * Stream ownership registry (design §4): KV bucket `meshcast-streams`, key
+ * `<app>.<stream>` (stream tokens), value an `OwnershipRecord`. Exactly one
+ * node owns a live stream; the KV revision is the fencing token.
+ *
+ * Lease rules (see lease.ts for the renewal/fencing mechanics):
+ * - `acquire` creates the key. If it exists and is live, it is taken over
+ *   (CAS update, epoch + 1) when `takeover: true` — a publisher reconnecting
+ *   elsewhere — or refused with `StreamOwnedError` when `takeover: false`
+ *   (`duplicate_publish: reject`; this includes a record held by this same
+ *   node). A record is live while `now − createdAt ≤ maxAgeMs`, `createdAt`
+ *   being the server's time of its last write (renewal): stale or
+ *   undecodable records count as free and are taken over by CAS.
+ * - On NATS 2.9 an expired record silently disappears (no delete marker in
+ *   the watch). Watchers therefore age records themselves: `watch()` emits
+ *   `gone` (reason `expired`) when a cached record passes max age without a
+ *   renewal, and `lookup()`/`list()` skip stale records.
+ * - Epoch increases by one on every takeover; after the key was deleted or
+ *   expired a new owner starts again at 1. The revision never goes back:
+ *   compare `acquiredRevision` values to order owners.
+ */
+import {
+  decodeOwnershipRecord,
+  encodeOwnershipRecord,
+  MeshMessageError,
+  type OwnershipRecord,
+  type TracksSummary,
+} from '@meshcast/proto';
+import type { Bus, KvBucket, KvEntry, KvWatcher } from './bus.ts';
+import { KvError, KvKeyExistsError, KvRevisionMismatchError, MeshConfigError, StreamOwnedError } from './errors.ts';
+import type { MeshEvents } from './events.ts';
+import { KvLease, type LeaseLostReason } from './lease.ts';
+import { errMessage, LogOnce, silentLogger, type Logger } from './log.ts';
+import { validateNodeId } from './names.ts';
+import { decodeStreamToken, encodeStreamToken } from './stream-token.ts';
+
+export interface OwnershipRegistryOptions {
+  bus: Bus;
+  nodeId: string;
+  /** Bucket max age = lease lifetime without renewal, default 10 000 ms. */
+  maxAgeMs?: number;
+  /** Renewal interval, default 3000 ms (must be < maxAgeMs / 2). */
+  renewMs?: number;
+  /** Bucket name (default from the bus prefix: `meshcast-streams`). */
+  bucket?: string;
+  /** Append `ownershipMoved` on takeovers. */
+  events?: MeshEvents;
+  logger?: Logger;
+  now?: () => number;
+}
+
+export interface OwnershipInfo {
+  app: string;
+  stream: string;
+  /** `<app>.<stream>` tokens */
+  key: string;
+  record: OwnershipRecord;
+  /** KV revision of the latest write (renewal) — the fencing token. */
+  revision: number;
+  /** Server time of the latest write, ms. */
+  createdAt: number;
+}
+
+export interface OwnerChange {
+  /** `owner`: a new owner or a new epoch; `gone`: deleted, purged or expired. */
+  kind: 'owner' | 'gone';
+  app: string;
+  stream: string;
+  key: string;
+  /** The new record (kind `owner`). */
+  record?: OwnershipRecord;
+  revision: number;
+  previous?: { owner: string; epoch: number };
+  reason?: 'deleted' | 'expired';
+}
+
+export interface AcquireRecord {
+  /** RTMP URL base relays should pull from. */
+  rtmp: string;
+  tracks?: TracksSummary;
+}
+
+export interface OwnershipLease {
+  readonly app: string;
+  readonly stream: string;
+  readonly key: string;
+  readonly epoch: number;
+  /** The revision our acquiring write got; larger than any earlier owner's. */
+  readonly acquiredRevision: number;
+  /** Revision of our latest write (renewals move it). */
+  readonly revision: number;
+  readonly record: OwnershipRecord;
+  /** True while held (not lost, not released). */
+  readonly held: boolean;
+  readonly lostReason: LeaseLostReason | undefined;
+  /** Fires once, at once, when the lease is lost (never after `release`). Fence: drop the publisher. */
+  onLost(cb: (reason: LeaseLostReason) => void): void;
+  /** Replace the tracks summary (CAS write now). */
+  updateTracks(tracks: TracksSummary): Promise<void>;
+  /** Stop renewing and delete the key if it is still ours. */
+  release(): Promise<void>;
+}
+
+interface Cached {
+  owner: string;
+  epoch: number;
+  revision: number;
+  createdAt: number;
+}
+
+const MAX_ATTEMPTS = 8;
+
+export class OwnershipRegistry {
+  readonly nodeId: string;
+  readonly maxAgeMs: number;
+  readonly renewMs: number;
+  readonly #bus: Bus;
+  readonly #bucketName: string;
+  readonly #log: Logger;
+  readonly #once: LogOnce;
+  readonly #now: () => number;
+  readonly #events: MeshEvents | undefined;
+  #bucket: Promise<KvBucket> | undefined;
+  #watcher: KvWatcher | undefined;
+  #started: Promise<void> | undefined;
+  #sweep: NodeJS.Timeout | undefined;
+  readonly #leases = new Map<string, Set<KvLease<OwnershipRecord>>>();
+  readonly #cache = new Map<string, Cached>();
+  readonly #listeners = new Set<(c: OwnerChange) => void>();
+  #closed = false;
+
+  constructor(opts: OwnershipRegistryOptions) {
+    this.nodeId = validateNodeId(opts.nodeId);
+    this.#bus = opts.bus;
+    this.maxAgeMs = opts.maxAgeMs ?? 10_000;
+    this.renewMs = opts.renewMs ?? 3000;
+    if (!(this.renewMs > 0 && this.renewMs * 2 < this.maxAgeMs)) {
+      throw new MeshConfigError(`ownership: renewMs (${this.renewMs}) must be > 0 and < maxAgeMs/2 (${this.maxAgeMs})`);
+    }
+    this.#bucketName = opts.bucket ?? opts.bus.names.streamsBucket;
+    this.#log = (opts.logger ?? silentLogger).child({ component: 'ownership', node: this.nodeId });
+    this.#once = new LogOnce(this.#log);
+    this.#now = opts.now ?? Date.now;
+    this.#events = opts.events;
+  }
+
+  /** Open the bucket and start the watch (idempotent; other methods call it). */
+  start(): Promise<void> {
+    this.#started ??= (async () => {
+      const b = await this.#kv();
+      this.#watcher = await b.watch((e) => this.#onEntry(e));
+      this.#sweep = setInterval(() => this.#sweepExpired(), Math.max(50, Math.min(1000, Math.floor(this.renewMs / 2))));
+    })();
+    this.#started.catch(() => {
+      this.#started = undefined;
+    });
+    return this.#started;
+  }
+
+  #kv(): Promise<KvBucket> {
+    this.#bucket ??= this.#bus.kv(this.#bucketName, { maxAgeMs: this.maxAgeMs, history: 1 });
+    this.#bucket.catch(() => {
+      this.#bucket = undefined;
+    });
+    return this.#bucket;
+  }
+
+  /**
+   * Become the owner of app/stream. `takeover: true` replaces a live owner
+   * (new epoch); `false` throws {@link StreamOwnedError} if one exists.
+   */
+  async acquire(app: string, stream: string, rec: AcquireRecord, opts: { takeover: boolean }): Promise<OwnershipLease> {
+    const key = encodeStreamToken(app, stream);
+    await this.start();
+    const b = await this.#kv();
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const now = Date.now();
+      const fresh = (epoch: number): OwnershipRecord => ({
+        owner: this.nodeId,
+        rtmp: rec.rtmp,
+        epoch,
+        startedAt: now,
+        renewedAt: now,
+        tracks: rec.tracks ?? {},
+      });
+      const sentAt = this.#now();
+      try {
+        const record = fresh(1);
+        const rev = await b.create(key, encodeOwnershipRecord(record));
+        return this.#makeLease(b, app, stream, key, record, rev, sentAt);
+      } catch (err) {
+        if (!(err instanceof KvKeyExistsError)) throw err;
+      }
+      const cur = await b.get(key);
+      if (!cur) continue; // deleted or expired meanwhile: create again
+      const old = decodeOwnershipRecord(cur.value);
+      const stale = old instanceof MeshMessageError || this.#isStale(cur.createdAt);
+      if (old instanceof MeshMessageError) {
+        this.#once.warn(key, old.message, {}, 'undecodable ownership record; treating it as free');
+      }
+      if (!stale && !opts.takeover) throw new StreamOwnedError(app, stream, (old as OwnershipRecord).owner);
+      const prevEpoch = old instanceof MeshMessageError ? 0 : old.epoch;
+      const record = fresh(prevEpoch + 1);
+      try {
+        const sent = this.#now();
+        const rev = await b.update(key, encodeOwnershipRecord(record), cur.revision);
+        const lease = this.#makeLease(b, app, stream, key, record, rev, sent);
+        if (!(old instanceof MeshMessageError) && this.#events) {
+          this.#events
+            .append({ type: 'ownershipMoved', at: Date.now(), app, stream, from: old.owner, to: this.nodeId, epoch: record.epoch, revision: rev })
+            .catch((e: unknown) => this.#log.debug({ err: errMessage(e) }, 'cannot append ownershipMoved'));
+        }
+        this.#log.info({ key, from: stale ? undefined : (old as OwnershipRecord).owner, epoch: record.epoch, revision: rev }, 'took over stream ownership');
+        return lease;
+      } catch (err) {
+        if (!(err instanceof KvRevisionMismatchError)) throw err;
+      }
+    }
+    throw new KvError(`could not acquire ${key}: too much contention (${MAX_ATTEMPTS} attempts)`);
+  }
+
+  /** The live owner of app/stream, or null (absent, stale or undecodable). */
+  async lookup(app: string, stream: string): Promise<OwnershipInfo | null> {
+    const key = encodeStreamToken(app, stream);
+    const b = await this.#kv();
+    const e = await b.get(key);
+    return e ? this.#info(e) : null;
+  }
+
+  /** All live owners. */
+  async list(): Promise<OwnershipInfo[]> {
+    const b = await this.#kv();
+    const out: OwnershipInfo[] = [];
+    for (const e of await b.entries()) {
+      const i = this.#info(e);
+      if (i) out.push(i);
+    }
+    return out;
+  }
+
+  /** Owner changes (new owner / new epoch / gone). Renewals are not reported. Returns an unsubscribe function. */
+  watch(cb: (c: OwnerChange) => void): () => void {
+    this.#listeners.add(cb);
+    void this.start().catch((err: unknown) => this.#log.warn({ err: errMessage(err) }, 'ownership watch cannot start'));
+    return () => this.#listeners.delete(cb);
+  }
+
+  /** Stop the watch and timers; held leases keep renewing until released. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#sweep);
+    this.#watcher?.stop();
+    this.#listeners.clear();
+    const all = [...this.#leases.values()].flatMap((s) => [...s]);
+    await Promise.all(all.map((l) => l.release()));
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  #isStale(createdAt: number): boolean {
+    return this.#now() - createdAt > this.maxAgeMs;
+  }
+
+  #info(e: KvEntry): OwnershipInfo | null {
+    let names: { app: string; stream: string };
+    try {
+      names = decodeStreamToken(e.key);
+    } catch {
+      this.#once.warn(e.key, 'bad key', {}, 'ignoring ownership key that is not <app>.<stream>');
+      return null;
+    }
+    const r = decodeOwnershipRecord(e.value);
+    if (r instanceof MeshMessageError) {
+      this.#once.warn(e.key, r.message, {}, 'ignoring undecodable ownership record');
+      return null;
+    }
+    if (this.#isStale(e.createdAt)) return null;
+    return { ...names, key: e.key, record: r, revision: e.revision, createdAt: e.createdAt };
+  }
+
+  #makeLease(b: KvBucket, app: string, stream: string, key: string, record: OwnershipRecord, rev: number, sentAt: number): OwnershipLease {
+    const me = this.nodeId;
+    const set = this.#leases.get(key) ?? new Set<KvLease<OwnershipRecord>>();
+    this.#leases.set(key, set);
+    const lease: KvLease<OwnershipRecord> = new KvLease<OwnershipRecord>({
+      bucket: b,
+      key,
+      value: record,
+      revision: rev,
+      sentAt,
+      renewMs: this.renewMs,
+      maxAgeMs: this.maxAgeMs,
+      encode: encodeOwnershipRecord,
+      renewed: (v) => ({ ...v, renewedAt: Date.now() }),
+      isOwn: (raw) => {
+        const r = decodeOwnershipRecord(raw);
+        return !(r instanceof MeshMessageError) && r.owner === me && r.epoch === record.epoch && r.startedAt === record.startedAt;
+      },
+      log: this.#log,
+      now: this.#now,
+      onEnd: () => {
+        set.delete(lease);
+        if (set.size === 0 && this.#leases.get(key) === set) this.#leases.delete(key);
+      },
+    });
+    set.add(lease);
+    return {
+      app,
+      stream,
+      key,
+      epoch: record.epoch,
+      acquiredRevision: rev,
+      get revision() {
+        return lease.revision;
+      },
+      get record() {
+        return lease.value;
+      },
+      get held() {
+        return lease.held;
+      },
+      get lostReason() {
+        return lease.lost;
+      },
+      onLost: (cb) => lease.onLost(cb),
+      updateTracks: (tracks) => lease.update((v) => ({ ...v, tracks, renewedAt: Date.now() })),
+      release: () => lease.release(),
+    };
+  }
+
+  #onEntry(e: KvEntry): void {
+    if (this.#closed) return;
+    for (const l of [...(this.#leases.get(e.key) ?? [])]) l.observe(e);
+    const prev = this.#cache.get(e.key);
+    if (prev && e.revision <= prev.revision) return;
+    if (e.operation !== 'PUT') {
+      this.#cache.delete(e.key);
+      if (prev) this.#emitChange(e.key, { kind: 'gone', revision: e.revision, previous: { owner: prev.owner, epoch: prev.epoch }, reason: 'deleted' });
+      return;
+    }
+    const r = decodeOwnershipRecord(e.value);
+    if (r instanceof MeshMessageError) {
+      this.#once.warn(e.key, r.message, {}, 'ignoring undecodable ownership record');
+      return;
+    }
+    this.#cache.set(e.key, { owner: r.owner, epoch: r.epoch, revision: e.revision, createdAt: e.createdAt });
+    if (this.#isStale(e.createdAt)) return; // an initial value about to expire
+    if (!prev || prev.owner !== r.owner || prev.epoch !== r.epoch) {
+      this.#emitChange(e.key, {
+        kind: 'owner',
+        record: r,
+        revision: e.revision,
+        ...(prev ? { previous: { owner: prev.owner, epoch: prev.epoch } } : {}),
+      });
+    }
+  }
+
+  #sweepExpired(): void {
+    for (const [key, c] of this.#cache) {
+      if (!this.#isStale(c.createdAt)) continue;
+      this.#cache.delete(key);
+      this.#emitChange(key, { kind: 'gone', revision: c.revision, previous: { owner: c.owner, epoch: c.epoch }, reason: 'expired' });
+    }
+  }
+
+  #emitChange(key: string, c: Omit<OwnerChange, 'app' | 'stream' | 'key'>): void {
+    let names: { app: string; stream: string };
+    try {
+      names = decodeStreamToken(key);
+    } catch {
+      this.#once.warn(key, 'bad key', {}, 'ignoring ownership key that is not <app>.<stream>');
+      return;
+    }
+    const change: OwnerChange = { ...names, key, ...c };
+    for (const l of [...this.#listeners]) {
+      try {
+        l(change);
+      } catch (err) {
+        this.#log.error({ err: errMessage(err) }, 'ownership listener threw');
+      }
+    }
+  }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages meshcast's tests and benchmarks use, on Debian/Ubuntu.
+# As root it installs them with apt; otherwise it prints exactly what to run.
+set -euo pipefail
+need=()
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+if [[ "${MESHCAST_WITH_BENCH:-0}" == "1" ]]; then
+  command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  [[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] || need+=(libnginx-mod-rtmp)
+fi
+if ! command -v node >/dev/null 2>&1; then
+  need+=(nodejs npm)
+fi
+if [[ ${#need[@]} -eq 0 ]]; then
+  exit 0
+fi
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "meshcast: installing ${need[*]} with apt-get" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  echo "meshcast: missing system packages: ${need[*]}" >&2
+  echo "install them with:  sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi

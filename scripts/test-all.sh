@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh checkout: system packages, npm packages, type check, lint, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-system.sh
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  npm ci --no-audit --no-fund
+fi
+echo "== type check" && npx tsc -p tsconfig.json
+echo "== lint" && npx eslint .
+echo "== tests" && npx turbo run test --concurrency=1 --output-logs=full

@@ -1,0 +1,154 @@
+/**
+ * MediaNode: the root of one meshcast node. It owns the listeners, the stream registry and
+ * the session table, and decides admission (roles, per-app policy, takeover). The mesh
+ * binding, when present, adds ownership leases and relays behind the same admission calls.
+ */
+import type { FastifyInstance } from 'fastify';
+import { appConfig, type NodeConfig } from './config.ts';
+import type { Logger } from './log.ts';
+import type { MediaHost, PlayAdmission, PublishAdmission, StreamRequest } from './media/host.ts';
+import { StreamRegistry } from './media/stream-registry.ts';
+import type { PublisherHandle, StreamHub } from './media/stream-hub.ts';
+import { RtmpServer } from './rtmp/rtmp-server.ts';
+import { buildHttpServer } from './http/http-server.ts';
+import { ConnectionLimiter, SessionTable } from './sessions.ts';
+
+/** Hooks the mesh layer plugs into; a lone node runs without them. */
+export interface MeshBinding {
+  /** Called before a publisher is attached: acquire (or take over) the stream's ownership lease. */
+  claimPublish(req: StreamRequest, hub: StreamHub, publisher: PublisherHandle): Promise<PublishAdmission>;
+  releasePublish(hub: StreamHub, publisher: PublisherHandle): void;
+  /** Called for a play of a stream not published here: start or join a relay, or refuse/redirect. */
+  resolvePlay(req: StreamRequest, hub: StreamHub): Promise<PlayAdmission>;
+  playEnded(hub: StreamHub): void;
+  registerRoutes?(app: FastifyInstance): void;
+  nodeInfo?(): Record<string, unknown>;
+  stop(): Promise<void>;
+}
+
+type NodeState = 'created' | 'running' | 'draining' | 'stopped';
+
+export class MediaNode implements MediaHost {
+  readonly sessions = new SessionTable();
+  readonly registry: StreamRegistry;
+  readonly limiter: ConnectionLimiter;
+  private readonly rtmp: RtmpServer;
+  private http: FastifyInstance | undefined;
+  private state: NodeState = 'created';
+  private mesh: MeshBinding | undefined;
+  rtmpPort = 0;
+  httpPort = 0;
+
+  constructor(
+    readonly config: NodeConfig,
+    readonly log: Logger,
+  ) {
+    const m = config.media;
+    this.registry = new StreamRegistry(
+      { gopCache: m.gop_cache, gopCacheMaxBytes: m.gop_cache_max_bytes, flushMs: m.flush_ms, sinkQueueBytes: m.viewer_queue_bytes, maxLagMs: m.viewer_max_lag_ms },
+      log,
+    );
+    this.limiter = new ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_ip);
+    this.rtmp = new RtmpServer(this, this.limiter);
+  }
+
+  attachMesh(mesh: MeshBinding): void {
+    this.mesh = mesh;
+  }
+
+  get running(): boolean {
+    return this.state === 'running';
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.config;
+    this.rtmpPort = await this.rtmp.listen(cfg.rtmp_port, cfg.host);
+    this.http = buildHttpServer(this, this.registry, this.limiter, {
+      register: (app) => this.mesh?.registerRoutes?.(app),
+      nodeInfo: () => this.nodeInfo(),
+    });
+    await this.http.listen({ port: cfg.http_port, host: cfg.host });
+    const addr = this.http.server.address();
+    this.httpPort = typeof addr === 'object' && addr ? addr.port : cfg.http_port;
+    this.state = 'running';
+    this.log.info({ rtmp: `rtmp://${cfg.public_host}:${this.rtmpPort}`, http: `http://${cfg.public_host}:${this.httpPort}`, roles: cfg.roles }, 'node started');
+  }
+
+  nodeInfo(): Record<string, unknown> {
+    return {
+      node: this.config.node_id,
+      state: this.state,
+      roles: this.config.roles,
+      rtmp: `rtmp://${this.config.public_host}:${this.rtmpPort}`,
+      http: `http://${this.config.public_host}:${this.httpPort}`,
+      sessions: this.sessions.size,
+      streams: this.registry.list().length,
+      rss: process.memoryUsage().rss,
+      uptimeMs: Math.round(process.uptime() * 1000),
+      ...(this.mesh?.nodeInfo?.() ?? {}),
+    };
+  }
+
+  async admitPublish(req: StreamRequest, publisher: PublisherHandle): Promise<PublishAdmission> {
+    if (this.state !== 'running') return { ok: false, code: 'NetStream.Publish.Denied', description: 'node is draining' };
+    if (!this.config.roles.includes('ingest')) {
+      return { ok: false, code: 'NetStream.Publish.Denied', description: 'this node does not take publishers (playback-only)' };
+    }
+    const app = appConfig(this.config, req.app);
+    if (!app.allow_publish) return { ok: false, code: 'NetStream.Publish.Denied', description: `publishing to app "${req.app}" is not allowed` };
+    const hub = this.registry.open(req.app, req.stream);
+    if (hub.publisher && hub.publisher.kind === 'rtmp' && app.duplicate_publish === 'reject') {
+      return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published` };
+    }
+    if (this.mesh) {
+      const claimed = await this.mesh.claimPublish(req, hub, publisher);
+      if (!claimed.ok) return claimed;
+    }
+    if (this.state !== 'running') return { ok: false, code: 'NetStream.Publish.Denied', description: 'node is draining' };
+    hub.attachPublisher(publisher);
+    return { ok: true, hub };
+  }
+
+  endPublish(hub: StreamHub, publisher: PublisherHandle): void {
+    if (hub.publisher !== publisher) return;
+    hub.detachPublisher(publisher);
+    this.mesh?.releasePublish(hub, publisher);
+  }
+
+  async admitPlay(req: StreamRequest): Promise<PlayAdmission> {
+    if (this.state !== 'running') return { ok: false, code: 'NetStream.Play.Failed', description: 'node is draining' };
+    if (!this.config.roles.includes('playback')) {
+      return { ok: false, code: 'NetStream.Play.Failed', description: 'this node does not serve viewers (ingest-only)' };
+    }
+    const app = appConfig(this.config, req.app);
+    if (!app.allow_play) return { ok: false, code: 'NetStream.Play.Failed', description: `playing from app "${req.app}" is not allowed` };
+    const existing = this.registry.get(req.app, req.stream);
+    if (existing?.isLive && existing.publisher?.kind !== 'relay') return { ok: true, hub: existing };
+    const hub = existing ?? this.registry.open(req.app, req.stream);
+    if (this.mesh) return this.mesh.resolvePlay(req, hub);
+    if (!hub.isLive && app.play_not_found === 'reject') {
+      if (hub.idle) hub.emit('idle');
+      return { ok: false, code: 'NetStream.Play.StreamNotFound', description: `${req.app}/${req.stream} is not being published` };
+    }
+    return { ok: true, hub };
+  }
+
+  endPlay(hub: StreamHub): void {
+    this.mesh?.playEnded(hub);
+  }
+
+  /** Graceful stop: refuse new work, close sessions, leave the mesh, close listeners. */
+  async stop(reason = 'node shutting down'): Promise<void> {
+    if (this.state === 'stopped' || this.state === 'draining') return;
+    this.state = 'draining';
+    this.log.info({ reason }, 'node stopping');
+    const rtmpClosed = this.rtmp.stop();
+    this.rtmp.closeSessions(reason);
+    for (const s of this.sessions.all()) s.kick(reason);
+    this.registry.closeAll(reason);
+    await this.mesh?.stop();
+    await Promise.all([rtmpClosed, this.http?.close()]);
+    this.state = 'stopped';
+    this.log.info('node stopped');
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * What a connection (RTMP session, HTTP-FLV viewer) needs from its node: admission of
+ * publishers and viewers. The node decides roles, authorisation, takeover and (in a mesh)
+ * ownership leases and relays; sessions only speak their protocol.
+ */
+import type { NodeConfig } from '../config.ts';
+import type { Logger } from '../log.ts';
+import type { SessionTable } from '../sessions.ts';
+import type { PublisherHandle, StreamHub } from './stream-hub.ts';
+
+export interface StreamRequest {
+  app: string;
+  stream: string;
+  /** Query parameters from the app and stream name (`live?x=1`, `key?token=…`). */
+  params: URLSearchParams;
+  sessionId: string;
+  remote: string;
+  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls';
+}
+
+export type Refusal = {
+  ok: false;
+  /** An onStatus code, e.g. NetStream.Publish.BadName. */
+  code: string;
+  description: string;
+  /** Where the client should go instead (RTMP redirect / HTTP 302). */
+  redirect?: string;
+};
+
+export type PublishAdmission = { ok: true; hub: StreamHub } | Refusal;
+export type PlayAdmission = { ok: true; hub: StreamHub } | Refusal;
+
+export interface MediaHost {
+  readonly config: NodeConfig;
+  readonly log: Logger;
+  readonly sessions: SessionTable;
+  /** Attaches `publisher` to the stream's hub when admitted. */
+  admitPublish(req: StreamRequest, publisher: PublisherHandle): Promise<PublishAdmission>;
+  endPublish(hub: StreamHub, publisher: PublisherHandle): void;
+  /** Returns the hub the viewer should attach to (local, relayed, or awaited). */
+  admitPlay(req: StreamRequest): Promise<PlayAdmission>;
+  endPlay(hub: StreamHub): void;
+}
+
+export function splitQuery(name: string): { name: string; params: URLSearchParams } {
+  const q = name.indexOf('?');
+  if (q < 0) return { name, params: new URLSearchParams() };
+  return { name: name.slice(0, q), params: new URLSearchParams(name.slice(q + 1)) };
+}
+
+export class StreamNameError extends Error {
+  readonly code = 'BAD_STREAM_NAME';
+}
+
+/** Validates an app or stream name from a client; subject safety is the mesh's job, this keeps names sane. */
+export function checkName(kind: 'app' | 'stream', name: string, maxBytes: number): string | undefined {
+  if (name.length === 0) return `${kind} name is empty`;
+  if (Buffer.byteLength(name) > maxBytes) return `${kind} name is longer than ${maxBytes} bytes`;
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(name)) return `${kind} name contains control characters`;
+  if (kind === 'app' && name.includes('/')) return 'app name contains "/"';
+  return undefined;
+}

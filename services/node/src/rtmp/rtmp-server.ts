@@ -1,0 +1,59 @@
+/** The RTMP listener: admits connections against the node's limits and starts a session for each. */
+import net from 'node:net';
+import type { MediaHost } from '../media/host.ts';
+import type { ConnectionLimiter } from '../sessions.ts';
+import { RtmpSession } from './rtmp-session.ts';
+
+export class RtmpServer {
+  private readonly server: net.Server;
+  private readonly live = new Set<RtmpSession>();
+
+  constructor(
+    private readonly host: MediaHost,
+    private readonly limiter: ConnectionLimiter,
+  ) {
+    this.server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
+    this.server.on('error', (err) => host.log.error({ err }, 'RTMP listener error'));
+  }
+
+  private onConnection(socket: net.Socket): void {
+    const ip = socket.remoteAddress ?? 'unknown';
+    const refused = this.limiter.admit(ip);
+    if (refused) {
+      this.host.log.warn({ remote: ip, reason: refused }, 'RTMP connection refused');
+      socket.destroy();
+      return;
+    }
+    const session = new RtmpSession(socket, this.host, (s) => {
+      this.live.delete(s);
+      this.host.sessions.remove(s);
+      this.limiter.release(ip);
+    });
+    this.live.add(session);
+    this.host.sessions.add(session);
+  }
+
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        const addr = this.server.address();
+        resolve(typeof addr === 'object' && addr ? addr.port : port);
+      });
+    });
+  }
+
+  /** Stops accepting; existing sessions are closed by the node. */
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  closeSessions(reason: string): void {
+    for (const s of [...this.live]) s.kick(reason);
+  }
+
+  get sessionCount(): number {
+    return this.live.size;
+  }
+}

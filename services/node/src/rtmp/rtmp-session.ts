@@ -1,0 +1,581 @@
+/**
+ * RtmpSession: one RTMP connection, server side. An explicit state machine
+ * (handshake → awaiting connect → connected → closed), with the NetStreams it
+ * creates (each idle, publishing or playing).
+ *
+ * Media from a publisher goes straight to its StreamHub; commands are handled one at a
+ * time in arrival order through a bounded queue, because admission may wait on the mesh
+ * (ownership lease) and a later command must not overtake an earlier one.
+ */
+import type { Socket } from 'node:net';
+import {
+  ChunkStreamDecoder,
+  ChunkStreamEncoder,
+  MessageType,
+  RtmpProtocolError,
+  RtmpServerHandshake,
+  UserControlEvent,
+  asAmfObject,
+  decodeAmf0,
+  decodeAmf3Command,
+  decodeControl,
+  encodeAmf0,
+  setChunkSizeMessage,
+  setPeerBandwidthMessage,
+  splitAggregate,
+  userControlMessage,
+  windowAckSizeMessage,
+  ackMessage,
+  type AmfObject,
+  type AmfValue,
+  type RtmpMessage,
+} from '@meshcast/proto';
+import { FRAME_AUDIO, FRAME_DATA, FRAME_VIDEO, type FrameType, type WireFormat } from '../media/frame.ts';
+import { checkName, splitQuery, type MediaHost, type StreamRequest } from '../media/host.ts';
+import type { MediaSink, PublisherHandle, StreamHub } from '../media/stream-hub.ts';
+import type { Logger } from '../log.ts';
+import { newSessionId, type Session, type SessionInfo, type SessionRole } from '../sessions.ts';
+
+type ConnState = 'handshake' | 'awaitConnect' | 'connected' | 'closed';
+
+type NetStream =
+  | { kind: 'idle'; id: number }
+  | { kind: 'publishing'; id: number; hub: StreamHub | undefined; handle: PublisherHandle; app: string; stream: string; lastMediaAt: number }
+  | { kind: 'playing'; id: number; hub: StreamHub; sink: ViewerSink; app: string; stream: string };
+
+/** Messages this actor handles, in order. */
+export type RtmpSessionMessage =
+  | { type: 'bytes'; data: Buffer }
+  | { type: 'timer' }
+  | { type: 'kick'; reason: string }
+  | { type: 'socketClosed' };
+
+const MAX_QUEUED_COMMANDS = 64;
+const WINDOW_ACK_SIZE = 5_000_000;
+const PEER_BANDWIDTH = 5_000_000;
+
+class ViewerSink implements MediaSink {
+  readonly format: WireFormat;
+  constructor(
+    readonly id: string,
+    private readonly session: RtmpSession,
+    readonly streamId: number,
+    chunkSize: number,
+  ) {
+    this.format = { kind: 'rtmp', chunkSize, streamId };
+  }
+  bufferedBytes(): number {
+    return this.session.socket.writableLength;
+  }
+  write(buf: Buffer): void {
+    this.session.writeMedia(buf);
+  }
+  evict(reason: string): void {
+    this.session.handle({ type: 'kick', reason });
+  }
+  onPublishStart(): void {
+    this.session.sendStatus(this.streamId, 'status', 'NetStream.Play.PublishNotify', 'Stream is now published.');
+  }
+  onPublishStop(): void {
+    this.session.sendStatus(this.streamId, 'status', 'NetStream.Play.UnpublishNotify', 'Stream is now unpublished.');
+  }
+}
+
+export class RtmpSession implements Session {
+  readonly id: string;
+  private state: ConnState = 'handshake';
+  private readonly handshake = new RtmpServerHandshake();
+  private readonly decoder: ChunkStreamDecoder;
+  private readonly encoder = new ChunkStreamEncoder(128);
+  private readonly streams = new Map<number, NetStream>();
+  private nextStreamId = 1;
+  private app = '';
+  private appParams = new URLSearchParams();
+  private objectEncoding = 0;
+  private peerWindow = 0;
+  private lastAcked = 0;
+  private readonly startedAt = Date.now();
+  private bytesOut = 0;
+  private commandQueue: RtmpMessage[] = [];
+  private commandRunning = false;
+  private readonly timer: NodeJS.Timeout;
+  private log: Logger;
+  private readonly remote: string;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly host: MediaHost,
+    private readonly onClosed: (s: RtmpSession) => void,
+  ) {
+    this.id = newSessionId('r');
+    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    this.log = host.log.child({ session: this.id, remote: this.remote });
+    const lim = host.config.limits;
+    this.decoder = new ChunkStreamDecoder({ maxMessageLength: lim.max_message_bytes, maxChunkSize: lim.max_chunk_size });
+    socket.setNoDelay(true);
+    socket.on('data', (data: Buffer) => this.handle({ type: 'bytes', data }));
+    socket.on('close', () => this.handle({ type: 'socketClosed' }));
+    socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
+    this.timer = setInterval(() => this.handle({ type: 'timer' }), 1000);
+    this.timer.unref();
+  }
+
+  handle(msg: RtmpSessionMessage): void {
+    switch (msg.type) {
+      case 'bytes':
+        this.onBytes(msg.data);
+        return;
+      case 'timer':
+        this.onTimer();
+        return;
+      case 'kick':
+        this.close(msg.reason, 'info');
+        return;
+      case 'socketClosed':
+        this.close('peer closed the connection', 'debug');
+        return;
+    }
+  }
+
+  private onBytes(data: Buffer): void {
+    switch (this.state) {
+      case 'closed':
+        return;
+      case 'handshake': {
+        const step = this.handshake.push(data);
+        if (step instanceof RtmpProtocolError) return this.fail(step);
+        for (const b of step.send) this.write(b);
+        if (!step.done) return;
+        this.state = 'awaitConnect';
+        this.log.debug({ handshake: this.handshake.kind }, 'handshake complete');
+        if (step.rest.length > 0) this.onChunks(step.rest);
+        return;
+      }
+      case 'awaitConnect':
+      case 'connected':
+        this.onChunks(data);
+        return;
+    }
+  }
+
+  private onChunks(data: Buffer): void {
+    const msgs = this.decoder.push(data);
+    if (msgs instanceof RtmpProtocolError) return this.fail(msgs);
+    for (const m of msgs) {
+      if (this.state === 'closed') return;
+      this.onMessage(m);
+    }
+    this.maybeAck();
+  }
+
+  private maybeAck(): void {
+    if (this.peerWindow <= 0 || this.state === 'closed') return;
+    const received = this.decoder.bytesReceived;
+    if (received - this.lastAcked >= this.peerWindow) {
+      this.lastAcked = received;
+      this.sendControl(ackMessage(received % 0x100000000));
+    }
+  }
+
+  private onMessage(m: RtmpMessage): void {
+    switch (m.type) {
+      case MessageType.AUDIO:
+      case MessageType.VIDEO:
+        this.onMedia(m.type === MessageType.AUDIO ? FRAME_AUDIO : FRAME_VIDEO, m);
+        return;
+      case MessageType.AGGREGATE: {
+        const parts = splitAggregate(m);
+        if (parts instanceof RtmpProtocolError) return this.fail(parts);
+        for (const p of parts) if (p.type === MessageType.AUDIO || p.type === MessageType.VIDEO || p.type === MessageType.DATA_AMF0) this.onMessage(p);
+        return;
+      }
+      case MessageType.DATA_AMF0:
+      case MessageType.DATA_AMF3:
+        this.onData(m);
+        return;
+      case MessageType.COMMAND_AMF0:
+      case MessageType.COMMAND_AMF3:
+        if (this.commandQueue.length >= MAX_QUEUED_COMMANDS) {
+          return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `more than ${MAX_QUEUED_COMMANDS} commands queued`));
+        }
+        this.commandQueue.push(m);
+        void this.runCommands();
+        return;
+      case MessageType.SET_CHUNK_SIZE:
+      case MessageType.ABORT:
+      case MessageType.ACK:
+      case MessageType.SET_PEER_BANDWIDTH:
+        return; // the decoder applies chunk size and abort itself
+      case MessageType.WINDOW_ACK_SIZE: {
+        const c = decodeControl(m);
+        if (c instanceof RtmpProtocolError) return this.fail(c);
+        if (c.kind === 'windowAckSize') this.peerWindow = c.size;
+        return;
+      }
+      case MessageType.USER_CONTROL: {
+        const c = decodeControl(m);
+        if (c instanceof RtmpProtocolError) return this.fail(c);
+        if (c.kind === 'userControl' && c.event === UserControlEvent.PING_REQUEST) {
+          this.sendControl(userControlMessage(UserControlEvent.PING_RESPONSE, c.timestamp ?? 0));
+        }
+        return;
+      }
+      default:
+        this.log.debug({ type: m.type }, 'ignoring message type');
+    }
+  }
+
+  private onMedia(type: FrameType, m: RtmpMessage): void {
+    const ns = this.streams.get(m.streamId);
+    if (!ns || ns.kind !== 'publishing' || !ns.hub) return;
+    ns.lastMediaAt = Date.now();
+    ns.hub.ingest(type, m.timestamp, m.payload);
+  }
+
+  private onData(m: RtmpMessage): void {
+    const ns = this.streams.get(m.streamId);
+    if (!ns || ns.kind !== 'publishing' || !ns.hub) return;
+    const values = m.type === MessageType.DATA_AMF3 ? decodeAmf3Command(m.payload) : decodeAmf0(m.payload);
+    if (values instanceof Error) {
+      this.log.warn({ err: values.message, code: values.code }, 'undecodable data message; dropped');
+      return;
+    }
+    let v = values;
+    if (v[0] === '@setDataFrame') v = v.slice(1);
+    if (v[0] === 'onMetaData') {
+      const meta = asAmfObject(v[1] as AmfValue);
+      if (meta) {
+        ns.hub.setMetadata(meta);
+        return;
+      }
+    }
+    // Other script data (cue points, captions, the load tester's clock) passes through as AMF0.
+    ns.hub.ingest(FRAME_DATA, m.timestamp, m.type === MessageType.DATA_AMF0 ? m.payload : encodeAmf0(v));
+  }
+
+  private async runCommands(): Promise<void> {
+    if (this.commandRunning) return;
+    this.commandRunning = true;
+    try {
+      while (this.commandQueue.length > 0 && this.state !== 'closed') {
+        const m = this.commandQueue.shift()!;
+        await this.onCommand(m);
+      }
+    } catch (err) {
+      this.log.error({ err }, 'command handling failed');
+      this.close('internal error', 'error');
+    } finally {
+      this.commandRunning = false;
+    }
+  }
+
+  private async onCommand(m: RtmpMessage): Promise<void> {
+    const values = m.type === MessageType.COMMAND_AMF3 ? decodeAmf3Command(m.payload) : decodeAmf0(m.payload);
+    if (values instanceof Error) return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `undecodable command: ${values.message}`));
+    const [name, txnRaw, , ...args] = values;
+    if (typeof name !== 'string') return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', 'command without a name'));
+    const txn = typeof txnRaw === 'number' ? txnRaw : 0;
+    const cmdObj = values[2];
+    if (this.state === 'awaitConnect' && name !== 'connect') {
+      return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `"${name}" before connect`));
+    }
+    switch (name) {
+      case 'connect':
+        return this.onConnect(txn, asAmfObject(cmdObj as AmfValue));
+      case 'createStream':
+        return this.onCreateStream(txn);
+      case 'releaseStream':
+      case 'FCPublish':
+      case 'FCSubscribe':
+        if (name === 'FCPublish') this.sendCommand(0, ['onFCPublish', 0, null, { code: 'NetStream.Publish.Start', description: String(args[0] ?? '') }]);
+        if (txn > 0) this.sendCommand(0, ['_result', txn, null, undefined]);
+        return;
+      case 'FCUnpublish':
+        this.sendCommand(0, ['onFCUnpublish', 0, null, { code: 'NetStream.Unpublish.Success', description: String(args[0] ?? '') }]);
+        if (txn > 0) this.sendCommand(0, ['_result', txn, null, undefined]);
+        return;
+      case 'publish':
+        return this.onPublish(m.streamId, args[0], args[1]);
+      case 'play':
+        return this.onPlay(m.streamId, args[0]);
+      case 'play2':
+        return;
+      case 'deleteStream': {
+        const id = typeof args[0] === 'number' ? args[0] : m.streamId;
+        this.endStream(id, 'deleteStream');
+        this.streams.delete(id);
+        return;
+      }
+      case 'closeStream':
+        this.endStream(m.streamId, 'closeStream');
+        return;
+      case 'getStreamLength':
+        if (txn > 0) this.sendCommand(0, ['_result', txn, null, 0]);
+        return;
+      case 'receiveAudio':
+      case 'receiveVideo':
+      case 'pause':
+      case 'seek':
+        return;
+      default:
+        this.log.debug({ command: name }, 'unknown command');
+        if (txn > 0) {
+          this.sendCommand(0, ['_error', txn, null, { level: 'error', code: 'NetConnection.Call.Failed', description: `Method not found (${name}).` }]);
+        }
+    }
+  }
+
+  private onConnect(txn: number, cmd: AmfObject | undefined): void {
+    if (this.state !== 'awaitConnect') {
+      return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', 'second connect on one connection'));
+    }
+    const rawApp = typeof cmd?.app === 'string' ? cmd.app : '';
+    const { name, params } = splitQuery(rawApp.replace(/\/+$/, ''));
+    const problem = checkName('app', name, this.host.config.limits.max_stream_name_bytes);
+    if (problem) {
+      this.sendCommand(0, ['_error', txn, null, { level: 'error', code: 'NetConnection.Connect.Rejected', description: problem }]);
+      return this.close(`connect rejected: ${problem}`, 'info');
+    }
+    this.app = name;
+    this.appParams = params;
+    this.objectEncoding = typeof cmd?.objectEncoding === 'number' ? cmd.objectEncoding : 0;
+    this.log = this.log.child({ app: name });
+    this.state = 'connected';
+    this.sendControl(windowAckSizeMessage(WINDOW_ACK_SIZE));
+    this.sendControl(setPeerBandwidthMessage(PEER_BANDWIDTH, 2));
+    const chunkSize = this.host.config.media.out_chunk_size;
+    this.sendControl(setChunkSizeMessage(chunkSize));
+    this.encoder.setChunkSize(chunkSize);
+    this.sendCommand(0, [
+      '_result',
+      txn,
+      { fmsVer: 'FMS/3,5,7,7009', capabilities: 31, mode: 1 },
+      { level: 'status', code: 'NetConnection.Connect.Success', description: 'Connection succeeded.', objectEncoding: this.objectEncoding },
+    ]);
+    this.log.debug({ tcUrl: cmd?.tcUrl, flashVer: cmd?.flashVer }, 'connected');
+  }
+
+  private onCreateStream(txn: number): void {
+    if (this.streams.size >= 16) {
+      this.sendCommand(0, ['_error', txn, null, { level: 'error', code: 'NetConnection.Call.Failed', description: 'too many streams on one connection' }]);
+      return;
+    }
+    const id = this.nextStreamId++;
+    this.streams.set(id, { kind: 'idle', id });
+    this.sendCommand(0, ['_result', txn, null, id]);
+  }
+
+  private request(rawName: unknown): { req: StreamRequest } | { problem: string } {
+    if (typeof rawName !== 'string') return { problem: 'stream name missing' };
+    const { name, params } = splitQuery(rawName);
+    const problem = checkName('stream', name, this.host.config.limits.max_stream_name_bytes);
+    if (problem) return { problem };
+    const merged = new URLSearchParams(this.appParams);
+    for (const [k, v] of params) merged.set(k, v);
+    return { req: { app: this.app, stream: name, params: merged, sessionId: this.id, remote: this.remote, protocol: 'rtmp' } };
+  }
+
+  private async onPublish(streamId: number, rawName: unknown, _type: unknown): Promise<void> {
+    const ns = this.streams.get(streamId);
+    if (!ns || ns.kind !== 'idle') {
+      this.sendStatus(streamId, 'error', 'NetStream.Publish.BadName', 'publish on a stream that was not created or is busy');
+      return;
+    }
+    const r = this.request(rawName);
+    if ('problem' in r) {
+      this.log.info({ reason: r.problem }, 'publish refused');
+      this.sendStatus(streamId, 'error', 'NetStream.Publish.BadName', r.problem);
+      return;
+    }
+    const { app, stream } = r.req;
+    const handle: PublisherHandle = {
+      id: this.id,
+      kind: 'rtmp',
+      evict: (reason) => {
+        const cur = this.streams.get(streamId);
+        if (cur?.kind === 'publishing' && cur.handle === handle) {
+          cur.hub = undefined;
+          this.streams.set(streamId, { kind: 'idle', id: streamId });
+        }
+        this.close(`publisher evicted: ${reason}`, 'info');
+      },
+    };
+    const pending: NetStream = { kind: 'publishing', id: streamId, hub: undefined, handle, app, stream, lastMediaAt: Date.now() };
+    this.streams.set(streamId, pending);
+    const admission = await this.host.admitPublish(r.req, handle);
+    if (this.state === 'closed') {
+      if (admission.ok) this.host.endPublish(admission.hub, handle);
+      return;
+    }
+    if (!admission.ok) {
+      this.streams.set(streamId, { kind: 'idle', id: streamId });
+      this.log.info({ stream, code: admission.code, reason: admission.description }, 'publish refused');
+      this.sendStatus(streamId, 'error', admission.code, admission.description);
+      return;
+    }
+    pending.hub = admission.hub;
+    pending.lastMediaAt = Date.now();
+    this.log = this.log.child({ stream });
+    this.sendControl(userControlMessage(UserControlEvent.STREAM_BEGIN, streamId));
+    this.sendStatus(streamId, 'status', 'NetStream.Publish.Start', `${app}/${stream} is now published.`);
+    this.log.info('publishing');
+  }
+
+  private async onPlay(streamId: number, rawName: unknown): Promise<void> {
+    const ns = this.streams.get(streamId);
+    if (!ns || ns.kind !== 'idle') {
+      this.sendStatus(streamId, 'error', 'NetStream.Play.Failed', 'play on a stream that was not created or is busy');
+      return;
+    }
+    const r = this.request(rawName);
+    if ('problem' in r) {
+      this.sendStatus(streamId, 'error', 'NetStream.Play.StreamNotFound', r.problem);
+      return;
+    }
+    const admission = await this.host.admitPlay(r.req);
+    if (this.state === 'closed') {
+      if (admission.ok) this.host.endPlay(admission.hub);
+      return;
+    }
+    if (!admission.ok) {
+      this.log.info({ stream: r.req.stream, code: admission.code, reason: admission.description }, 'play refused');
+      this.sendStatus(streamId, 'error', admission.code, admission.description);
+      return;
+    }
+    const hub = admission.hub;
+    const sink = new ViewerSink(`${this.id}:${streamId}`, this, streamId, this.host.config.media.out_chunk_size);
+    this.streams.set(streamId, { kind: 'playing', id: streamId, hub, sink, app: r.req.app, stream: r.req.stream });
+    this.log = this.log.child({ stream: r.req.stream });
+    this.sendControl(userControlMessage(UserControlEvent.STREAM_BEGIN, streamId));
+    this.sendStatus(streamId, 'status', 'NetStream.Play.Reset', `Playing and resetting ${r.req.stream}.`);
+    this.sendStatus(streamId, 'status', 'NetStream.Play.Start', `Started playing ${r.req.stream}.`);
+    this.write(this.encoder.encode({ csid: 5, type: MessageType.DATA_AMF0, streamId, timestamp: 0, payload: encodeAmf0(['|RtmpSampleAccess', true, true]) }));
+    hub.addSink(sink);
+    this.log.debug('playing');
+  }
+
+  private endStream(streamId: number, why: string): void {
+    const ns = this.streams.get(streamId);
+    if (!ns) return;
+    switch (ns.kind) {
+      case 'idle':
+        return;
+      case 'publishing':
+        if (ns.hub) {
+          this.host.endPublish(ns.hub, ns.handle);
+          this.log.info({ why }, 'unpublished');
+        }
+        break;
+      case 'playing':
+        ns.hub.removeSink(ns.sink);
+        this.host.endPlay(ns.hub);
+        break;
+    }
+    this.streams.set(streamId, { kind: 'idle', id: streamId });
+  }
+
+  private onTimer(): void {
+    const now = Date.now();
+    const lim = this.host.config.limits;
+    switch (this.state) {
+      case 'handshake':
+        if (now - this.startedAt > lim.handshake_timeout_ms) this.close('handshake timeout', 'info');
+        return;
+      case 'awaitConnect':
+        if (now - this.startedAt > lim.first_command_timeout_ms) this.close('no connect command in time', 'info');
+        return;
+      case 'connected':
+        for (const ns of this.streams.values()) {
+          if (ns.kind === 'publishing' && ns.hub && now - ns.lastMediaAt > lim.idle_publisher_timeout_ms) {
+            this.close(`publisher sent no media for ${lim.idle_publisher_timeout_ms} ms`, 'info');
+            return;
+          }
+        }
+        return;
+      case 'closed':
+        return;
+    }
+  }
+
+  private fail(err: RtmpProtocolError): void {
+    this.log.warn({ code: err.code, err: err.message }, 'protocol error; closing connection');
+    this.close(err.message, 'debug');
+  }
+
+  private close(reason: string, level: 'debug' | 'info' | 'error'): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    clearInterval(this.timer);
+    for (const id of [...this.streams.keys()]) this.endStream(id, reason);
+    this.streams.clear();
+    this.commandQueue = [];
+    this.log[level]({ reason }, 'session closed');
+    this.socket.destroy();
+    this.onClosed(this);
+  }
+
+  kick(reason: string): void {
+    this.handle({ type: 'kick', reason });
+  }
+
+  private write(buf: Buffer): void {
+    if (this.state === 'closed' || this.socket.destroyed) return;
+    this.bytesOut += buf.length;
+    this.socket.write(buf);
+  }
+
+  writeMedia(buf: Buffer): void {
+    this.write(buf);
+  }
+
+  private sendControl(m: RtmpMessage): void {
+    this.write(this.encoder.encode(m));
+  }
+
+  private sendCommand(streamId: number, values: AmfValue[]): void {
+    this.write(this.encoder.encode({ csid: 3, type: MessageType.COMMAND_AMF0, streamId, timestamp: 0, payload: encodeAmf0(values) }));
+  }
+
+  sendStatus(streamId: number, level: 'status' | 'error' | 'warning', code: string, description: string): void {
+    this.write(
+      this.encoder.encode({
+        csid: 5,
+        type: MessageType.COMMAND_AMF0,
+        streamId,
+        timestamp: 0,
+        payload: encodeAmf0(['onStatus', 0, null, { level, code, description, clientid: this.id }]),
+      }),
+    );
+  }
+
+  info(): SessionInfo {
+    let role: SessionRole = 'idle';
+    let app: string | undefined = this.app || undefined;
+    let stream: string | undefined;
+    let dropped = 0;
+    for (const ns of this.streams.values()) {
+      if (ns.kind === 'publishing') {
+        role = 'publisher';
+        app = ns.app;
+        stream = ns.stream;
+      } else if (ns.kind === 'playing') {
+        role = 'viewer';
+        app = ns.app;
+        stream = ns.stream;
+        dropped += ns.hub.sinkDrops(ns.sink.id);
+      }
+    }
+    return {
+      id: this.id,
+      protocol: 'rtmp',
+      remote: this.remote,
+      role,
+      app,
+      stream,
+      startedAt: this.startedAt,
+      bytesIn: this.decoder.bytesReceived,
+      bytesOut: this.bytesOut,
+      droppedFrames: dropped,
+    };
+  }
+}

@@ -1,0 +1,129 @@
+/** Starts meshcast nodes as real child processes on loopback addresses, and stops or kills them. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
+import { freePort, nextLoopbackHost, waitFor } from './ports.ts';
+
+const REPO = resolve(import.meta.dirname, '../../..');
+const CLI = join(REPO, 'services/node/src/cli.ts');
+
+export interface NodeProcessOptions {
+  nodeId?: string;
+  host?: string;
+  config?: Record<string, unknown>;
+  args?: string[];
+  env?: Record<string, string>;
+}
+
+export class NodeProcess {
+  readonly proc: ChildProcess;
+  readonly dir: string;
+  exitCode: number | null | undefined;
+  private readonly exited: Promise<number | null>;
+
+  private constructor(
+    readonly nodeId: string,
+    readonly host: string,
+    readonly rtmpPort: number,
+    readonly httpPort: number,
+    dir: string,
+    args: string[],
+    env: Record<string, string>,
+  ) {
+    this.dir = dir;
+    const log = join(dir, 'node.log');
+    writeFileSync(log, '');
+    this.proc = spawn(process.execPath, ['--import', 'tsx', CLI, 'node', ...args], {
+      cwd: REPO,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: false,
+    });
+    const chunks: Buffer[] = [];
+    this.proc.stdout!.on('data', (d: Buffer) => chunks.push(d));
+    this.proc.stderr!.on('data', (d: Buffer) => chunks.push(d));
+    this.exited = new Promise((res) =>
+      this.proc.on('exit', (code) => {
+        this.exitCode = code;
+        writeFileSync(log, Buffer.concat(chunks));
+        res(code);
+      }),
+    );
+    this.logChunks = chunks;
+  }
+
+  private readonly logChunks: Buffer[];
+
+  static async start(opts: NodeProcessOptions = {}): Promise<NodeProcess> {
+    const host = opts.host ?? nextLoopbackHost();
+    const rtmpPort = await freePort(host);
+    const httpPort = await freePort(host);
+    const nodeId = opts.nodeId ?? `n${host.split('.').pop()}-${rtmpPort}`;
+    const dir = mkdtempSync(join(tmpdir(), `meshcast-${nodeId}-`));
+    const args = ['--node-id', nodeId, '--host', host, '--rtmp-port', String(rtmpPort), '--http-port', String(httpPort), ...(opts.args ?? [])];
+    if (opts.config) {
+      const file = join(dir, 'config.yaml');
+      writeFileSync(file, stringify(opts.config));
+      args.push('--config', file);
+    }
+    const node = new NodeProcess(nodeId, host, rtmpPort, httpPort, dir, args, { MESHCAST_LOG_LEVEL: 'info', ...(opts.env ?? {}) });
+    try {
+      await waitFor(`node ${nodeId} /healthz`, async () => {
+        if (node.exitCode !== undefined) throw new Error(`node exited with ${node.exitCode}: ${node.logs().slice(-2000)}`);
+        const r = await fetch(`${node.httpUrl}/healthz`);
+        return r.ok;
+      }, 20_000, 100);
+    } catch (err) {
+      await node.kill();
+      throw err;
+    }
+    return node;
+  }
+
+  get rtmpUrl(): string {
+    return `rtmp://${this.host}:${this.rtmpPort}`;
+  }
+
+  get httpUrl(): string {
+    return `http://${this.host}:${this.httpPort}`;
+  }
+
+  logs(): string {
+    return Buffer.concat(this.logChunks).toString('utf8');
+  }
+
+  async api<T = unknown>(path: string, init?: RequestInit): Promise<T> {
+    const r = await fetch(`${this.httpUrl}${path}`, init);
+    return (await r.json()) as T;
+  }
+
+  /** SIGTERM and wait: the node drains and exits (returns its exit code). */
+  async stop(timeoutMs = 15_000): Promise<number | null> {
+    if (this.exitCode !== undefined) return this.exitCode;
+    this.proc.kill('SIGTERM');
+    const t = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
+    const code = await this.exited;
+    clearTimeout(t);
+    return code;
+  }
+
+  async kill(): Promise<void> {
+    if (this.exitCode !== undefined) return;
+    this.proc.kill('SIGKILL');
+    await this.exited;
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    this.proc.kill(sig);
+  }
+
+  cleanup(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  readLogFile(): string {
+    return readFileSync(join(this.dir, 'node.log'), 'utf8');
+  }
+}

@@ -1,0 +1,285 @@
+/**
+ * ViewerSwarm: N RTMP viewers in this process, opened at R per second with the project's
+ * RTMP client. Per viewer it keeps a handful of counters (never payloads): time to first
+ * video frame, bytes and frames, how far its timestamps lag the wall clock, and why it
+ * failed. `mark()` starts a measurement window, `report()` ends it.
+ */
+import { performance } from 'node:perf_hooks';
+import { RtmpClient, RtmpClientError } from '@meshcast/node/client';
+import type { RtmpMessage } from '@meshcast/proto';
+import { readClockStamp } from './clock.ts';
+import { encodeHistogram, newHistogram, type Histogram, type SwarmPartReport } from './stats.ts';
+
+export interface SwarmOptions {
+  /** rtmp://host:port/app/stream */
+  url: string;
+  viewers: number;
+  /** New viewers per second (default: all at once, in batches of 50 per 10 ms). */
+  rampPerSecond?: number;
+  /** Connect and play timeout per viewer, ms (default 10 000). */
+  timeoutMs?: number;
+  /** Source addresses to spread viewers over (e.g. 127.0.1.1, 127.0.1.2), round-robin. */
+  localAddresses?: string[];
+  /** A video timestamp step larger than this counts as a jump (default 1000 ms). */
+  tsJumpMs?: number;
+}
+
+export interface SwarmProgress {
+  requested: number;
+  started: number;
+  playing: number;
+  receiving: number;
+  failed: number;
+  /** Viewers that have reached a final state for the ramp: receiving video, or failed. */
+  settled: number;
+}
+
+type ViewerState = 'connecting' | 'playing' | 'failed' | 'stopped';
+
+/** Normalises an error or close reason into a short failure cause (no ports, no addresses). */
+export function failureCause(stage: string, err: unknown): string {
+  if (err instanceof RtmpClientError) {
+    if (err.code === 'SOCKET' || err.code === 'CLOSED') {
+      const errno = /\b(E[A-Z]{3,})\b/.exec(err.message);
+      return `${stage}:${err.code}${errno ? `:${errno[1]}` : ''}`;
+    }
+    return `${stage}:${err.code}`;
+  }
+  const msg = err instanceof Error ? err.message : String(err);
+  const errno = /\b(E[A-Z]{3,})\b/.exec(msg);
+  if (errno) return `${stage}:${errno[1]}`;
+  return `${stage}:${msg.split(':')[0]!.slice(0, 60)}`;
+}
+
+class Viewer {
+  state: ViewerState = 'connecting';
+  client: RtmpClient | undefined;
+  t0 = 0;
+  ttff = -1;
+  bytes = 0;
+  frames = 0;
+  winBytes0 = 0;
+  winFrames0 = 0;
+  lastVideoTs = -1;
+  lastVideoAt = 0;
+  bestOffset = -Infinity;
+  maxLag = 0;
+  tsBackwards = 0;
+  tsJumps = 0;
+
+  constructor(private readonly swarm: ViewerSwarm) {}
+
+  readonly onFrame = (m: RtmpMessage): void => {
+    const type = m.type;
+    if (type === 9 || type === 8) {
+      this.bytes += m.payload.length;
+      this.frames++;
+      if (type !== 9) return;
+      const now = performance.now();
+      if (this.ttff < 0) {
+        this.ttff = now - this.t0;
+        this.swarm.onFirstFrame(this.ttff);
+      }
+      const ts = m.timestamp;
+      const last = this.lastVideoTs;
+      if (last >= 0 && this.swarm.inWindow) {
+        if (ts < last) this.tsBackwards++;
+        else if (ts - last > this.swarm.tsJumpMs) this.tsJumps++;
+      }
+      this.lastVideoTs = ts;
+      this.lastVideoAt = now;
+      const offset = ts - now;
+      if (offset > this.bestOffset) this.bestOffset = offset;
+      else if (this.swarm.inWindow) {
+        const lag = this.bestOffset - offset;
+        if (lag > this.maxLag) this.maxLag = lag;
+      }
+    } else if (type === 18 && this.swarm.inWindow) {
+      const stamp = readClockStamp(m.payload);
+      if (stamp >= 0) this.swarm.onClock(Date.now() - stamp);
+    }
+  };
+
+  /** Largest lag in the window, counting the time since the last video frame (a stalled viewer keeps falling behind). */
+  lagAt(now: number): number {
+    if (this.lastVideoTs < 0) return -1;
+    return Math.max(this.maxLag, this.bestOffset - (this.lastVideoTs - now));
+  }
+}
+
+export class ViewerSwarm {
+  readonly tsJumpMs: number;
+  inWindow = false;
+  private readonly viewers: Viewer[] = [];
+  private readonly failures: Record<string, number> = {};
+  private ttff: Histogram = newHistogram();
+  private latency: Histogram = newHistogram();
+  private rampTimer: NodeJS.Timeout | undefined;
+  private started = 0;
+  private playing = 0;
+  private receiving = 0;
+  private failed = 0;
+  private winStart = 0;
+  private cpu0: NodeJS.CpuUsage = process.cpuUsage();
+  private stopping = false;
+
+  constructor(readonly opts: SwarmOptions) {
+    this.tsJumpMs = opts.tsJumpMs ?? 1000;
+  }
+
+  /** Starts ramping; returns immediately. */
+  start(): void {
+    const total = this.opts.viewers;
+    const rate = this.opts.rampPerSecond && this.opts.rampPerSecond > 0 ? this.opts.rampPerSecond : Infinity;
+    const t0 = performance.now();
+    const step = (): void => {
+      this.rampTimer = undefined;
+      if (this.stopping) return;
+      const due = rate === Infinity ? total : Math.min(total, Math.floor(((performance.now() - t0) / 1000) * rate) + 1);
+      let n = 0;
+      while (this.started < due && n < 50) {
+        this.open(this.started++);
+        n++;
+      }
+      if (this.started < total) this.rampTimer = setTimeout(step, 10);
+    };
+    step();
+  }
+
+  private open(i: number): void {
+    const v = new Viewer(this);
+    this.viewers.push(v);
+    v.t0 = performance.now();
+    const addrs = this.opts.localAddresses;
+    const localAddress = addrs && addrs.length > 0 ? addrs[i % addrs.length] : undefined;
+    const timeoutMs = this.opts.timeoutMs ?? 10_000;
+    let stage = 'connect';
+    RtmpClient.connect(this.opts.url, { timeoutMs, ...(localAddress ? { localAddress } : {}) })
+      .then(async (c) => {
+        v.client = c;
+        if (this.stopping) {
+          c.close();
+          return;
+        }
+        c.onFrame = v.onFrame;
+        c.on('close', (reason: string) => {
+          if (v.state === 'playing' && !this.stopping) this.fail(v, failureCause('closed', new Error(reason)));
+        });
+        stage = 'play';
+        await c.play(undefined, timeoutMs);
+        if (v.state !== 'connecting') return;
+        v.state = 'playing';
+        this.playing++;
+      })
+      .catch((err: unknown) => {
+        if (this.stopping) return;
+        this.fail(v, failureCause(stage, err));
+        v.client?.close();
+      });
+  }
+
+  private fail(v: Viewer, cause: string): void {
+    if (v.state === 'failed' || v.state === 'stopped') return;
+    v.state = 'failed';
+    this.failed++;
+    this.failures[cause] = (this.failures[cause] ?? 0) + 1;
+  }
+
+  /** @internal called by viewers */
+  onFirstFrame(ms: number): void {
+    this.receiving++;
+    this.ttff.recordValue(Math.max(1, Math.round(ms)));
+  }
+
+  /** @internal called by viewers */
+  onClock(ms: number): void {
+    this.latency.recordValue(Math.max(1, Math.round(ms)));
+  }
+
+  progress(): SwarmProgress {
+    let settled = 0;
+    for (const v of this.viewers) if (v.ttff >= 0 || v.state === 'failed') settled++;
+    return { requested: this.opts.viewers, started: this.started, playing: this.playing, receiving: this.receiving, failed: this.failed, settled };
+  }
+
+  /** Resolves when every viewer is receiving or failed, or after `timeoutMs`. */
+  async whenSettled(timeoutMs: number, onProgress?: (p: SwarmProgress) => void): Promise<SwarmProgress> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const p = this.progress();
+      onProgress?.(p);
+      if ((p.started >= p.requested && p.settled >= p.requested) || performance.now() >= deadline) return p;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Starts the measurement window. */
+  mark(): void {
+    this.inWindow = true;
+    this.winStart = performance.now();
+    this.cpu0 = process.cpuUsage();
+    this.latency = newHistogram();
+    for (const v of this.viewers) {
+      v.winBytes0 = v.bytes;
+      v.winFrames0 = v.frames;
+      v.maxLag = 0;
+      v.tsBackwards = 0;
+      v.tsJumps = 0;
+    }
+  }
+
+  /** Ends the measurement window and reports it (the viewers stay connected). */
+  report(): SwarmPartReport {
+    const now = performance.now();
+    const cpu = process.cpuUsage(this.cpu0);
+    this.inWindow = false;
+    const failures = { ...this.failures };
+    const windowBytes: number[] = [];
+    const maxLagMs: number[] = [];
+    let frames = 0;
+    let tsBackwards = 0;
+    let tsJumps = 0;
+    for (const v of this.viewers) {
+      if (v.state === 'playing' && v.ttff < 0) failures['no-video'] = (failures['no-video'] ?? 0) + 1;
+      windowBytes.push(v.bytes - v.winBytes0);
+      maxLagMs.push(v.state === 'failed' ? -2 : Math.round(v.lagAt(now)));
+      frames += v.frames - v.winFrames0;
+      tsBackwards += v.tsBackwards;
+      tsJumps += v.tsJumps;
+    }
+    // Viewers never started (ramp cut short) count as delivering nothing.
+    for (let i = this.viewers.length; i < this.opts.viewers; i++) {
+      windowBytes.push(0);
+      maxLagMs.push(-2);
+    }
+    return {
+      pid: process.pid,
+      requested: this.opts.viewers,
+      started: this.started,
+      playing: this.playing,
+      receiving: this.receiving,
+      failures,
+      ttff: encodeHistogram(this.ttff),
+      latency: encodeHistogram(this.latency),
+      windowMs: this.winStart > 0 ? now - this.winStart : 0,
+      windowBytes,
+      maxLagMs,
+      windowFrames: frames,
+      tsBackwards,
+      tsJumps,
+      cpuUserUs: cpu.user,
+      cpuSystemUs: cpu.system,
+      rssBytes: process.memoryUsage.rss(),
+    };
+  }
+
+  /** Closes every viewer. */
+  stop(): void {
+    this.stopping = true;
+    if (this.rampTimer) clearTimeout(this.rampTimer);
+    for (const v of this.viewers) {
+      if (v.state !== 'failed') v.state = 'stopped';
+      v.client?.close('swarm stopped');
+    }
+  }
+}
