@@ -23,6 +23,13 @@
  *  - AMF3 forms listed in ./amf3.ts.
  * The ECMA array count, which real encoders get wrong, is remembered and
  * re-emitted as long as the object still has the same number of keys.
+ * Encoders write lone UTF-16 surrogates in JS strings as U+FFFD.
+ *
+ * References (0x07): decoding resolves them to the same JS instance; the
+ * encoder writes one whenever an object, ECMA array, typed object or strict
+ * array instance repeats within one message. A reference to an object that
+ * is still being decoded (a cycle) is rejected, so decoded values are trees
+ * or DAGs, never cyclic; encoding a cyclic value throws AMF_REFERENCE.
  */
 import { Buffer } from 'node:buffer';
 import { AmfError } from './errors.ts';
@@ -169,7 +176,7 @@ function setAmfProperty(obj: AmfObject, key: string, value: AmfValue): void {
   }
 }
 
-/** Defines a non-enumerable marker so it survives neither JSON nor spreads by accident. */
+/** Markers are non-enumerable so that JSON, Object.keys and deep equality see only the data. */
 function markAmf(target: object, marker: symbol, value: unknown): void {
   Object.defineProperty(target, marker, { value, enumerable: false, writable: false, configurable: true });
 }
@@ -416,7 +423,7 @@ class Amf0Reader {
     }
     const size = this.refSize[index]!;
     if (size < 0) throw new AmfError('AMF_REFERENCE', `AMF0 reference ${index} to an enclosing object (cycle)`);
-    void this.chargeReference;
+    this.chargeReference(size, this.refHeight[index]!, depth);
     return target as AmfValue;
   }
 
@@ -537,12 +544,6 @@ export class AmfByteWriter {
     this.pos += 4;
   }
 
-  i32(v: number): void {
-    this.ensure(4);
-    this.buf.writeInt32BE(v | 0, this.pos);
-    this.pos += 4;
-  }
-
   f64(v: number): void {
     this.ensure(8);
     this.buf.writeDoubleBE(v, this.pos);
@@ -593,7 +594,10 @@ class Amf0Writer {
   private readonly active = new Set<object>();
   private amf3: Amf3Writer | undefined;
 
-  constructor(readonly out: AmfByteWriter) {}
+  constructor(
+    readonly out: AmfByteWriter,
+    private readonly preserveAvmplus: boolean,
+  ) {}
 
   write(v: AmfValue): void {
     const out = this.out;
@@ -660,8 +664,10 @@ class Amf0Writer {
   private writeComplex(v: Exclude<AmfValue, null | undefined | number | boolean | string>): void {
     const out = this.out;
     if (Array.isArray(v)) {
-      if (AMF3_ASSOCIATIVE in v || AMF_AVMPLUS in v) return this.writeAvmplus(v);
+      const assoc = (v as { [AMF3_ASSOCIATIVE]?: AmfObject })[AMF3_ASSOCIATIVE];
+      if (this.preserveAvmplus && (assoc !== undefined || AMF_AVMPLUS in v)) return this.writeAvmplus(v);
       if (this.writeReference(v)) return;
+      if (assoc !== undefined) return this.writeMixedArray(v, assoc);
       out.u8(M_STRICT_ARRAY);
       out.u32(v.length);
       this.active.add(v);
@@ -670,7 +676,7 @@ class Amf0Writer {
       return;
     }
     if (v instanceof AmfDate) {
-      if (AMF_AVMPLUS in v) return this.writeAvmplus(v);
+      if (this.preserveAvmplus && AMF_AVMPLUS in v) return this.writeAvmplus(v);
       const tz = v.timezone;
       if (!Number.isInteger(tz) || tz < -0x8000 || tz > 0x7fff) {
         throw new AmfError('AMF_TOO_LONG', `AMF0 date timezone ${tz} is not a 16-bit integer`);
@@ -683,7 +689,7 @@ class Amf0Writer {
       return;
     }
     if (v instanceof AmfXmlDocument) {
-      if (AMF_AVMPLUS in v) return this.writeAvmplus(v);
+      if (this.preserveAvmplus && AMF_AVMPLUS in v) return this.writeAvmplus(v);
       const n = Buffer.byteLength(v.xml, 'utf8');
       out.u8(M_XML_DOCUMENT);
       out.u32(n);
@@ -698,7 +704,7 @@ class Amf0Writer {
       const name = (v as object).constructor?.name ?? 'unknown class';
       throw new AmfError('AMF_UNKNOWN_MARKER', `AMF cannot encode an instance of ${name}`);
     }
-    if (v[AMF_AVMPLUS] === true) return this.writeAvmplus(v);
+    if (this.preserveAvmplus && v[AMF_AVMPLUS] === true) return this.writeAvmplus(v);
     if (this.writeReference(v)) return;
     const keys = Object.keys(v);
     const className = v[AMF_CLASS_NAME];
@@ -718,6 +724,29 @@ class Amf0Writer {
       this.write(v[key]);
     }
     this.active.delete(v);
+    this.writeObjectEnd();
+  }
+
+  /** An AMF3 array with an associative part, flattened into one AMF0 ECMA array. */
+  private writeMixedArray(v: AmfValue[], assoc: AmfObject): void {
+    const keys = Object.keys(assoc);
+    this.out.u8(M_ECMA_ARRAY);
+    this.out.u32(v.length + keys.length);
+    this.active.add(v);
+    for (let i = 0; i < v.length; i++) {
+      this.writeName(String(i));
+      this.write(v[i]);
+    }
+    for (const key of keys) {
+      this.writeName(key);
+      this.write(assoc[key]);
+    }
+    this.active.delete(v);
+    this.writeObjectEnd();
+  }
+
+  private writeObjectEnd(): void {
+    const out = this.out;
     out.ensure(3);
     out.buf[out.pos] = 0;
     out.buf[out.pos + 1] = 0;
@@ -749,11 +778,24 @@ class Amf0Writer {
   }
 }
 
+export interface Amf0EncodeOptions {
+  /**
+   * true (default): values that arrived through the avmplus switch (marked
+   * AMF_AVMPLUS) and AMF3 arrays with an associative part are written through
+   * 0x11 again, so re-encoding reproduces the input. false: they are written
+   * as plain AMF0 (associative arrays as ECMA arrays), which is what to send
+   * to peers that only speak AMF0 (e.g. when relaying type-15 metadata as
+   * type 18). Values with no AMF0 form (byte arrays, E4X XML, vectors,
+   * dictionaries) use 0x11 either way.
+   */
+  preserveAvmplus?: boolean;
+}
+
 /** Encodes values as one AMF0 message body (shared reference table). */
-export function encodeAmf0(values: readonly AmfValue[]): Buffer {
+export function encodeAmf0(values: readonly AmfValue[], options?: Amf0EncodeOptions): Buffer {
   const out = new AmfByteWriter();
   try {
-    const writer = new Amf0Writer(out);
+    const writer = new Amf0Writer(out, options?.preserveAvmplus ?? true);
     for (const v of values) writer.write(v);
     return out.finish();
   } catch (e) {
@@ -762,8 +804,8 @@ export function encodeAmf0(values: readonly AmfValue[]): Buffer {
   }
 }
 
-export function encodeAmf0Value(value: AmfValue): Buffer {
-  return encodeAmf0([value]);
+export function encodeAmf0Value(value: AmfValue, options?: Amf0EncodeOptions): Buffer {
+  return encodeAmf0([value], options);
 }
 
 /**

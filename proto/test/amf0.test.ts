@@ -226,7 +226,7 @@ describe('AMF0 markers', () => {
     const [v] = ok(decodeAmf0(bytes));
     const o = obj(v);
     assert.equal(o[AMF_ECMA_ARRAY], true);
-    assert.deepEqual(o, { a: 2 });
+    assert.deepEqual({ ...o }, { a: 2 });
     assert.deepEqual(encodeAmf0([v]), bytes);
     o.b = 3;
     const changed = encodeAmf0([v]);
@@ -303,7 +303,7 @@ describe('AMF0 markers', () => {
     const bytes = hex(`02 ${str16('x')} 11 0a0b01 0361 0401 01 11 0401`);
     const values = ok(decodeAmf0(bytes));
     const o = obj(values[1]);
-    assert.deepEqual(o, { a: 1 });
+    assert.deepEqual({ ...o }, { a: 1 });
     assert.equal(o[AMF_AVMPLUS], true);
     assert.deepEqual(o[AMF3_TRAITS], { className: '', sealed: [], dynamic: true });
     assert.equal(values[2], 1);

@@ -188,7 +188,7 @@ describe('AMF3 objects and traits', () => {
   test('anonymous dynamic object', () => {
     vector(hex('0a 0b 01 0361 0401 01'), (v) => {
       const o = obj(v);
-      assert.deepEqual(o, { a: 1 });
+      assert.deepEqual({ ...o }, { a: 1 });
       assert.deepEqual(o[AMF3_TRAITS], ANON);
       assert.equal(o[AMF_CLASS_NAME], undefined);
     });
@@ -230,7 +230,7 @@ describe('AMF3 objects and traits', () => {
   test('dynamic class with sealed members', () => {
     vector(hex('0a 1b 07 426172 0378 0401 0379 0402 01'), (v) => {
       const o = obj(v);
-      assert.deepEqual(o, { x: 1, y: 2 });
+      assert.deepEqual({ ...o }, { x: 1, y: 2 });
       assert.deepEqual(o[AMF3_TRAITS], { className: 'Bar', sealed: ['x'], dynamic: true });
     });
   });
@@ -380,7 +380,7 @@ describe('RTMP AMF3 command messages (type 17)', () => {
     assert.equal(values[0], 'connect');
     assert.equal(values[1], 1);
     const cmd = obj(values[2]);
-    assert.deepEqual(cmd, { app: 'live', n: 5 });
+    assert.deepEqual({ ...cmd }, { app: 'live', n: 5 });
     assert.equal(cmd[AMF_AVMPLUS], true);
     assert.equal(values[3], null);
     assert.deepEqual(encodeAmf3Command(values), connect);
@@ -397,6 +397,24 @@ describe('RTMP AMF3 command messages (type 17)', () => {
     assert.deepEqual(ok(decodeAmf3Command(connect.subarray(1))), ok(decodeAmf3Command(connect)));
     fails(decodeAmf3Command(Buffer.alloc(0)), 'AMF_TRUNCATED');
     fails(decodeAmf3Command(connect.subarray(0, connect.length - 4)), 'AMF_TRUNCATED');
+  });
+
+  test('preserveAvmplus: false re-encodes switched values as plain AMF0 for AMF0-only peers', () => {
+    const values = ok(decodeAmf3Command(connect));
+    const amf0 = encodeAmf0(values, { preserveAvmplus: false });
+    assert.deepEqual(
+      amf0,
+      hex(`02 0007 636f6e6e656374  00 3ff0000000000000
+           03 0003 617070 02 0004 6c697665  0001 6e 00 4014000000000000 000009  05`),
+    );
+    // An AMF3 array with an associative part becomes an ECMA array: dense indices first.
+    const mixed = okValue(decodeAmf3Value(hex('09 05 0361 0401 01 0402 0403'), 0));
+    const flat = ok(decodeAmf0(encodeAmf0([mixed], { preserveAvmplus: false })))[0];
+    const o = obj(flat);
+    assert.equal(o[AMF_ECMA_ARRAY], true);
+    assert.deepEqual(o, { 0: 2, 1: 3, a: 1 });
+    // By default the same array keeps its AMF3 form.
+    assert.equal(encodeAmf0([mixed])[0], 0x11);
   });
 
   test('AMF3-only values switch inside AMF0 and come back intact', () => {

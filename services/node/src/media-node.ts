@@ -4,6 +4,7 @@
  * binding, when present, adds ownership leases and relays behind the same admission calls.
  */
 import type { FastifyInstance } from 'fastify';
+import type { LoadSample } from '@meshcast/mesh';
 import { appConfig, type NodeConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import type { MediaHost, PlayAdmission, PublishAdmission, StreamRequest } from './media/host.ts';
@@ -12,6 +13,7 @@ import type { PublisherHandle, StreamHub } from './media/stream-hub.ts';
 import { RtmpServer } from './rtmp/rtmp-server.ts';
 import { buildHttpServer } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
+import { verifyCredential } from './mesh/mesh-credential.ts';
 
 /** Hooks the mesh layer plugs into; a lone node runs without them. */
 export interface MeshBinding {
@@ -60,9 +62,16 @@ export class MediaNode implements MediaHost {
     return this.state === 'running';
   }
 
-  async start(): Promise<void> {
+  /**
+   * Listens on RTMP, then lets the mesh join (it needs our RTMP address), then serves HTTP
+   * with the mesh's routes in place.
+   */
+  async start(opts: { beforeHttp?: () => Promise<void> } = {}): Promise<void> {
     const cfg = this.config;
     this.rtmpPort = await this.rtmp.listen(cfg.rtmp_port, cfg.host);
+    this.httpPort = cfg.http_port;
+    this.state = 'running';
+    await opts.beforeHttp?.();
     this.http = buildHttpServer(this, this.registry, this.limiter, {
       register: (app) => this.mesh?.registerRoutes?.(app),
       nodeInfo: () => this.nodeInfo(),
@@ -70,8 +79,38 @@ export class MediaNode implements MediaHost {
     await this.http.listen({ port: cfg.http_port, host: cfg.host });
     const addr = this.http.server.address();
     this.httpPort = typeof addr === 'object' && addr ? addr.port : cfg.http_port;
-    this.state = 'running';
     this.log.info({ rtmp: `rtmp://${cfg.public_host}:${this.rtmpPort}`, http: `http://${cfg.public_host}:${this.httpPort}`, roles: cfg.roles }, 'node started');
+  }
+
+  private lastLoad = { at: Date.now(), bytesOut: 0, bytesIn: 0, cpu: process.cpuUsage() };
+
+  /** What the node reports in its heartbeat: the live load that placement balances on. */
+  loadSample(): LoadSample {
+    let viewers = 0;
+    let publishers = 0;
+    let bytesOut = 0;
+    let bytesIn = 0;
+    for (const s of this.sessions.list()) {
+      if (s.role === 'viewer') viewers++;
+      else if (s.role === 'publisher') publishers++;
+      bytesOut += s.bytesOut;
+      bytesIn += s.bytesIn;
+    }
+    const now = Date.now();
+    const dt = Math.max(1, now - this.lastLoad.at) / 1000;
+    const cpu = process.cpuUsage(this.lastLoad.cpu);
+    const sample: LoadSample = {
+      viewers,
+      publishers,
+      egressBps: Math.max(0, Math.round(((bytesOut - this.lastLoad.bytesOut) * 8) / dt)),
+      ingressBps: Math.max(0, Math.round(((bytesIn - this.lastLoad.bytesIn) * 8) / dt)),
+      cpu: (cpu.user + cpu.system) / 1e6 / dt,
+      streamsOwned: this.registry.list().filter((h) => h.publisher?.kind === 'rtmp').length,
+      relaysHeld: this.registry.list().filter((h) => h.publisher?.kind === 'relay').length,
+      draining: this.state !== 'running',
+    };
+    this.lastLoad = { at: now, bytesOut, bytesIn, cpu: process.cpuUsage() };
+    return sample;
   }
 
   nodeInfo(): Record<string, unknown> {
@@ -117,7 +156,8 @@ export class MediaNode implements MediaHost {
 
   async admitPlay(req: StreamRequest): Promise<PlayAdmission> {
     if (this.state !== 'running') return { ok: false, code: 'NetStream.Play.Failed', description: 'node is draining' };
-    if (!this.config.roles.includes('playback')) {
+    // Ingest-only nodes still serve other nodes' relays: that is how a stream leaves its owner.
+    if (!this.config.roles.includes('playback') && !req.meshPeer) {
       return { ok: false, code: 'NetStream.Play.Failed', description: 'this node does not serve viewers (ingest-only)' };
     }
     const app = appConfig(this.config, req.app);
@@ -135,6 +175,10 @@ export class MediaNode implements MediaHost {
 
   endPlay(hub: StreamHub): void {
     this.mesh?.playEnded(hub);
+  }
+
+  verifyMeshCredential(value: unknown): { ok: true; node: string } | { ok: false; reason: string } {
+    return verifyCredential(this.config.mesh.mesh_secret, value);
   }
 
   /** Graceful stop: refuse new work, close sessions, leave the mesh, close listeners. */

@@ -1,10 +1,26 @@
-/** Builds and starts a node from its config: the media node, plus the mesh when configured. */
+/** Builds and starts a node from its config: the media node and its mesh membership. */
+import type { MemoryBusNetwork } from '@meshcast/mesh';
 import type { NodeConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import { MediaNode } from './media-node.ts';
+import { NodeMesh } from './mesh/node-mesh.ts';
 
-export async function startNode(config: NodeConfig, log: Logger): Promise<MediaNode> {
+export interface StartOptions {
+  /** In-process bus to join when no NATS is configured (tests run several nodes in one process). */
+  network?: MemoryBusNetwork;
+}
+
+export async function startNode(config: NodeConfig, log: Logger, opts: StartOptions = {}): Promise<MediaNode> {
   const node = new MediaNode(config, log);
-  await node.start();
+  try {
+    await node.start({
+      beforeHttp: async () => {
+        node.attachMesh(await NodeMesh.start(node, opts.network));
+      },
+    });
+  } catch (err) {
+    await node.stop('node failed to start');
+    throw err;
+  }
   return node;
 }

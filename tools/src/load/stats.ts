@@ -35,6 +35,10 @@ export interface SwarmPartReport {
   ttff: string;
   /** Glass-to-glass latency from onMeshcastClock stamps seen during the window, ms. */
   latency: string;
+  /** Frame latency (now − publisher epoch − timestamp) of video frames in the window, ms; '' when no epoch was given. */
+  frameLatency: string;
+  /** Frames whose frame latency came out negative (timestamps not the publisher's: the measure is invalid). */
+  earlyFrames: number;
   /** Length of the measurement window as seen by this process. */
   windowMs: number;
   /** Per viewer (requested ones; never started count 0): audio+video payload bytes received during the window. */
@@ -85,6 +89,9 @@ export interface SwarmSummary {
   failures: Record<string, number>;
   ttffMs: Percentiles;
   latencyMs: Percentiles;
+  frameLatencyMs: Percentiles;
+  /** Share of frame-latency samples that came out negative (> 1%: the server rewrote timestamps, ignore frameLatencyMs). */
+  earlyFrameShare: number;
   windowMs: number;
   /** Audio+video messages received by all viewers during the window. */
   windowFrames: number;
@@ -128,6 +135,8 @@ export function summarizeSwarm(parts: SwarmPartReport[], expectedBytesPerViewer:
   const lagLimit = opts.maxLagMs ?? 2000;
   const ttff = newHistogram();
   const lat = newHistogram();
+  const flat = newHistogram();
+  let early = 0;
   const failures: Record<string, number> = {};
   const bytes: number[] = [];
   const lags: number[] = [];
@@ -154,6 +163,8 @@ export function summarizeSwarm(parts: SwarmPartReport[], expectedBytesPerViewer:
     for (const [k, v] of Object.entries(p.failures)) failures[k] = (failures[k] ?? 0) + v;
     ttff.add(decodeHistogram(p.ttff));
     lat.add(decodeHistogram(p.latency));
+    flat.add(decodeHistogram(p.frameLatency));
+    early += p.earlyFrames;
     bytes.push(...p.windowBytes);
     lags.push(...p.maxLagMs);
     cpuPerPart.push(p.windowMs > 0 ? ((p.cpuUserUs + p.cpuSystemUs) / 1000 / p.windowMs) * 100 : 0);
@@ -180,6 +191,8 @@ export function summarizeSwarm(parts: SwarmPartReport[], expectedBytesPerViewer:
     failures,
     ttffMs: percentiles(ttff),
     latencyMs: percentiles(lat),
+    frameLatencyMs: percentiles(flat),
+    earlyFrameShare: flat.totalCount > 0 ? early / flat.totalCount : 0,
     windowMs,
     windowFrames: frames,
     expectedBytesPerViewer: expected,

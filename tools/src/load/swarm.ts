@@ -6,7 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { RtmpClient, RtmpClientError } from '@meshcast/node/client';
-import type { RtmpMessage } from '@meshcast/proto';
+import { isVideoSequenceHeader, type RtmpMessage } from '@meshcast/proto';
 import { readClockStamp } from './clock.ts';
 import { encodeHistogram, newHistogram, type Histogram, type SwarmPartReport } from './stats.ts';
 
@@ -22,6 +22,12 @@ export interface SwarmOptions {
   localAddresses?: string[];
   /** A video timestamp step larger than this counts as a jump (default 1000 ms). */
   tsJumpMs?: number;
+  /**
+   * Wall-clock time (Date.now()) of the publisher's media timestamp 0. When set, each video
+   * frame in the window records a frame latency `now - (epochMs + timestamp)` (valid when the
+   * server passes the publisher's timestamps through, which all servers benchmarked here do).
+   */
+  epochMs?: number;
 }
 
 export interface SwarmProgress {
@@ -74,7 +80,7 @@ class Viewer {
     if (type === 9 || type === 8) {
       this.bytes += m.payload.length;
       this.frames++;
-      if (type !== 9) return;
+      if (type !== 9 || isVideoSequenceHeader(m.payload)) return;
       const now = performance.now();
       if (this.ttff < 0) {
         this.ttff = now - this.t0;
@@ -94,6 +100,7 @@ class Viewer {
         const lag = this.bestOffset - offset;
         if (lag > this.maxLag) this.maxLag = lag;
       }
+      if (this.swarm.inWindow && this.swarm.perfEpoch !== undefined) this.swarm.onFrameLatency(now - this.swarm.perfEpoch - ts);
     } else if (type === 18 && this.swarm.inWindow) {
       const stamp = readClockStamp(m.payload);
       if (stamp >= 0) this.swarm.onClock(Date.now() - stamp);
@@ -109,11 +116,15 @@ class Viewer {
 
 export class ViewerSwarm {
   readonly tsJumpMs: number;
+  /** The publisher's epoch on this process's performance.now() clock. */
+  readonly perfEpoch: number | undefined;
   inWindow = false;
   private readonly viewers: Viewer[] = [];
   private readonly failures: Record<string, number> = {};
   private ttff: Histogram = newHistogram();
   private latency: Histogram = newHistogram();
+  private frameLatency: Histogram = newHistogram();
+  private earlyFrames = 0;
   private rampTimer: NodeJS.Timeout | undefined;
   private started = 0;
   private playing = 0;
@@ -125,6 +136,7 @@ export class ViewerSwarm {
 
   constructor(readonly opts: SwarmOptions) {
     this.tsJumpMs = opts.tsJumpMs ?? 1000;
+    this.perfEpoch = opts.epochMs !== undefined ? opts.epochMs - performance.timeOrigin : undefined;
   }
 
   /** Starts ramping; returns immediately. */
@@ -196,6 +208,12 @@ export class ViewerSwarm {
     this.latency.recordValue(Math.max(1, Math.round(ms)));
   }
 
+  /** @internal called by viewers */
+  onFrameLatency(ms: number): void {
+    if (ms < 0) this.earlyFrames++;
+    this.frameLatency.recordValue(Math.max(1, Math.round(ms)));
+  }
+
   progress(): SwarmProgress {
     let settled = 0;
     for (const v of this.viewers) if (v.ttff >= 0 || v.state === 'failed') settled++;
@@ -219,6 +237,8 @@ export class ViewerSwarm {
     this.winStart = performance.now();
     this.cpu0 = process.cpuUsage();
     this.latency = newHistogram();
+    this.frameLatency = newHistogram();
+    this.earlyFrames = 0;
     for (const v of this.viewers) {
       v.winBytes0 = v.bytes;
       v.winFrames0 = v.frames;
@@ -261,6 +281,8 @@ export class ViewerSwarm {
       failures,
       ttff: encodeHistogram(this.ttff),
       latency: encodeHistogram(this.latency),
+      frameLatency: encodeHistogram(this.frameLatency),
+      earlyFrames: this.earlyFrames,
       windowMs: this.winStart > 0 ? now - this.winStart : 0,
       windowBytes,
       maxLagMs,

@@ -16,6 +16,8 @@ export interface StreamRequest {
   sessionId: string;
   remote: string;
   protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls';
+  /** Set when the connection proved (mesh credential) that it is another node's relay pulling. */
+  meshPeer?: string;
 }
 
 export type Refusal = {
@@ -40,6 +42,7 @@ export interface MediaHost {
   /** Returns the hub the viewer should attach to (local, relayed, or awaited). */
   admitPlay(req: StreamRequest): Promise<PlayAdmission>;
   endPlay(hub: StreamHub): void;
+  verifyMeshCredential(value: unknown): { ok: true; node: string } | { ok: false; reason: string };
 }
 
 export function splitQuery(name: string): { name: string; params: URLSearchParams } {

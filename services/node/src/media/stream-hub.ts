@@ -140,6 +140,19 @@ export class StreamHub extends EventEmitter {
     this.emit('publish', p);
   }
 
+  /**
+   * The same publisher starts a new upstream session (a relay moved to another parent):
+   * viewers keep their connections and resume at its first keyframe, with its headers and
+   * timestamps continuing from where they were.
+   */
+  restartSession(p: PublisherHandle): void {
+    if (this.publisherHandle !== p) return;
+    this.flush();
+    this.resetMediaState();
+    this.rebase = true;
+    for (const rec of this.sinks.values()) if (rec.state === 'live') rec.state = 'waitKey';
+  }
+
   detachPublisher(p: PublisherHandle): void {
     if (this.publisherHandle !== p) return;
     this.flush();

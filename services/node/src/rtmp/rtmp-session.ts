@@ -92,6 +92,7 @@ export class RtmpSession implements Session {
   private app = '';
   private appParams = new URLSearchParams();
   private objectEncoding = 0;
+  private meshPeer: string | undefined;
   private peerWindow = 0;
   private lastAcked = 0;
   private readonly startedAt = Date.now();
@@ -336,6 +337,16 @@ export class RtmpSession implements Session {
       this.sendCommand(0, ['_error', txn, null, { level: 'error', code: 'NetConnection.Connect.Rejected', description: problem }]);
       return this.close(`connect rejected: ${problem}`, 'info');
     }
+    if (cmd?.meshcast !== undefined) {
+      // A peer that presents a mesh credential is a relay; a bad one is refused outright.
+      const check = this.host.verifyMeshCredential(cmd.meshcast);
+      if (!check.ok) {
+        this.sendCommand(0, ['_error', txn, null, { level: 'error', code: 'NetConnection.Connect.Rejected', description: `mesh pull refused: ${check.reason}` }]);
+        return this.close(`mesh pull refused: ${check.reason}`, 'info');
+      }
+      this.meshPeer = check.node;
+      this.log = this.log.child({ peer: check.node });
+    }
     this.app = name;
     this.appParams = params;
     this.objectEncoding = typeof cmd?.objectEncoding === 'number' ? cmd.objectEncoding : 0;
@@ -372,7 +383,9 @@ export class RtmpSession implements Session {
     if (problem) return { problem };
     const merged = new URLSearchParams(this.appParams);
     for (const [k, v] of params) merged.set(k, v);
-    return { req: { app: this.app, stream: name, params: merged, sessionId: this.id, remote: this.remote, protocol: 'rtmp' } };
+    const req: StreamRequest = { app: this.app, stream: name, params: merged, sessionId: this.id, remote: this.remote, protocol: 'rtmp' };
+    if (this.meshPeer) req.meshPeer = this.meshPeer;
+    return { req };
   }
 
   private async onPublish(streamId: number, rawName: unknown, _type: unknown): Promise<void> {
@@ -559,7 +572,7 @@ export class RtmpSession implements Session {
         app = ns.app;
         stream = ns.stream;
       } else if (ns.kind === 'playing') {
-        role = 'viewer';
+        role = this.meshPeer ? 'relay-pull' : 'viewer';
         app = ns.app;
         stream = ns.stream;
         dropped += ns.hub.sinkDrops(ns.sink.id);

@@ -1,0 +1,274 @@
+/**
+ * NodeMesh: what turns a lone MediaNode into a mesh member. It announces the node
+ * (membership + load), takes ownership leases for streams published here (fencing the
+ * publisher when a lease is lost), and runs a RelayActor for every remote stream watched
+ * here. Over NATS when configured, else over an in-process bus with the same semantics.
+ */
+import type { FastifyInstance } from 'fastify';
+import {
+  BusUnavailableError,
+  Membership,
+  MemoryBusNetwork,
+  MeshEvents,
+  OwnershipRegistry,
+  RelayClaims,
+  StreamOwnedError,
+  StreamTokenError,
+  StreamNameError,
+  connectNatsBus,
+  encodeStreamToken,
+  type Bus,
+  type OwnershipLease,
+} from '@meshcast/mesh';
+import { appConfig, type NodeConfig } from '../config.ts';
+import type { Logger } from '../log.ts';
+import type { PlayAdmission, PublishAdmission, StreamRequest } from '../media/host.ts';
+import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
+import type { MediaNode, MeshBinding } from '../media-node.ts';
+import { RelayActor } from './relay-actor.ts';
+
+/** The bus every embedded node of this process shares (tests run many nodes in one process). */
+let processNetwork: MemoryBusNetwork | undefined;
+export function embeddedNetwork(): MemoryBusNetwork {
+  return (processNetwork ??= new MemoryBusNetwork());
+}
+
+interface HeldLease {
+  lease: OwnershipLease;
+  publisher: PublisherHandle;
+}
+
+export class NodeMesh implements MeshBinding {
+  private readonly leases = new Map<string, HeldLease>();
+  private readonly relays = new Map<string, RelayActor>();
+  private unwatchOwners: (() => void) | undefined;
+  private readonly log: Logger;
+  private stopped = false;
+
+  private constructor(
+    private readonly node: MediaNode,
+    private readonly cfg: NodeConfig,
+    readonly bus: Bus,
+    readonly membership: Membership,
+    readonly ownership: OwnershipRegistry,
+    readonly relayClaims: RelayClaims,
+    readonly events: MeshEvents,
+    log: Logger,
+  ) {
+    this.log = log.child({ component: 'mesh' });
+  }
+
+  static async start(node: MediaNode, network?: MemoryBusNetwork): Promise<NodeMesh> {
+    const cfg = node.config;
+    const m = cfg.mesh;
+    const log = node.log;
+    const bus =
+      m.nats.length > 0
+        ? await connectNatsBus({ servers: m.nats, name: cfg.node_id, prefix: m.subject_prefix, logger: log, pingIntervalMs: 5000 })
+        : (network ?? embeddedNetwork()).connect(cfg.node_id);
+    const events = new MeshEvents(bus, log);
+    const selfRtmp = `rtmp://${cfg.public_host}:${node.rtmpPort}`;
+    const membership = new Membership({
+      bus,
+      self: { id: cfg.node_id, roles: cfg.roles, addresses: { rtmp: selfRtmp, http: `http://${cfg.public_host}:${node.httpPort}` }, capacity: m.capacity },
+      load: () => node.loadSample(),
+      heartbeatMs: m.heartbeat_ms,
+      suspectMs: m.suspect_ms,
+      deadMs: m.dead_ms,
+      events,
+      logger: log,
+    });
+    const ownership = new OwnershipRegistry({ bus, nodeId: cfg.node_id, maxAgeMs: m.lease_ms, renewMs: m.renew_ms, events, logger: log });
+    const relayClaims = new RelayClaims({ bus, nodeId: cfg.node_id, maxAgeMs: m.lease_ms, renewMs: m.renew_ms, logger: log });
+    const mesh = new NodeMesh(node, cfg, bus, membership, ownership, relayClaims, events, log);
+    await membership.start();
+    // KV may be briefly unavailable (NATS restarting): the node still serves local streams meanwhile.
+    await Promise.all([ownership.start(), relayClaims.start()]).catch((err: unknown) => log.warn({ err: String(err) }, 'mesh registries not ready yet; will retry on use'));
+    mesh.unwatchOwners = ownership.watch((c) => mesh.onOwnerChange(c.app, c.stream, c.kind === 'owner' ? c.record?.owner : undefined));
+    return mesh;
+  }
+
+  get selfRtmp(): string {
+    return `rtmp://${this.cfg.public_host}:${this.node.rtmpPort}`;
+  }
+
+  private onOwnerChange(app: string, stream: string, owner: string | undefined): void {
+    const hub = this.node.registry.get(app, stream);
+    if (!hub) return;
+    const relay = this.relays.get(hub.key);
+    if (relay) {
+      relay.handle({ type: 'ownerChanged', owner });
+      return;
+    }
+    // Viewers waiting here for a stream that just appeared elsewhere: start pulling it.
+    if (owner && owner !== this.cfg.node_id && !hub.isLive && hub.sinkCount > 0) this.ensureRelay(hub).handle({ type: 'start' });
+  }
+
+  async claimPublish(req: StreamRequest, hub: StreamHub, publisher: PublisherHandle): Promise<PublishAdmission> {
+    const app = appConfig(this.cfg, req.app);
+    try {
+      encodeStreamToken(req.app, req.stream);
+    } catch (err) {
+      if (err instanceof StreamNameError || err instanceof StreamTokenError) return { ok: false, code: 'NetStream.Publish.BadName', description: err.message };
+      throw err;
+    }
+    let lease: OwnershipLease;
+    try {
+      lease = await this.ownership.acquire(req.app, req.stream, { rtmp: this.selfRtmp }, { takeover: app.duplicate_publish !== 'reject' });
+    } catch (err) {
+      if (err instanceof StreamOwnedError) {
+        return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published on node ${err.owner}` };
+      }
+      if (err instanceof BusUnavailableError) {
+        // Cut off from the mesh: publish locally (viewers here keep working) and announce when the bus returns.
+        this.log.warn({ app: req.app, stream: req.stream }, 'mesh unavailable; publishing locally without an ownership lease');
+        this.retryAnnounce(req, hub, publisher);
+        return { ok: true, hub };
+      }
+      throw err;
+    }
+    this.holdLease(hub, publisher, lease);
+    this.events
+      .append({ type: 'published', at: Date.now(), app: req.app, stream: req.stream, node: this.cfg.node_id })
+      .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append published'));
+    return { ok: true, hub };
+  }
+
+  private holdLease(hub: StreamHub, publisher: PublisherHandle, lease: OwnershipLease): void {
+    this.leases.set(publisher.id, { lease, publisher });
+    lease.onLost((reason) => {
+      this.leases.delete(publisher.id);
+      if (hub.publisher !== publisher) return;
+      // Fence: another node owns the stream now (or we could not renew); never serve it as a stale owner.
+      this.log.warn({ app: hub.app, stream: hub.stream, reason: reason.code, detail: reason.message }, 'ownership lease lost; dropping the publisher');
+      publisher.evict(`ownership lease lost (${reason.code})`);
+    });
+  }
+
+  private retryAnnounce(req: StreamRequest, hub: StreamHub, publisher: PublisherHandle): void {
+    const timer = setInterval(() => {
+      if (this.stopped || hub.publisher !== publisher) {
+        clearInterval(timer);
+        return;
+      }
+      if (this.bus.status !== 'connected') return;
+      const app = appConfig(this.cfg, req.app);
+      this.ownership.acquire(req.app, req.stream, { rtmp: this.selfRtmp }, { takeover: app.duplicate_publish !== 'reject' }).then(
+        (lease) => {
+          clearInterval(timer);
+          if (hub.publisher !== publisher) {
+            void lease.release();
+            return;
+          }
+          this.log.info({ app: req.app, stream: req.stream }, 'mesh back; stream ownership announced');
+          this.holdLease(hub, publisher, lease);
+        },
+        (err: unknown) => {
+          if (err instanceof StreamOwnedError) {
+            clearInterval(timer);
+            publisher.evict(`stream is owned by ${err.owner} in the mesh`);
+          }
+        },
+      );
+    }, 1000);
+    timer.unref();
+  }
+
+  releasePublish(hub: StreamHub, publisher: PublisherHandle): void {
+    const held = this.leases.get(publisher.id);
+    if (!held) return;
+    this.leases.delete(publisher.id);
+    held.lease.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'lease release failed'));
+    this.events
+      .append({ type: 'unpublished', at: Date.now(), app: hub.app, stream: hub.stream, node: this.cfg.node_id })
+      .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append unpublished'));
+  }
+
+  async resolvePlay(req: StreamRequest, hub: StreamHub): Promise<PlayAdmission> {
+    if (hub.isLive) return { ok: true, hub };
+    try {
+      encodeStreamToken(req.app, req.stream);
+    } catch (err) {
+      if (err instanceof StreamNameError || err instanceof StreamTokenError) return { ok: false, code: 'NetStream.Play.StreamNotFound', description: err.message };
+      throw err;
+    }
+    const app = appConfig(this.cfg, req.app);
+    if (app.play_not_found === 'reject' && !this.relays.has(hub.key)) {
+      const owner = await this.ownership.lookup(req.app, req.stream).catch(() => null);
+      if (!owner) {
+        if (hub.idle) hub.emit('idle');
+        return { ok: false, code: 'NetStream.Play.StreamNotFound', description: `${req.app}/${req.stream} is not being published anywhere in the mesh` };
+      }
+    }
+    this.ensureRelay(hub).handle({ type: 'start' });
+    return { ok: true, hub };
+  }
+
+  private ensureRelay(hub: StreamHub): RelayActor {
+    let relay = this.relays.get(hub.key);
+    if (relay) return relay;
+    relay = new RelayActor(
+      hub,
+      {
+        nodeId: this.cfg.node_id,
+        selfRtmp: this.selfRtmp,
+        fanout: this.cfg.mesh.relay_fanout,
+        lingerMs: this.cfg.mesh.relay_linger_ms,
+        stallMs: this.cfg.mesh.relay_stall_ms,
+        secret: this.cfg.mesh.mesh_secret,
+        ownership: this.ownership,
+        relays: this.relayClaims,
+        membership: this.membership,
+        events: this.events,
+        log: this.log,
+      },
+      (a) => {
+        if (this.relays.get(hub.key) === a) this.relays.delete(hub.key);
+      },
+    );
+    this.relays.set(hub.key, relay);
+    return relay;
+  }
+
+  playEnded(_hub: StreamHub): void {
+    // Relays notice an empty hub on their own tick and linger before releasing.
+  }
+
+  relayStatus(): ReturnType<RelayActor['status']>[] {
+    return [...this.relays.values()].map((r) => r.status());
+  }
+
+  nodeInfo(): Record<string, unknown> {
+    return {
+      bus: { kind: this.cfg.mesh.nats.length > 0 ? 'nats' : 'embedded', status: this.bus.status },
+      leases: this.leases.size,
+      relays: this.relays.size,
+    };
+  }
+
+  registerRoutes(app: FastifyInstance): void {
+    app.get('/api/v1/relays', async () => ({ relays: this.relayStatus() }));
+    app.get('/api/v1/mesh/nodes', async () => ({
+      nodes: this.membership.table().map((n) => ({ id: n.id, state: n.state, self: n.self, ...n.heartbeat })),
+    }));
+    app.get('/api/v1/mesh/streams', async () => ({
+      streams: (await this.ownership.list()).map((o) => ({ app: o.app, stream: o.stream, ...o.record, revision: o.revision })),
+    }));
+    app.get<{ Params: { app: string; stream: string } }>('/api/v1/mesh/relays/:app/:stream', async (req) => ({
+      relays: (await this.relayClaims.list(req.params.app, req.params.stream)).map((r) => ({ ...r.claim, revision: r.revision })),
+    }));
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const r of [...this.relays.values()]) r.handle({ type: 'stop', reason: 'node stopping' });
+    this.unwatchOwners?.();
+    const leases = [...this.leases.values()];
+    this.leases.clear();
+    await Promise.allSettled(leases.map((l) => l.lease.release()));
+    await this.membership.stop({ bye: true, reason: 'drain' }).catch(() => undefined);
+    await Promise.allSettled([this.ownership.close(), this.relayClaims.close()]);
+    await this.bus.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,312 @@
+/**
+ * RelayActor: one per remote stream watched on this node. It claims the stream's relay key,
+ * pulls the stream over RTMP from its parent (the owner, or another relay when the owner's
+ * fan-out is full) and republishes it into the local StreamHub, which all local viewers
+ * (RTMP, HTTP-FLV, child relays) share.
+ *
+ * It re-parents without closing viewers when the owner changes, the parent dies or the
+ * parent stalls; it lingers after the last viewer leaves, then releases its claim.
+ */
+import { RtmpClient } from '../client/rtmp-client.ts';
+import { decodeAmf0, asAmfObject, type AmfValue, type RtmpMessage } from '@meshcast/proto';
+import { chooseRelayParent, encodeStreamToken, type Membership, type MeshEvents, type OwnershipRegistry, type RelayClaims, type RelayLease } from '@meshcast/mesh';
+import type { Logger } from '../log.ts';
+import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
+import { signCredential } from './mesh-credential.ts';
+
+export interface RelayContext {
+  nodeId: string;
+  selfRtmp: string;
+  fanout: number;
+  lingerMs: number;
+  stallMs: number;
+  secret: string;
+  ownership: OwnershipRegistry;
+  relays: RelayClaims;
+  membership: Membership;
+  events: MeshEvents;
+  log: Logger;
+}
+
+type RelayState =
+  | { kind: 'idle' }
+  | { kind: 'awaitingOwner' }
+  | { kind: 'connecting'; seq: number }
+  | { kind: 'pulling'; parent: string; client: RtmpClient; since: number }
+  | { kind: 'backoff'; until: number }
+  | { kind: 'stopped' };
+
+export type RelayMessage =
+  | { type: 'start' }
+  | { type: 'ownerChanged'; owner: string | undefined }
+  | { type: 'connected'; seq: number; client: RtmpClient; parent: string; early: RtmpMessage[] }
+  | { type: 'connectFailed'; seq: number; reason: string; parent?: string }
+  | { type: 'upstreamClosed'; client: RtmpClient; reason: string }
+  | { type: 'tick' }
+  | { type: 'evicted'; reason: string }
+  | { type: 'stop'; reason: string };
+
+const TICK_MS = 250;
+const BACKOFF_MS = 500;
+const AVOID_MS = 5000;
+
+export interface RelayStatus {
+  app: string;
+  stream: string;
+  state: RelayState['kind'];
+  parent: string | undefined;
+  upstreams: number;
+  lastFrameAgoMs: number | undefined;
+  viewers: number;
+}
+
+export class RelayActor {
+  private state: RelayState = { kind: 'idle' };
+  private lease: RelayLease | undefined;
+  private attached = false;
+  private seq = 0;
+  private lastFrameAt = 0;
+  private lingerSince: number | undefined;
+  private ownerLive = false;
+  private upstreams = 0;
+  private readonly avoid = new Map<string, number>();
+  private readonly timer: NodeJS.Timeout;
+  private readonly log: Logger;
+  private readonly handle_: PublisherHandle;
+
+  constructor(
+    readonly hub: StreamHub,
+    private readonly ctx: RelayContext,
+    private readonly onStopped: (a: RelayActor) => void,
+  ) {
+    this.log = ctx.log.child({ app: hub.app, stream: hub.stream, component: 'relay' });
+    this.handle_ = { id: `relay:${ctx.nodeId}`, kind: 'relay', evict: (reason) => this.handle({ type: 'evicted', reason }) };
+    this.timer = setInterval(() => this.handle({ type: 'tick' }), TICK_MS);
+    this.timer.unref();
+  }
+
+  get publisher(): PublisherHandle {
+    return this.handle_;
+  }
+
+  status(): RelayStatus {
+    return {
+      app: this.hub.app,
+      stream: this.hub.stream,
+      state: this.state.kind,
+      parent: this.state.kind === 'pulling' ? this.state.parent : undefined,
+      upstreams: this.upstreams,
+      lastFrameAgoMs: this.lastFrameAt ? Date.now() - this.lastFrameAt : undefined,
+      viewers: this.hub.sinkCount,
+    };
+  }
+
+  handle(msg: RelayMessage): void {
+    if (this.state.kind === 'stopped') {
+      if (msg.type === 'connected') msg.client.close('relay stopped');
+      return;
+    }
+    switch (msg.type) {
+      case 'start':
+        if (this.state.kind === 'idle') this.connect();
+        return;
+      case 'ownerChanged':
+        this.ownerLive = msg.owner !== undefined && msg.owner !== this.ctx.nodeId;
+        if (!this.ownerLive) return;
+        // Our parent is the old owner (or we have none): move now. A relay parent re-parents itself.
+        if (this.state.kind === 'pulling' && this.state.parent !== msg.owner && this.isOwnerParent()) this.reparent('stream owner changed');
+        else if (this.state.kind === 'awaitingOwner' || this.state.kind === 'backoff') this.connect();
+        return;
+      case 'connected':
+        if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) {
+          msg.client.close('superseded');
+          return;
+        }
+        this.onConnected(msg.client, msg.parent, msg.early);
+        return;
+      case 'connectFailed':
+        if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) return;
+        if (msg.parent) this.avoid.set(msg.parent, Date.now() + AVOID_MS);
+        this.log.info({ reason: msg.reason, parent: msg.parent }, 'relay upstream connect failed; retrying');
+        this.state = msg.reason === 'no owner' ? { kind: 'awaitingOwner' } : { kind: 'backoff', until: Date.now() + BACKOFF_MS };
+        return;
+      case 'upstreamClosed':
+        if (this.state.kind !== 'pulling' || this.state.client !== msg.client) return;
+        this.avoid.set(this.state.parent, Date.now() + AVOID_MS);
+        this.reparent(`upstream closed: ${msg.reason}`);
+        return;
+      case 'tick':
+        this.onTick();
+        return;
+      case 'evicted':
+        // A local publisher took the hub over: this node is now the source.
+        this.attached = false;
+        this.stop(`local publisher took over (${msg.reason})`);
+        return;
+      case 'stop':
+        this.stop(msg.reason);
+        return;
+    }
+  }
+
+  private isOwnerParent(): boolean {
+    return this.state.kind === 'pulling' && this.lastOwner === this.state.parent;
+  }
+
+  private lastOwner: string | undefined;
+
+  private onTick(): void {
+    const now = Date.now();
+    if (this.hub.sinkCount === 0) {
+      this.lingerSince ??= now;
+      if (now - this.lingerSince >= this.ctx.lingerMs) {
+        this.stop('no viewers after linger');
+        return;
+      }
+    } else {
+      this.lingerSince = undefined;
+    }
+    switch (this.state.kind) {
+      case 'pulling': {
+        const parentView = this.ctx.membership.get(this.state.parent);
+        if (parentView && parentView.state === 'dead') {
+          this.avoid.set(this.state.parent, now + AVOID_MS);
+          this.reparent('parent node is dead');
+          return;
+        }
+        const silentFor = now - Math.max(this.lastFrameAt, this.state.since);
+        if (this.ownerLive && silentFor > this.ctx.stallMs) {
+          this.avoid.set(this.state.parent, now + AVOID_MS);
+          this.reparent(`parent stalled (${silentFor} ms without media)`);
+        }
+        return;
+      }
+      case 'backoff':
+        if (now >= this.state.until) this.connect();
+        return;
+      case 'awaitingOwner':
+        // Ownership changes arrive on the watch; this poll only covers a missed one.
+        if (now % 2000 < TICK_MS) this.connect();
+        return;
+      case 'idle':
+      case 'connecting':
+      case 'stopped':
+        return;
+    }
+  }
+
+  private reparent(reason: string): void {
+    if (this.state.kind === 'pulling') {
+      const c = this.state.client;
+      this.log.info({ parent: this.state.parent, reason }, 'relay re-parenting');
+      c.removeAllListeners('close');
+      c.close(reason);
+    }
+    this.connect();
+  }
+
+  private connect(): void {
+    const seq = ++this.seq;
+    this.state = { kind: 'connecting', seq };
+    void this.openUpstream(seq).then(
+      (r) => this.handle(r),
+      (err: unknown) => this.handle({ type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err) }),
+    );
+  }
+
+  /** Chooses a parent, claims our relay key, and opens the pull. Runs outside the actor; reports back by message. */
+  private async openUpstream(seq: number): Promise<RelayMessage> {
+    const { app, stream } = this.hub;
+    const info = await this.ctx.ownership.lookup(app, stream);
+    if (!info || info.record.owner === this.ctx.nodeId) {
+      this.ownerLive = false;
+      return { type: 'connectFailed', seq, reason: 'no owner' };
+    }
+    this.ownerLive = true;
+    const owner = info.record.owner;
+    this.lastOwner = owner;
+    const claims = await this.ctx.relays.list(app, stream);
+    const now = Date.now();
+    const alive = new Set<string>();
+    for (const id of this.ctx.membership.aliveIds()) if ((this.avoid.get(id) ?? 0) < now) alive.add(id);
+    const parent =
+      chooseRelayParent({ streamToken: encodeStreamToken(app, stream), selfId: this.ctx.nodeId, owner, claims: claims.map((c) => c.claim), fanout: this.ctx.fanout, alive }) ?? owner;
+    const base = parent === owner ? info.record.rtmp : claims.find((c) => c.claim.node === parent)?.claim.rtmp;
+    if (!base) return { type: 'connectFailed', seq, reason: `no address for parent ${parent}`, parent };
+    if (this.lease?.held) await this.lease.update({ parent });
+    else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
+    const url = `${base}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
+    const client = await RtmpClient.connect(url, {
+      timeoutMs: 3000,
+      connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId) } },
+    });
+    // The parent sends headers and its GOP right after Play.Start, before play() resolves: keep them.
+    const early: RtmpMessage[] = [];
+    client.onFrame = (m) => early.push(m);
+    try {
+      await client.play(stream, 3000);
+    } catch (err) {
+      client.close();
+      return { type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err), parent };
+    }
+    return { type: 'connected', seq, client, parent, early };
+  }
+
+  private onConnected(client: RtmpClient, parent: string, early: RtmpMessage[]): void {
+    this.upstreams++;
+    this.state = { kind: 'pulling', parent, client, since: Date.now() };
+    if (!this.attached) {
+      this.hub.attachPublisher(this.handle_);
+      this.attached = true;
+    } else {
+      this.hub.restartSession(this.handle_);
+    }
+    for (const m of early) this.onFrame(m);
+    client.onFrame = (m) => this.onFrame(m);
+    client.once('close', (reason: string) => this.handle({ type: 'upstreamClosed', client, reason }));
+    this.log.info({ parent }, 'relay pulling');
+    this.ctx.events
+      .append({ type: 'relayStarted', at: Date.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, parent })
+      .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append relayStarted'));
+  }
+
+  private onFrame(m: RtmpMessage): void {
+    this.lastFrameAt = Date.now();
+    if (m.type === 18) {
+      const values = decodeAmf0(m.payload);
+      if (values instanceof Error) return;
+      if (values[0] === '|RtmpSampleAccess') return;
+      if (values[0] === 'onMetaData') {
+        const meta = asAmfObject(values[1] as AmfValue);
+        if (meta) this.hub.setMetadata(meta);
+        return;
+      }
+      this.hub.ingest(18, m.timestamp, m.payload);
+      return;
+    }
+    if (m.type === 8 || m.type === 9) this.hub.ingest(m.type, m.timestamp, m.payload);
+  }
+
+  private stop(reason: string): void {
+    if (this.state.kind === 'stopped') return;
+    const prev = this.state;
+    this.state = { kind: 'stopped' };
+    clearInterval(this.timer);
+    if (prev.kind === 'pulling') {
+      prev.client.removeAllListeners('close');
+      prev.client.close(reason);
+    }
+    if (this.attached) {
+      this.attached = false;
+      this.hub.detachPublisher(this.handle_);
+    }
+    const lease = this.lease;
+    this.lease = undefined;
+    lease?.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'relay claim release failed'));
+    this.log.info({ reason }, 'relay stopped');
+    this.ctx.events
+      .append({ type: 'relayStopped', at: Date.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, reason })
+      .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append relayStopped'));
+    this.onStopped(this);
+  }
+}
