@@ -165,6 +165,7 @@ export class KvLease<T> {
         this.#armFence();
       }
     }, Math.max(0, due));
+    this.#fenceTimer.unref();
   }
 
   #scheduleRenew(): void {
@@ -175,6 +176,7 @@ export class KvLease<T> {
         .catch(() => undefined)
         .finally(() => this.#scheduleRenew());
     }, this.#p.renewMs);
+    this.#renewTimer.unref();
   }
 
   async #write(mutate: (v: T) => T, throwing: boolean): Promise<void> {

@@ -167,9 +167,9 @@ export class Membership {
     this.#subs.push(this.#bus.subscribe(names.byeAll, (m) => this.#onBye(m)));
     this.#unStatus = this.#bus.onStatus((s) => this.#onBusStatus(s));
     this.#sendHeartbeat();
-    this.#hbTimer = setInterval(() => this.#sendHeartbeat(), this.heartbeatMs);
+    this.#hbTimer = setInterval(() => this.#sendHeartbeat(), this.heartbeatMs).unref();
     const tick = Math.max(5, Math.min(this.heartbeatMs, Math.floor(this.suspectMs / 4)));
-    this.#checkTimer = setInterval(() => this.#check(), tick);
+    this.#checkTimer = setInterval(() => this.#check(), tick).unref();
     this.#reportDeathsAfter = this.#now() + this.deadMs;
     await this.#appendJoined();
   }

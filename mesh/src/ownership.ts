@@ -149,7 +149,7 @@ export class OwnershipRegistry {
     this.#started ??= (async () => {
       const b = await this.#kv();
       this.#watcher = await b.watch((e) => this.#onEntry(e));
-      this.#sweep = setInterval(() => this.#sweepExpired(), Math.max(50, Math.min(1000, Math.floor(this.renewMs / 2))));
+      this.#sweep = setInterval(() => this.#sweepExpired(), Math.max(50, Math.min(1000, Math.floor(this.renewMs / 2)))).unref();
     })();
     this.#started.catch(() => {
       this.#started = undefined;

@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodeOwnershipRecord, encodeOwnershipRecord } from '@meshcast/proto';
 import {
@@ -15,7 +15,7 @@ import { captureLogger, enc, sleep, waitFor } from './helpers.ts';
 
 const T = { maxAgeMs: 400, renewMs: 100 };
 
-function setup(n = 5) {
+function setup(t: TestContext, n = 5) {
   const net = new MemoryBusNetwork();
   const nodes = Array.from({ length: n }, (_, i) => {
     const id = `n${i + 1}`;
@@ -24,17 +24,21 @@ function setup(n = 5) {
     const reg = new OwnershipRegistry({ bus, nodeId: id, events, ...T });
     return { id, bus, reg, events };
   });
+  let closed = false;
   const close = async () => {
+    if (closed) return;
+    closed = true;
     await Promise.all(nodes.map((x) => x.reg.close()));
     await net.close();
   };
+  t.after(close);
   return { net, nodes, close };
 }
 
 const rec = (id: string) => ({ rtmp: `rtmp://${id}:1935`, tracks: { video: { codec: 'avc1', width: 1280, height: 720 } } });
 
-test('acquire creates the record; renewals keep it alive past max age; lookup/list see it', async () => {
-  const { nodes, close } = setup(2);
+test('acquire creates the record; renewals keep it alive past max age; lookup/list see it', async (t) => {
+  const { nodes, close } = setup(t, 2);
   const [a, b] = [nodes[0]!, nodes[1]!];
   const lease = await a.reg.acquire('live', 'cam1', rec('n1'), { takeover: false });
   assert.equal(lease.epoch, 1);
@@ -57,8 +61,8 @@ test('acquire creates the record; renewals keep it alive past max age; lookup/li
   await close();
 });
 
-test('takeover:false on an owned stream throws StreamOwnedError (also for the same node)', async () => {
-  const { nodes, close } = setup(2);
+test('takeover:false on an owned stream throws StreamOwnedError (also for the same node)', async (t) => {
+  const { nodes, close } = setup(t, 2);
   const lease = await nodes[0]!.reg.acquire('live', 'cam1', rec('n1'), { takeover: false });
   await assert.rejects(
     nodes[1]!.reg.acquire('live', 'cam1', rec('n2'), { takeover: false }),
@@ -69,8 +73,8 @@ test('takeover:false on an owned stream throws StreamOwnedError (also for the sa
   await close();
 });
 
-test('takeover: new epoch and larger revision; the old owner is fenced at once; watchers and the event log see the move', async () => {
-  const { nodes, close } = setup(3);
+test('takeover: new epoch and larger revision; the old owner is fenced at once; watchers and the event log see the move', async (t) => {
+  const { nodes, close } = setup(t, 3);
   const [a, b, c] = [nodes[0]!, nodes[1]!, nodes[2]!];
   const changes: OwnerChange[] = [];
   c.reg.watch((ch) => changes.push(ch));
@@ -113,8 +117,8 @@ test('takeover: new epoch and larger revision; the old owner is fenced at once; 
   await close();
 });
 
-test('partitioned owner fences itself by its own clock before anyone can take over; the stream is then free', async () => {
-  const { net, nodes, close } = setup(3);
+test('partitioned owner fences itself by its own clock before anyone can take over; the stream is then free', async (t) => {
+  const { net, nodes, close } = setup(t, 3);
   const [a, b, c] = [nodes[0]!, nodes[1]!, nodes[2]!];
   const gone: OwnerChange[] = [];
   c.reg.watch((ch) => {
@@ -132,6 +136,10 @@ test('partitioned owner fences itself by its own clock before anyone can take ov
   await waitFor(() => lostAt > 0, 2000, 'self-fence');
   assert.equal(la.lostReason?.code, 'EXPIRED_LOCALLY');
   assert.ok(lostAt - t0 <= T.maxAgeMs + 50, `fenced within max age (${lostAt - t0} ms)`);
+  // watchers age the record themselves (no delete marker on expiry)
+  await waitFor(() => gone.length >= 1, 1000, 'expired reported');
+  assert.equal(gone[0]?.reason, 'expired');
+  assert.equal(gone[0]?.previous?.owner, 'n1');
   // the record has expired (bucket max age): free for a non-takeover publish
   await waitFor(async () => (await b.reg.lookup('live', 'cam1')) === null, 1000, 'expiry');
   const acquiredAt = Date.now();
@@ -139,8 +147,6 @@ test('partitioned owner fences itself by its own clock before anyone can take ov
   assert.ok(lostAt <= acquiredAt, 'old owner fenced before the new one acquired');
   assert.equal(lb.epoch, 1, 'epoch restarts after the key was gone');
   assert.ok(lb.acquiredRevision > la.acquiredRevision, 'but the revision still grows');
-  await waitFor(() => gone.length >= 1, 1000, 'expired reported');
-  assert.equal(gone[0]?.reason, 'expired');
   // healing does not resurrect the old lease
   net.heal(a.bus);
   await sleep(T.renewMs * 3);
@@ -166,8 +172,8 @@ test('a stale record still in the bucket counts as free (renewedAt/createdAt old
   await net.close();
 });
 
-test('a foreign write to the key loses the lease (watch or CAS), release deletes and is not a loss', async () => {
-  const { nodes, close } = setup(2);
+test('a foreign write to the key loses the lease (watch or CAS), release deletes and is not a loss', async (t) => {
+  const { nodes, close } = setup(t, 2);
   const [a, b] = [nodes[0]!, nodes[1]!];
   const la = await a.reg.acquire('live', 'x', rec('n1'), { takeover: false });
   const reasons: string[] = [];
@@ -197,8 +203,8 @@ test('a foreign write to the key loses the lease (watch or CAS), release deletes
   await close();
 });
 
-test('concurrent publishes of the same stream: exactly one wins with takeover:false', async () => {
-  const { nodes, close } = setup(5);
+test('concurrent publishes of the same stream: exactly one wins with takeover:false', async (t) => {
+  const { nodes, close } = setup(t, 5);
   const results = await Promise.allSettled(nodes.map((n) => n.reg.acquire('live', 'race', rec(n.id), { takeover: false })));
   const won = results.filter((r) => r.status === 'fulfilled');
   const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -208,8 +214,8 @@ test('concurrent publishes of the same stream: exactly one wins with takeover:fa
   await close();
 });
 
-test('weird stream keys work end to end; a 1 KB key is a StreamNameError', async () => {
-  const { nodes, close } = setup(2);
+test('weird stream keys work end to end; a 1 KB key is a StreamNameError', async (t) => {
+  const { nodes, close } = setup(t, 2);
   const [a, b] = [nodes[0]!, nodes[1]!];
   const names = ['a.b', '*', '>', 'with space', '直播', 'a.*.>', '=3D'];
   for (const s of names) await a.reg.acquire('live', s, rec('n1'), { takeover: false });

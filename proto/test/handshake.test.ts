@@ -186,6 +186,21 @@ describe('handshake pairs', () => {
     assert.ok(responseOk(r.send[0]!, FP_FULL, s1.subarray(at, at + 32)));
   });
 
+  for (const complex of [false, true]) {
+    test(`client (${complex ? 'complex' : 'simple'}) sends C2 as soon as S0+S1 arrive, completes on S2`, () => {
+      const client = new RtmpClientHandshake({ complex, random: seeded(31) });
+      const s0s1s2 = step(new RtmpServerHandshake({ random: seeded(32) }).push(client.start())).send[0]!;
+      const r1 = step(client.push(s0s1s2.subarray(0, 1537)));
+      assert.equal(r1.done, false);
+      assert.equal(r1.send.length, 1);
+      assert.equal(r1.send[0]!.length, 1536);
+      assert.equal(client.kind, complex ? 'complex-0' : 'simple');
+      const r2 = step(client.push(s0s1s2.subarray(1537)));
+      assert.equal(r2.done, true);
+      assert.deepEqual(r2.send, []);
+    });
+  }
+
   test('nonzero version without a valid digest falls back to simple', () => {
     const c1 = seeded(21)(1536);
     c1.writeUInt32BE(0x09007c02, 4); // looks like Flash, but no digest anywhere
@@ -435,19 +450,26 @@ async function connectRetry(port: number, timeoutMs: number): Promise<Socket> {
   }
 }
 
-function spawnLogged(cmd: string, args: string[]): { child: ChildProcess; log: () => string } {
+interface Spawned {
+  child: ChildProcess;
+  log: () => string;
+  /** Resolves once the process exited and its output pipes are drained. */
+  closed: Promise<void>;
+}
+
+function spawnLogged(cmd: string, args: string[]): Spawned {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d: Buffer) => (log += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  return { child, log: () => log };
+  const closed = new Promise<void>((r) => child.once('close', () => r()));
+  return { child, log: () => log, closed };
 }
 
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await exited;
+/** Kills (by handle) a process this test started, and waits for it. */
+async function stop(p: Spawned): Promise<void> {
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  await p.closed;
 }
 
 // minimal hand-built AMF0 (the AMF codec is not this module's concern)
@@ -487,14 +509,23 @@ function connectCommand(port: number, app: string): RtmpMessage {
 }
 
 /** Client handshake over `conn`, then `connect`; returns the server's messages up to and including _result. */
-async function handshakeAndConnect(conn: Conn, client: RtmpClientHandshake, port: number, app: string): Promise<RtmpMessage[]> {
+async function handshakeAndConnect(
+  conn: Conn,
+  client: RtmpClientHandshake,
+  port: number,
+  app: string,
+  mutateC2: (c2: Buffer) => void = () => {},
+): Promise<RtmpMessage[]> {
   conn.sock.write(client.start());
   let rest: Buffer | undefined;
   while (rest === undefined) {
     const d = await conn.read(5000);
     assert.ok(d, 'server closed or stalled during the handshake');
     const r = step(client.push(d));
-    for (const b of r.send) conn.sock.write(b);
+    for (const b of r.send) {
+      mutateC2(b);
+      conn.sock.write(b);
+    }
     if (r.done) rest = r.rest;
   }
   conn.sock.write(new ChunkStreamEncoder(128).encode(connectCommand(port, app)));
@@ -512,18 +543,27 @@ async function handshakeAndConnect(conn: Conn, client: RtmpClientHandshake, port
 }
 
 describe('real peers', { timeout: 60_000 }, () => {
-  for (const complex of [false, true]) {
-    test(`RtmpClientHandshake (${complex ? 'complex' : 'simple'}) against ffmpeg -listen`, async () => {
+  const listenCases = [
+    { complex: false, corruptC2: false },
+    { complex: true, corruptC2: false },
+    // control: proves the "Erroneous C2" check below can fail
+    { complex: false, corruptC2: true },
+  ];
+  for (const { complex, corruptC2 } of listenCases) {
+    const name = `RtmpClientHandshake (${complex ? 'complex' : 'simple'}) against ffmpeg -listen${corruptC2 ? ', corrupted C2 is noticed' : ''}`;
+    test(name, async () => {
       assert.ok(existsSync(FFMPEG), 'ffmpeg is required');
       const port = await freePort();
       const ff = spawnLogged(FFMPEG, [
-        '-hide_banner', '-nostdin', '-loglevel', 'debug', '-listen', '1',
+        '-hide_banner', '-nostdin', '-loglevel', 'warning', '-listen', '1',
         '-i', `rtmp://127.0.0.1:${port}/live/x`, '-f', 'null', '-',
       ]);
       try {
         const conn = new Conn(await connectRetry(port, 10_000));
         const client = new RtmpClientHandshake({ complex });
-        const msgs = await handshakeAndConnect(conn, client, port, 'live');
+        const msgs = await handshakeAndConnect(conn, client, port, 'live', (c2) => {
+          if (corruptC2) c2[100] = c2[100]! ^ 1;
+        });
         // ffmpeg's server handshake is simple-only; a complex client must fall back.
         assert.equal(client.kind, 'simple');
         const controls = msgs.filter((m) => m.type <= 6).map((m) => decodeControl(m));
@@ -538,11 +578,12 @@ describe('real peers', { timeout: 60_000 }, () => {
         assert.equal(commandName(result), '_result');
         assert.ok(result.payload.includes('NetConnection.Connect.Success'));
         conn.sock.destroy();
-        // ffmpeg compares C2 with its S1 and warns on mismatch
-        assert.doesNotMatch(ff.log(), /Erroneous C2/);
-        assert.match(ff.log(), /Handshaking|handshake/i);
+        await stop(ff);
+        // ffmpeg compares C2 with its S1 (time and random echo) and warns on mismatch
+        if (corruptC2) assert.match(ff.log(), /Erroneous C2 Message random/);
+        else assert.doesNotMatch(ff.log(), /Erroneous C2/);
       } finally {
-        await stop(ff.child);
+        await stop(ff);
       }
     });
   }
@@ -552,7 +593,8 @@ describe('real peers', { timeout: 60_000 }, () => {
       const server = createServer();
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
       const { port } = server.address() as AddressInfo;
-      const got = new Promise<{ kind: string | undefined; first: RtmpMessage | undefined }>((resolve) => {
+      type Outcome = { kind: string | undefined; first: RtmpMessage | undefined; error?: unknown };
+      const got = new Promise<Outcome>((resolve) => {
         server.once('connection', (sock: Socket) => {
           const hs = new RtmpServerHandshake();
           const dec = new ChunkStreamDecoder();
@@ -560,21 +602,26 @@ describe('real peers', { timeout: 60_000 }, () => {
           sock.on('error', () => {});
           sock.on('close', () => resolve({ kind: hs.kind, first: undefined }));
           sock.on('data', (d: Buffer) => {
-            let rest = d;
-            if (!done) {
-              const r = step(hs.push(d));
-              for (const b of r.send) {
-                if (corrupt) b[b.length - 1] = b[b.length - 1]! ^ 0xff; // last byte of the S2 digest
-                sock.write(b);
+            try {
+              let rest = d;
+              if (!done) {
+                const r = step(hs.push(d));
+                for (const b of r.send) {
+                  if (corrupt) b[b.length - 1] = b[b.length - 1]! ^ 0xff; // last byte of the S2 digest
+                  sock.write(b);
+                }
+                if (!r.done) return;
+                done = true;
+                rest = r.rest;
               }
-              if (!r.done) return;
-              done = true;
-              rest = r.rest;
-            }
-            const msgs = dec.push(rest);
-            assert.ok(Array.isArray(msgs));
-            if (msgs.length > 0) {
-              resolve({ kind: hs.kind, first: msgs[0] });
+              const msgs = dec.push(rest);
+              if (!Array.isArray(msgs)) throw msgs;
+              if (msgs.length > 0) {
+                resolve({ kind: hs.kind, first: msgs[0] });
+                sock.destroy();
+              }
+            } catch (error) {
+              resolve({ kind: hs.kind, first: undefined, error });
               sock.destroy();
             }
           });
@@ -585,11 +632,12 @@ describe('real peers', { timeout: 60_000 }, () => {
         '-i', `rtmp://127.0.0.1:${port}/live/x`, '-f', 'null', '-',
       ]);
       try {
-        const { kind, first } = await got;
+        const { kind, first, error } = await got;
+        assert.equal(error, undefined);
         assert.equal(kind, 'complex-0', 'ffmpeg sends a scheme-0 digest C1');
         if (corrupt) {
           assert.equal(first, undefined, 'ffmpeg must not proceed after a bad S2');
-          await new Promise((r) => ff.child.once('exit', r));
+          await ff.closed;
           assert.match(ff.log(), /Signature mismatch/);
         } else {
           assert.ok(first, 'ffmpeg sent a message after the handshake');
@@ -599,7 +647,7 @@ describe('real peers', { timeout: 60_000 }, () => {
           assert.doesNotMatch(ff.log(), /validating failed|Signature mismatch/);
         }
       } finally {
-        await stop(ff.child);
+        await stop(ff);
         server.close();
       }
     });
@@ -639,7 +687,7 @@ describe('real peers', { timeout: 60_000 }, () => {
           assert.ok(result.payload.includes('NetConnection.Connect.Success'));
           conn.sock.destroy();
         } finally {
-          await stop(ngx.child);
+          await stop(ngx);
           rmSync(dir, { recursive: true, force: true });
         }
       },

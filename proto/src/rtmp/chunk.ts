@@ -7,12 +7,14 @@
  *   extended timestamp (4 bytes, when the 3-byte timestamp field is 0xFFFFFF)
  *   chunk data (min(chunk size, bytes left in the message))
  *
- * Extended timestamps on fmt 3 chunks: per the spec (and what ffmpeg and
- * librtmp ≥ 2.4 write and expect), a fmt 3 chunk carries the 4-byte extended
- * timestamp whenever the most recent fmt 0/1/2 header of that chunk stream had
- * its timestamp field at 0xFFFFFF — both on continuation chunks and on a fmt 3
- * chunk starting a new message. The decoder always consumes those 4 bytes (it
- * does not guess, unlike SRS's peek heuristic); the encoders always write them.
+ * Extended timestamps on fmt 3 chunks: per the spec (§5.3.1.3: present in
+ * type 3 chunks when the most recent type 0/1/2 chunk of the same chunk stream
+ * had one), and as ffmpeg's rtmppkt.c both writes and reads them, a fmt 3 chunk
+ * carries the 4-byte extended timestamp whenever the last fmt 0/1/2 header of
+ * that chunk stream had its timestamp field at 0xFFFFFF — on continuation
+ * chunks and on a fmt 3 chunk starting a new message alike. The decoder always
+ * consumes those 4 bytes (no SRS-style peeking to tolerate senders that omit
+ * them); the encoders always write them.
  *
  * Timestamp deltas: fmt 1/2 carry a delta added to the chunk stream's previous
  * timestamp (mod 2^32). A fmt 3 chunk starting a new message reuses the
@@ -135,12 +137,22 @@ export class ChunkStreamDecoder {
   /** Output of the header parser (avoids allocating a result object per chunk). */
   #hdrStream: InStream | undefined;
 
+  /**
+   * Limits default to DEFAULT_CHUNK_DECODER_LIMITS. Values above what the wire
+   * can express (16 MiB - 1 message length, 2^31 - 1 chunk size, 65598 chunk
+   * streams) are clamped; non-integers and values below 0 (1 for chunk size and
+   * chunk streams) throw RangeError.
+   */
   constructor(limits: Partial<ChunkDecoderLimits> = {}) {
     const l = { ...DEFAULT_CHUNK_DECODER_LIMITS, ...limits };
-    checkLimit('maxMessageLength', l.maxMessageLength, 0, MAX_MESSAGE_LENGTH_WIRE);
-    checkLimit('maxChunkSize', l.maxChunkSize, 1, MAX_CHUNK_SIZE_WIRE);
-    checkLimit('maxChunkStreams', l.maxChunkStreams, 1, MAX_CSID - MIN_CSID + 1);
-    this.#limits = l;
+    checkLimit('maxMessageLength', l.maxMessageLength, 0, Number.MAX_SAFE_INTEGER);
+    checkLimit('maxChunkSize', l.maxChunkSize, 1, Number.MAX_SAFE_INTEGER);
+    checkLimit('maxChunkStreams', l.maxChunkStreams, 1, Number.MAX_SAFE_INTEGER);
+    this.#limits = {
+      maxMessageLength: Math.min(l.maxMessageLength, MAX_MESSAGE_LENGTH_WIRE),
+      maxChunkSize: Math.min(l.maxChunkSize, MAX_CHUNK_SIZE_WIRE),
+      maxChunkStreams: Math.min(l.maxChunkStreams, MAX_CSID - MIN_CSID + 1),
+    };
   }
 
   /** Current incoming chunk size (128 until the peer sends Set Chunk Size). */

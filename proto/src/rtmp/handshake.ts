@@ -248,7 +248,7 @@ export class RtmpServerHandshake {
 
 /**
  * Client side: `start()` returns C0+C1; feed the server's bytes to `push()`.
- * Once S0+S1+S2 (3073 bytes) are in, it emits C2 and completes.
+ * C2 is emitted once S0+S1 are in; the handshake completes with S2.
  *
  * - Simple (default): C2 echoes S1 (time, time2, random echo) — the content
  *   ffmpeg's and the spec's servers check.
@@ -269,6 +269,7 @@ export class RtmpClientHandshake {
   readonly #scheme: 0 | 1;
   #c1: Buffer | undefined;
   #clientDigest: Buffer | undefined;
+  #serverDigest: Buffer | undefined;
   #buf: Buffer | undefined;
   #have = 0;
   #state: 'idle' | 'wait' | 'done' = 'idle';
@@ -282,7 +283,7 @@ export class RtmpClientHandshake {
     this.#scheme = opts.scheme ?? 0;
   }
 
-  /** The handshake completed with the server; undefined until S0S1S2 was processed. */
+  /** The handshake done with the server; undefined until S0+S1 were processed. */
   get kind(): HandshakeKind | undefined {
     return this.#kind;
   }
@@ -308,7 +309,11 @@ export class RtmpClientHandshake {
     return out;
   }
 
-  /** Consumes S0S1S2; returns C2 to send once all of it arrived. */
+  /**
+   * Consumes S0S1S2. C2 is emitted as soon as S0+S1 are in (like librtmp; a
+   * server may legally hold S2 back until it has C2); the step that completes
+   * S2 has `done` = true. Bytes after S2 are returned in `rest`.
+   */
   push(data: Buffer): HandshakeStep | RtmpProtocolError {
     if (this.#error !== undefined) return this.#error;
     if (this.#state === 'idle') {
@@ -322,40 +327,47 @@ export class RtmpClientHandshake {
     data.copy(buf, this.#have, 0, n);
     this.#have += n;
     if (this.#have > 0 && buf[0] !== RTMP_VERSION) return this.#fail(versionError(buf[0]!));
-    if (this.#have < S0S1S2_SIZE) return { send: [], done: false, rest: EMPTY };
+    const send: Buffer[] = [];
+    if (this.#kind === undefined) {
+      if (this.#have < C0C1_SIZE) return { send, done: false, rest: EMPTY };
+      send.push(this.#answerS1(buf.subarray(1, C0C1_SIZE)));
+    }
+    if (this.#have < S0S1S2_SIZE) return { send, done: false, rest: EMPTY };
 
-    const s1 = buf.subarray(1, 1 + RTMP_HANDSHAKE_SIZE);
-    const s2 = buf.subarray(1 + RTMP_HANDSHAKE_SIZE);
-    const c1 = this.#c1!;
+    if (this.#serverDigest !== undefined) {
+      const s2 = buf.subarray(C0C1_SIZE);
+      const digestOk = responseDigest(s2, SERVER_KEY, this.#clientDigest!).equals(s2.subarray(SIGNED_SIZE));
+      const echoOk = s2.subarray(8).equals(this.#c1!.subarray(8));
+      if (!digestOk && !echoOk) {
+        return this.#fail(new RtmpProtocolError('HANDSHAKE_DIGEST', 'server S2 carries neither a valid digest nor an echo of C1'));
+      }
+    }
+    this.#state = 'done';
+    this.#buf = undefined;
+    this.#c1 = undefined;
+    return { send, done: true, rest: n < data.length ? data.subarray(n) : EMPTY };
+  }
+
+  /** Decides the kind from S1 and builds C2. */
+  #answerS1(s1: Buffer): Buffer {
     const c2 = Buffer.allocUnsafe(RTMP_HANDSHAKE_SIZE);
-    let kind: HandshakeKind = 'simple';
     if (this.#clientDigest !== undefined && s1.readUInt32BE(4) !== 0) {
       const order = this.#scheme === 0 ? ([0, 1] as const) : ([1, 0] as const);
       for (const scheme of order) {
         const at = findDigest(s1, scheme, SERVER_KEY_PART);
         if (at < 0) continue;
-        const expected = responseDigest(s2, SERVER_KEY, this.#clientDigest);
-        const digestOk = expected.equals(s2.subarray(SIGNED_SIZE));
-        const echoOk = s2.subarray(8).equals(c1.subarray(8));
-        if (!digestOk && !echoOk) {
-          return this.#fail(new RtmpProtocolError('HANDSHAKE_DIGEST', 'server S2 carries neither a valid digest nor an echo of C1'));
-        }
-        kind = scheme === 0 ? 'complex-0' : 'complex-1';
+        this.#kind = scheme === 0 ? 'complex-0' : 'complex-1';
+        this.#serverDigest = Buffer.from(s1.subarray(at, at + DIGEST_SIZE));
         fillRandom(this.#random, c2.subarray(0, SIGNED_SIZE));
-        responseDigest(c2, PLAYER_KEY, s1.subarray(at, at + DIGEST_SIZE)).copy(c2, SIGNED_SIZE);
-        break;
+        responseDigest(c2, PLAYER_KEY, this.#serverDigest).copy(c2, SIGNED_SIZE);
+        return c2;
       }
     }
-    if (kind === 'simple') {
-      s1.copy(c2, 0, 0, 4);
-      c2.writeUInt32BE(this.#now() >>> 0, 4);
-      s1.copy(c2, 8, 8);
-    }
-    this.#kind = kind;
-    this.#state = 'done';
-    this.#buf = undefined;
-    this.#c1 = undefined;
-    return { send: [c2], done: true, rest: n < data.length ? data.subarray(n) : EMPTY };
+    this.#kind = 'simple';
+    s1.copy(c2, 0, 0, 4);
+    c2.writeUInt32BE(this.#now() >>> 0, 4);
+    s1.copy(c2, 8, 8);
+    return c2;
   }
 
   #fail(err: RtmpProtocolError): RtmpProtocolError {

@@ -123,6 +123,9 @@ function parseOpts(argv: string[]): Opts {
 
 class Aborted extends Error {}
 
+/** After the window, how long viewers get to receive the frames up to its end before we count. */
+const DRAIN_MS = 1500;
+
 /** Shared state so signal/exit handlers can clean up whatever is running. */
 const live: { workers?: SwarmWorkers; publisher?: FlvLoopPublisher; abort?: string } = {};
 
@@ -188,32 +191,38 @@ async function runOne(o: Opts, kind: ServerKind, n: number, source: FlvSource, w
     await sleep(o.settleSeconds * 1000, () => progress.update(runNo, at(o.warmupSeconds + o.rampSeconds), `${label}: settle`));
     if (publisherClosed) throw new Error(`publisher closed: ${publisherClosed}`);
 
-    // Measurement window.
+    // Measurement window, defined in media time so every server is judged on the same frames:
+    // viewers count the frames with timestamps in (fromTs, toTs]; CPU is measured on the wall clock meanwhile.
+    const fromTs = Math.ceil(publisher.mediaTime()) + 300;
+    const toTs = fromTs + Math.round(o.seconds * 1000);
+    await workers.mark({ fromTs, toTs });
+    await sleep(Math.max(0, fromTs - publisher.mediaTime()));
     const meter = new TreeMeter(server.pid);
-    const b0 = publisher.payloadBytes;
     const stalls0 = publisher.stalls;
     meter.start();
     const parentCpu0 = process.cpuUsage();
     const w0 = performance.now();
-    await workers.mark();
     const base = o.warmupSeconds + o.rampSeconds + o.settleSeconds;
-    await sleep(o.seconds * 1000, (e) => progress.update(runNo, at(base + e / 1000), `${label}: measuring`, `${(e / 1000).toFixed(0)}/${o.seconds} s`));
-    const parts = await workers.report();
+    await sleep(Math.max(0, toTs - publisher.mediaTime()), (e) => progress.update(runNo, at(base + e / 1000), `${label}: measuring`, `${(e / 1000).toFixed(0)}/${o.seconds} s`));
     const cpu = meter.stop();
     const windowMs = performance.now() - w0;
     const parentCpu = process.cpuUsage(parentCpu0);
-    const b1 = publisher.payloadBytes;
+    await workers.end();
+    // Let the frames up to toTs reach the viewers before counting.
+    await sleep(DRAIN_MS, () => progress.update(runNo, 0.98, `${label}: drain`));
+    const parts = await workers.report();
+    const published = publisher.payloadBytesInRange(fromTs, toTs);
     if (publisherClosed) throw new Error(`publisher closed during the window: ${publisherClosed}`);
 
-    const swarm = summarizeSwarm(parts, b1 - b0);
+    const swarm = summarizeSwarm(parts, published);
     result.ok = true;
     result.windowSeconds = windowMs / 1000;
     result.serverCpuPct = cpu.cpuPct;
     result.serverCpuSeconds = cpu.cpuSeconds;
     result.serverMaxRssBytes = cpu.maxRssBytes;
     result.serverProcesses = cpu.pids.length;
-    result.publishedBytes = b1 - b0;
-    result.publishedKbps = ((b1 - b0) * 8) / windowMs;
+    result.publishedBytes = published;
+    result.publishedKbps = (published * 8) / (toTs - fromTs);
     result.publisherStalls = publisher.stalls - stalls0;
     result.swarm = swarm;
     result.loadgenWorkersCpuPct = swarm.loadgenCpuPctPerPart;
@@ -271,14 +280,16 @@ async function main(): Promise<number> {
   const startedAt = new Date();
   mkdirSync(o.out, { recursive: true });
 
+  let firstSignalAt = 0;
   const onSignal = (sig: string): void => {
-    if (live.abort) {
-      // Second signal: no more waiting.
+    // Ctrl-C may arrive twice at once (from the terminal and relayed by tsx): only a later one forces.
+    if (live.abort && firstSignalAt > 0 && Date.now() - firstSignalAt > 1000) {
       killAllServers();
       live.workers?.kill();
       process.exit(130);
     }
-    live.abort = `interrupted by ${sig}`;
+    if (firstSignalAt === 0) firstSignalAt = Date.now();
+    live.abort ??= `interrupted by ${sig}`;
     live.publisher?.stop();
   };
   process.on('SIGINT', () => onSignal('SIGINT'));

@@ -18,7 +18,7 @@ export interface RunResult {
   serverCpuSeconds: number;
   serverMaxRssBytes: number;
   serverProcesses: number;
-  /** Publisher audio+video payload bytes sent during the window, and as a bit rate. */
+  /** Publisher audio+video payload bytes for the window's media-time range, and as a bit rate. */
   publishedBytes: number;
   publishedKbps: number;
   publisherStalls: number;
@@ -88,7 +88,7 @@ export function formatRatio(x: number): string {
   if (!Number.isFinite(x)) return 'n/a';
   if (x === 0) return '0×';
   if (Math.abs(x) >= 100) return `${x.toFixed(0)}×`;
-  if (Math.abs(x) >= 1) return `${x.toFixed(2)}×`;
+  if (Math.abs(x) >= 0.1) return `${x.toFixed(2)}×`;
   return `${Number(x.toPrecision(2))}×`;
 }
 const fx = formatRatio;
@@ -119,7 +119,8 @@ export function renderMarkdown(res: BenchResults, chartFile?: string): string {
   );
   L.push('');
   L.push(`Media: ${m.width}x${m.height}p${m.fps} H.264 High + AAC, keyframe every ${m.gopSeconds} s, ${m.loopSeconds.toFixed(1)} s loop, ${m.kbps.toFixed(0)} kbit/s of audio+video payload, published in real time by the project's RTMP client.`);
-  L.push(`Servers: ${servers.map((s) => `${SERVER_LABELS[s]} (${res.servers[s] ?? '?'})`).join(', ')}.`);
+  const named = servers.length > 0 ? servers : (Object.keys(res.servers) as ServerKind[]);
+  L.push(`Servers: ${named.map((s) => `${SERVER_LABELS[s]} (${res.servers[s] ?? '?'})`).join(', ') || 'none started'}.`);
   const o = res.options;
   L.push(`Per run: fresh server, publisher, ${String(o.warmupSeconds)} s warm-up, ramp N viewers over ~${String(o.rampSeconds)} s, ${String(o.settleSeconds)} s settle, then a ${String(o.seconds)} s measurement window. Load generator: ${String(o.workers)} worker process(es) + the parent (publisher).`);
   L.push('');
@@ -176,7 +177,7 @@ export function renderMarkdown(res: BenchResults, chartFile?: string): string {
     L.push(`![server CPU and RSS vs viewers](${chartFile})`);
     L.push('');
   }
-  L.push('Definitions: CPU % is user+system time of the server process tree over the window (100 % = one core; nginx = master + worker). RSS is the peak of the tree\'s summed VmRSS. Delivered = audio+video payload bytes all viewers received in the window ÷ (bytes the publisher sent in the window × N). A viewer fell behind if it received < 80 % of that or its timestamps lagged the wall clock by > 2 s. TTFF = connect start → first video frame. Frame latency = receive time − (publisher start + frame timestamp). Clock-stamp latency uses `onMeshcastClock` data messages (nginx-rtmp does not forward them). See docs/benchmark.md.');
+  L.push('Definitions: CPU % is user+system time of the server process tree over the window (100 % = one core; nginx = master + worker). RSS is the peak of the tree\'s summed VmRSS. Delivered = audio+video payload bytes all viewers received for the frames timestamped inside the window ÷ (bytes the publisher sent for those frames × N). A viewer fell behind if it received < 80 % of that or its timestamps lagged the wall clock by > 2 s. TTFF = connect start → first video keyframe (first picture a player can show). Frame latency = receive time − (publisher start + frame timestamp). Clock-stamp latency uses `onMeshcastClock` data messages (nginx-rtmp does not forward them). See docs/benchmark.md.');
   L.push('');
   return L.join('\n');
 }

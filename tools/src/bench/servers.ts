@@ -89,6 +89,7 @@ export class ServerHandle {
   kill(): void {
     signalGroup(this.pid, 'SIGKILL');
     LIVE.delete(this);
+    if (!this.keepDir) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 

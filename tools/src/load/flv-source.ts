@@ -171,3 +171,29 @@ export function loadFlvSource(file: string): FlvSource {
 export function sourceBitrate(s: FlvSource): number {
   return (s.loopPayloadBytes * 8 * 1000) / s.loopDurationMs;
 }
+
+/**
+ * Audio+video payload bytes a looping publisher of `s` sends for media timestamps in
+ * (fromTs, toTs] (loop n's timestamps are shifted by n × loopDurationMs).
+ */
+export function payloadBytesInRange(s: FlvSource, fromTs: number, toTs: number): number {
+  if (!(toTs > fromTs)) return 0;
+  const L = s.loopDurationMs;
+  let total = 0;
+  const firstLoop = Math.max(0, Math.floor(fromTs / L));
+  const lastLoop = Math.floor(toTs / L);
+  for (let loop = firstLoop; loop <= lastLoop; loop++) {
+    const base = loop * L;
+    if (base > toTs) break;
+    if (base + L <= fromTs) continue;
+    if (base > fromTs && base + L <= toTs) {
+      total += s.loopPayloadBytes;
+      continue;
+    }
+    for (const t of s.tags) {
+      const ts = base + t.timestamp;
+      if (ts > fromTs && ts <= toTs) total += t.payload.length;
+    }
+  }
+  return total;
+}

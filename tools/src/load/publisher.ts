@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { RtmpClient } from '@meshcast/node/client';
 import type { AmfObject } from '@meshcast/proto';
 import { encodeClockStamp } from './clock.ts';
-import type { FlvSource } from './flv-source.ts';
+import { payloadBytesInRange, type FlvSource } from './flv-source.ts';
 
 export interface FlvLoopPublisherOptions {
   /** rtmp://host:port/app/stream */
@@ -71,6 +71,16 @@ export class FlvLoopPublisher extends EventEmitter {
     const p = new FlvLoopPublisher(client, opts);
     p.begin();
     return p;
+  }
+
+  /** Current media time (ms since timestamp 0 was due): frames with larger timestamps have not been sent yet. */
+  mediaTime(): number {
+    return performance.now() - this.t0;
+  }
+
+  /** Payload bytes this publisher sends (or sent) for media timestamps in (fromTs, toTs]. */
+  payloadBytesInRange(fromTs: number, toTs: number): number {
+    return payloadBytesInRange(this.opts.source, fromTs, toTs);
   }
 
   get closed(): boolean {

@@ -31,7 +31,7 @@ export interface SwarmPartReport {
   receiving: number;
   /** Viewers that failed (connect/play refused, closed while playing, or no video at all), by cause. */
   failures: Record<string, number>;
-  /** Time to first video frame (connect start → first video message), ms, hdr-histogram compressed base64. */
+  /** Time to first video keyframe (connect start → first keyframe: the first picture a player can show), ms, hdr-histogram compressed base64. */
   ttff: string;
   /** Glass-to-glass latency from onMeshcastClock stamps seen during the window, ms. */
   latency: string;

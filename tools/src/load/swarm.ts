@@ -1,12 +1,19 @@
 /**
  * ViewerSwarm: N RTMP viewers in this process, opened at R per second with the project's
  * RTMP client. Per viewer it keeps a handful of counters (never payloads): time to first
- * video frame, bytes and frames, how far its timestamps lag the wall clock, and why it
- * failed. `mark()` starts a measurement window, `report()` ends it.
+ * video keyframe, bytes and frames, how far its timestamps lag the wall clock, and why it
+ * failed.
+ *
+ * Measurement window: `mark({ fromTs, toTs })` … `end()` … `report()`. Bytes and frames are
+ * counted by media timestamp (frames with fromTs < timestamp ≤ toTs), so they compare exactly
+ * with what the publisher sent for that range whatever each server's latency; CPU, lag and
+ * latency samples are taken on the wall clock between mark() and end(). Call report() a
+ * moment after end() so frames up to toTs have arrived. Without a range, bytes are counted
+ * by arrival time between mark() and end().
  */
 import { performance } from 'node:perf_hooks';
 import { RtmpClient, RtmpClientError } from '@meshcast/node/client';
-import { isVideoSequenceHeader, type RtmpMessage } from '@meshcast/proto';
+import { isVideoKeyframe, isVideoSequenceHeader, type RtmpMessage } from '@meshcast/proto';
 import { readClockStamp } from './clock.ts';
 import { encodeHistogram, newHistogram, type Histogram, type SwarmPartReport } from './stats.ts';
 
@@ -64,8 +71,8 @@ class Viewer {
   ttff = -1;
   bytes = 0;
   frames = 0;
-  winBytes0 = 0;
-  winFrames0 = 0;
+  winBytes = 0;
+  winFrames = 0;
   lastVideoTs = -1;
   lastVideoAt = 0;
   bestOffset = -Infinity;
@@ -78,15 +85,23 @@ class Viewer {
   readonly onFrame = (m: RtmpMessage): void => {
     const type = m.type;
     if (type === 9 || type === 8) {
-      this.bytes += m.payload.length;
+      const len = m.payload.length;
+      const ts = m.timestamp;
+      const sw = this.swarm;
+      this.bytes += len;
       this.frames++;
+      if (ts > sw.winTs0 && ts <= sw.winTs1) {
+        this.winBytes += len;
+        this.winFrames++;
+      }
       if (type !== 9 || isVideoSequenceHeader(m.payload)) return;
       const now = performance.now();
       if (this.ttff < 0) {
+        // The first picture a player can show: a keyframe (servers without a GOP cache make us wait for one).
+        if (!isVideoKeyframe(m.payload)) return;
         this.ttff = now - this.t0;
         this.swarm.onFirstFrame(this.ttff);
       }
-      const ts = m.timestamp;
       const last = this.lastVideoTs;
       if (last >= 0 && this.swarm.inWindow) {
         if (ts < last) this.tsBackwards++;
@@ -119,6 +134,9 @@ export class ViewerSwarm {
   /** The publisher's epoch on this process's performance.now() clock. */
   readonly perfEpoch: number | undefined;
   inWindow = false;
+  /** Media-time window for bytes/frames (exclusive, inclusive); empty until mark(). */
+  winTs0 = Infinity;
+  winTs1 = -Infinity;
   private readonly viewers: Viewer[] = [];
   private readonly failures: Record<string, number> = {};
   private ttff: Histogram = newHistogram();
@@ -131,6 +149,9 @@ export class ViewerSwarm {
   private receiving = 0;
   private failed = 0;
   private winStart = 0;
+  private winEnd = 0;
+  private cpuWindow: NodeJS.CpuUsage | undefined;
+  private byArrival = false;
   private cpu0: NodeJS.CpuUsage = process.cpuUsage();
   private stopping = false;
 
@@ -231,28 +252,49 @@ export class ViewerSwarm {
     }
   }
 
-  /** Starts the measurement window. */
-  mark(): void {
+  /**
+   * Starts the measurement window. With a range, bytes/frames count for frames whose
+   * timestamps fall in (fromTs, toTs]; pick fromTs a little ahead of the publisher so this
+   * message arrives before those frames do.
+   */
+  mark(range?: { fromTs: number; toTs: number }): void {
     this.inWindow = true;
     this.winStart = performance.now();
+    this.winEnd = 0;
     this.cpu0 = process.cpuUsage();
+    this.cpuWindow = undefined;
     this.latency = newHistogram();
     this.frameLatency = newHistogram();
     this.earlyFrames = 0;
+    this.byArrival = !range;
+    this.winTs0 = range ? range.fromTs : -Infinity;
+    this.winTs1 = range ? range.toTs : Infinity;
     for (const v of this.viewers) {
-      v.winBytes0 = v.bytes;
-      v.winFrames0 = v.frames;
+      v.winBytes = 0;
+      v.winFrames = 0;
       v.maxLag = 0;
       v.tsBackwards = 0;
       v.tsJumps = 0;
     }
   }
 
-  /** Ends the measurement window and reports it (the viewers stay connected). */
-  report(): SwarmPartReport {
+  /** Ends the wall-clock part of the window (CPU, lag, latency); media-time byte counting goes on until report(). */
+  end(): void {
+    if (!this.inWindow) return;
     const now = performance.now();
-    const cpu = process.cpuUsage(this.cpu0);
+    this.cpuWindow = process.cpuUsage(this.cpu0);
     this.inWindow = false;
+    this.winEnd = now;
+    if (this.byArrival) this.winTs1 = -Infinity;
+    for (const v of this.viewers) v.maxLag = v.lagAt(now);
+  }
+
+  /** Ends the window (calling end() first if needed) and reports it; the viewers stay connected. */
+  report(): SwarmPartReport {
+    this.end();
+    this.winTs0 = Infinity;
+    this.winTs1 = -Infinity;
+    const cpu = this.cpuWindow ?? { user: 0, system: 0 };
     const failures = { ...this.failures };
     const windowBytes: number[] = [];
     const maxLagMs: number[] = [];
@@ -261,9 +303,9 @@ export class ViewerSwarm {
     let tsJumps = 0;
     for (const v of this.viewers) {
       if (v.state === 'playing' && v.ttff < 0) failures['no-video'] = (failures['no-video'] ?? 0) + 1;
-      windowBytes.push(v.bytes - v.winBytes0);
-      maxLagMs.push(v.state === 'failed' ? -2 : Math.round(v.lagAt(now)));
-      frames += v.frames - v.winFrames0;
+      windowBytes.push(v.winBytes);
+      maxLagMs.push(v.state === 'failed' ? -2 : Math.round(v.maxLag));
+      frames += v.winFrames;
       tsBackwards += v.tsBackwards;
       tsJumps += v.tsJumps;
     }
@@ -283,7 +325,7 @@ export class ViewerSwarm {
       latency: encodeHistogram(this.latency),
       frameLatency: encodeHistogram(this.frameLatency),
       earlyFrames: this.earlyFrames,
-      windowMs: this.winStart > 0 ? now - this.winStart : 0,
+      windowMs: this.winStart > 0 ? this.winEnd - this.winStart : 0,
       windowBytes,
       maxLagMs,
       windowFrames: frames,

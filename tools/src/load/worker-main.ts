@@ -1,6 +1,6 @@
 /**
  * Entry point of a swarm worker process (forked by SwarmWorkers with an IPC channel).
- * Requests: { id, cmd: 'start' | 'progress' | 'settle' | 'mark' | 'report' | 'stop', args? };
+ * Requests: { id, cmd: 'start' | 'progress' | 'settle' | 'mark' | 'end' | 'report' | 'stop', args? };
  * replies: { id, ok: true, result } or { id, ok: false, error }.
  * The worker exits when its parent disconnects, so it never outlives the benchmark.
  */
@@ -8,7 +8,7 @@ import { ViewerSwarm, type SwarmOptions } from './swarm.ts';
 
 export interface WorkerRequest {
   id: number;
-  cmd: 'start' | 'progress' | 'settle' | 'mark' | 'report' | 'stop';
+  cmd: 'start' | 'progress' | 'settle' | 'mark' | 'end' | 'report' | 'stop';
   args?: unknown;
 }
 
@@ -29,7 +29,10 @@ async function handle(req: WorkerRequest): Promise<unknown> {
     case 'settle':
       return swarm?.whenSettled(Number(req.args ?? 0));
     case 'mark':
-      swarm?.mark();
+      swarm?.mark(req.args as { fromTs: number; toTs: number } | undefined);
+      return true;
+    case 'end':
+      swarm?.end();
       return true;
     case 'report':
       if (!swarm) throw new Error('no swarm running');
@@ -48,6 +51,8 @@ if (process.send) {
       (err: unknown) => process.send?.({ id: req.id, ok: false, error: err instanceof Error ? err.message : String(err) } satisfies WorkerReply),
     );
   });
+  // Ctrl-C reaches the whole process group: the parent decides when we stop (it disconnects).
+  process.on('SIGINT', () => undefined);
   process.on('disconnect', () => {
     swarm?.stop();
     process.exit(0);

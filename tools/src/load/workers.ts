@@ -113,11 +113,19 @@ export class SwarmWorkers {
       handles.push(new WorkerHandle(proc));
     }
     const sw = new SwarmWorkers(handles);
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([Promise.all(handles.map((h) => h.ready)), new Promise((_, rej) => setTimeout(() => rej(new Error('swarm workers did not start in 30 s')), 30_000))]);
+      await Promise.race([
+        Promise.all(handles.map((h) => h.ready)),
+        new Promise((_, rej) => {
+          timer = setTimeout(() => rej(new Error('swarm workers did not start in 30 s')), 30_000);
+        }),
+      ]);
     } catch (err) {
       sw.kill();
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
     return sw;
   }
@@ -162,8 +170,14 @@ export class SwarmWorkers {
     }
   }
 
-  async mark(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.request('mark')));
+  /** Starts the measurement window in every worker (see ViewerSwarm.mark). */
+  async mark(range?: { fromTs: number; toTs: number }): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.request('mark', range)));
+  }
+
+  /** Ends the wall-clock part of the window in every worker. */
+  async end(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.request('end')));
   }
 
   async report(): Promise<SwarmPartReport[]> {

@@ -10,8 +10,12 @@ export const FRAME_VIDEO = 9;
 export const FRAME_DATA = 18;
 export type FrameType = typeof FRAME_AUDIO | typeof FRAME_VIDEO | typeof FRAME_DATA;
 
-/** Chunk stream ids used for shared media: fixed so the bytes do not depend on any connection's state. */
-const CSID_FOR_TYPE: Record<FrameType, number> = { 8: 4, 9: 6, 18: 5 };
+/**
+ * Chunk stream ids used for shared media: fixed so the bytes do not depend on any connection's
+ * state, and never used by a session's own encoder (control 2, commands 3, status 5), whose
+ * header compression would otherwise disagree with what the viewer last saw on that id.
+ */
+const CSID_FOR_TYPE: Record<FrameType, number> = { 8: 4, 9: 6, 18: 7 };
 
 export type WireFormat = { kind: 'rtmp'; chunkSize: number; streamId: number } | { kind: 'flv' } | { kind: 'flv-chunked' };
 

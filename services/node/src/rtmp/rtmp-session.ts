@@ -251,7 +251,7 @@ export class RtmpSession implements Session {
       }
     }
     // Other script data (cue points, captions, the load tester's clock) passes through as AMF0.
-    ns.hub.ingest(FRAME_DATA, m.timestamp, m.type === MessageType.DATA_AMF0 ? m.payload : encodeAmf0(v));
+    ns.hub.ingest(FRAME_DATA, m.timestamp, m.type === MessageType.DATA_AMF0 ? m.payload : encodeAmf0(v, { preserveAvmplus: false }));
   }
 
   private async runCommands(): Promise<void> {
@@ -404,14 +404,8 @@ export class RtmpSession implements Session {
     const handle: PublisherHandle = {
       id: this.id,
       kind: 'rtmp',
-      evict: (reason) => {
-        const cur = this.streams.get(streamId);
-        if (cur?.kind === 'publishing' && cur.handle === handle) {
-          cur.hub = undefined;
-          this.streams.set(streamId, { kind: 'idle', id: streamId });
-        }
-        this.close(`publisher evicted: ${reason}`, 'info');
-      },
+      // Closing ends the stream through endPublish, which detaches only if we are still the hub's publisher.
+      evict: (reason) => this.close(`publisher evicted: ${reason}`, 'info'),
     };
     const pending: NetStream = { kind: 'publishing', id: streamId, hub: undefined, handle, app, stream, lastMediaAt: Date.now() };
     this.streams.set(streamId, pending);

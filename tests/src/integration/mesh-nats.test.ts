@@ -1,0 +1,409 @@
+/**
+ * The mesh control plane against real nats-server (2.9 on Debian, works on
+ * newer): the same scenarios as mesh/test on the in-process bus, over NATS,
+ * with two (or more) bus connections acting as nodes.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import pino from 'pino';
+import { encodeHeartbeat, encodeOwnershipRecord, type Heartbeat } from '@meshcast/proto';
+import {
+  BusNoRespondersError,
+  BusTimeoutError,
+  chooseRelayParent,
+  connectNatsBus,
+  KvKeyExistsError,
+  KvRevisionMismatchError,
+  Membership,
+  MeshEvents,
+  OwnershipRegistry,
+  RelayClaims,
+  StreamNameError,
+  StreamOwnedError,
+  type Bus,
+  type BusStatus,
+  type KvEntry,
+  type LeaseLostReason,
+  type LoadSample,
+  type NatsBusOptions,
+  type OwnerChange,
+} from '@meshcast/mesh';
+import { startNatsCluster, startNatsServer, type NatsServer } from '../harness/nats.ts';
+
+const enc = (s: string) => new TextEncoder().encode(s);
+const dec = (b: Uint8Array) => new TextDecoder().decode(b);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      if (await cond()) return Date.now() - t0;
+    } catch {
+      // not yet
+    }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+function captureLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
+  return { logger, matching: (re: RegExp) => lines.filter((l) => re.test(JSON.stringify(l))) };
+}
+
+let server: NatsServer;
+const buses: Bus[] = [];
+let prefixN = 0;
+/** Every test uses its own subject prefix, hence its own KV buckets and event stream. */
+const freshPrefix = () => `it${++prefixN}x${Math.random().toString(36).slice(2, 6)}`;
+
+async function bus(name: string, prefix: string, extra: Partial<NatsBusOptions> = {}): Promise<Bus> {
+  const b = await connectNatsBus({ servers: server.url, name, prefix, pingIntervalMs: 1000, ...extra });
+  buses.push(b);
+  return b;
+}
+
+before(async () => {
+  server = await startNatsServer();
+});
+
+after(async () => {
+  await Promise.all(buses.map((b) => b.close().catch(() => undefined)));
+  await server?.stop();
+});
+
+test('harness: a JetStream-enabled nats-server on an ephemeral port', async () => {
+  assert.match(server.url, /^nats:\/\/127\.0\.0\.1:\d+$/);
+  assert.notEqual(server.port, 4222);
+  const j = await server.jsz();
+  assert.ok(j.config?.store_dir?.startsWith(server.dir), 'JetStream stores in the server’s own temp dir');
+});
+
+test('bus over NATS: wildcards, order, request/reply, no responders, timeout', async () => {
+  const p = freshPrefix();
+  const a = await bus('a', p);
+  const b = await bus('b', p);
+  const star: string[] = [];
+  const gt: string[] = [];
+  b.subscribe(`${p}.node.*.hb`, (m) => star.push(dec(m.data)));
+  b.subscribe(`${p}.>`, (m) => gt.push(m.subject));
+  b.subscribe(`${p}.node.b.rpc.echo`, (m) => m.respond(enc(`echo:${dec(m.data)}`)));
+  b.subscribe(`${p}.node.b.rpc.silent`, () => undefined);
+  await sleep(100); // let the subscriptions reach the server
+  for (let i = 0; i < 20; i++) a.publish(`${p}.node.n1.hb`, enc(String(i)));
+  a.publish(`${p}.x.y.z`, enc('deep'));
+  await waitFor(() => gt.length === 21, 2000, 'deliveries');
+  assert.deepStrictEqual(star, Array.from({ length: 20 }, (_, i) => String(i)));
+  assert.equal(dec(await a.request(`${p}.node.b.rpc.echo`, enc('hi'), { timeoutMs: 1000 })), 'echo:hi');
+  await assert.rejects(a.request(`${p}.node.b.rpc.silent`, enc('x'), { timeoutMs: 200 }), BusTimeoutError);
+  await assert.rejects(a.request(`${p}.node.nobody.rpc.echo`, enc('x'), { timeoutMs: 1000 }), BusNoRespondersError);
+  assert.equal(a.status, 'connected');
+});
+
+test('KV over NATS: create-if-absent, CAS, delete by revision, keys; max_age expiry without a watch event (2.9)', async () => {
+  const p = freshPrefix();
+  const a = await (await bus('a', p)).kv(`${p}-kv`, { maxAgeMs: 1500 });
+  const b = await (await bus('b', p)).kv(`${p}-kv`, { maxAgeMs: 1500 });
+  assert.equal(a.maxAgeMs, 1500);
+  const seen: KvEntry[] = [];
+  const w = await b.watch((e) => seen.push(e));
+  const r1 = await a.create('live.cam', enc('1'));
+  await assert.rejects(b.create('live.cam', enc('2')), KvKeyExistsError);
+  await assert.rejects(b.update('live.cam', enc('2'), r1 + 100), KvRevisionMismatchError);
+  const r2 = await b.update('live.cam', enc('3'), r1);
+  assert.ok(r2 > r1);
+  await assert.rejects(a.delete('live.cam', { revision: r1 }), KvRevisionMismatchError);
+  await a.put('live.other', enc('o'));
+  assert.deepStrictEqual((await b.keys('live.*')).sort(), ['live.cam', 'live.other']);
+  await a.delete('live.other');
+  assert.deepStrictEqual(await b.keys('live.*'), ['live.cam']);
+  const r3 = await a.create('live.other', enc('again'));
+  assert.ok(r3 > r2, 'create after delete works, revisions are bucket-wide');
+  await waitFor(() => seen.length === 5, 2000, 'watch events');
+  assert.deepStrictEqual(
+    seen.map((e) => `${e.operation}:${e.key}`),
+    ['PUT:live.cam', 'PUT:live.cam', 'PUT:live.other', 'DEL:live.other', 'PUT:live.other'],
+  );
+  const written = Date.now();
+  const expiredAfter = await waitFor(async () => (await a.get('live.cam')) === null, 5000, 'expiry by max_age');
+  assert.ok(expiredAfter + (Date.now() - written - expiredAfter) >= 1000, 'not before max age');
+  await sleep(300);
+  assert.equal(seen.length, 5, 'expiry by max_age produces no watch event');
+  await assert.rejects(a.update('live.cam', enc('late'), r2), KvRevisionMismatchError);
+  assert.ok((await b.create('live.cam', enc('new'))) > r3);
+  w.stop();
+});
+
+const T = { heartbeatMs: 100, suspectMs: 500, deadMs: 900 };
+const load = (): LoadSample => ({ viewers: 1, publishers: 0, egressBps: 0, ingressBps: 0, cpu: 0, streamsOwned: 0, relaysHeld: 0, draining: false });
+
+test('membership over NATS: convergence, garbage ignored and logged once, bye, silent node declared dead', async () => {
+  const p = freshPrefix();
+  const cap = captureLogger();
+  const mk = async (id: string) => {
+    const b = await bus(id, p);
+    const events = new MeshEvents(b);
+    const m = new Membership({ bus: b, self: { id, roles: ['playback'], addresses: { rtmp: `rtmp://${id}`, http: '' }, capacity: 10 }, load, events, logger: cap.logger, ...T });
+    await m.start();
+    return { id, b, m, events };
+  };
+  const n1 = await mk('n1');
+  const n2 = await mk('n2');
+  const n3 = await mk('n3');
+  await waitFor(() => [n1, n2, n3].every((n) => n.m.table().map((v) => `${v.id}:${v.state}`).join() === 'n1:alive,n2:alive,n3:alive'), 3000, 'convergence');
+  const evil = await bus('evil', p);
+  const hb = { node: 'n1', roles: ['playback'], addresses: { rtmp: '', http: '' }, startedAt: 1, capacity: 1, viewers: 0, publishers: 0, egressBps: 0, ingressBps: 0, cpu: 0, streamsOwned: 0, relaysHeld: 0, draining: false, placementsSinceLastHb: 0, seq: 1, sentAt: 0 } satisfies Heartbeat;
+  for (let i = 0; i < 30; i++) {
+    evil.publish(`${p}.node.evil.hb`, enc('garbage'));
+    evil.publish(`${p}.node.evil.bye`, new Uint8Array([0xc1, 0xc1]));
+    evil.publish(`${p}.node.mallory.hb`, encodeHeartbeat(hb));
+    evil.publish(`${p}.events.nodeDead`, enc('junk'));
+    evil.publish(`${p}.anything.else`, new Uint8Array(512));
+  }
+  await sleep(300);
+  for (const n of [n1, n2, n3]) assert.equal(n.m.table().length, 3);
+  assert.equal(cap.matching(/ignoring undecodable heartbeat/).length, 3, 'once per (peer, reason) per node');
+  assert.equal(cap.matching(/ignoring undecodable bye/).length, 3);
+  assert.equal(cap.matching(/node id differs from its subject/).length, 3);
+  // bye: removed at once
+  const t0 = Date.now();
+  await n3.m.stop({ reason: 'drain' });
+  await waitFor(() => !n1.m.get('n3') && !n2.m.get('n3'), 2000, 'bye');
+  assert.ok(Date.now() - t0 < T.suspectMs);
+  // silent (its connection dies): suspect, then dead, one nodeDead by the lowest live id
+  await sleep(T.deadMs); // past the start-up window in which deaths are not reported
+  await n2.m.stop({ bye: false });
+  await n2.b.close();
+  const deadAfter = await waitFor(() => n1.m.get('n2')?.state === 'dead', 3000, 'n2 dead');
+  assert.ok(deadAfter >= T.deadMs - 2 * T.heartbeatMs, `dead after ${deadAfter} ms`);
+  await waitFor(async () => (await n1.events.read({ limit: 50 })).some((r) => r.event.type === 'nodeDead'), 2000, 'nodeDead event');
+  const ev = await n1.events.read({ limit: 50 });
+  assert.deepStrictEqual(ev.filter((r) => r.event.type === 'nodeDead').map((r) => [r.event.type === 'nodeDead' && r.event.node, r.event.type === 'nodeDead' && r.event.reportedBy]), [['n2', 'n1']]);
+  assert.ok(ev.some((r) => r.event.type === 'nodeLeft' && r.event.node === 'n3'));
+  assert.equal(ev.filter((r) => r.event.type === 'nodeJoined').length, 3);
+  await n1.m.stop();
+});
+
+const O = { maxAgeMs: 2000, renewMs: 500 };
+
+test('ownership over NATS: create, renew, reject duplicate, takeover fences the old owner at once', async () => {
+  const p = freshPrefix();
+  const ba = await bus('n1', p);
+  const bb = await bus('n2', p);
+  const bc = await bus('n3', p);
+  const a = new OwnershipRegistry({ bus: ba, nodeId: 'n1', events: new MeshEvents(ba), ...O });
+  const b = new OwnershipRegistry({ bus: bb, nodeId: 'n2', ...O });
+  const c = new OwnershipRegistry({ bus: bc, nodeId: 'n3', ...O });
+  const changes: OwnerChange[] = [];
+  c.watch((ch) => changes.push(ch));
+  await c.start();
+  const la = await a.acquire('live', 'cam', { rtmp: 'rtmp://n1' }, { takeover: false });
+  assert.equal(la.epoch, 1);
+  assert.equal((await c.lookup('live', 'cam'))?.record.owner, 'n1');
+  await sleep(O.maxAgeMs + 500);
+  assert.ok(la.held, 'renewals keep it past the bucket max age');
+  assert.ok(la.revision > la.acquiredRevision);
+  assert.equal((await c.lookup('live', 'cam'))?.record.owner, 'n1');
+  await assert.rejects(b.acquire('live', 'cam', { rtmp: 'rtmp://n2' }, { takeover: false }), StreamOwnedError);
+  let lost: LeaseLostReason | undefined;
+  let lostAt = 0;
+  la.onLost((r) => {
+    lost = r;
+    lostAt = Date.now();
+  });
+  const t0 = Date.now();
+  const lb = await b.acquire('live', 'cam', { rtmp: 'rtmp://n2' }, { takeover: true });
+  assert.equal(lb.epoch, 2);
+  assert.ok(lb.acquiredRevision > la.revision);
+  await waitFor(() => lost !== undefined, 2000, 'old owner fenced');
+  assert.ok(['SUPERSEDED', 'CAS_FAILED'].includes(lost!.code));
+  assert.ok(lostAt - t0 < O.renewMs + 300, `fenced ${lostAt - t0} ms after the takeover`);
+  await waitFor(() => changes.some((ch) => ch.kind === 'owner' && ch.record?.owner === 'n2'), 2000, 'watch sees the new owner');
+  assert.deepStrictEqual(changes.filter((ch) => ch.kind === 'owner').map((ch) => [ch.record?.owner, ch.record?.epoch]), [['n1', 1], ['n2', 2]]);
+  await lb.release();
+  await waitFor(() => changes.some((ch) => ch.kind === 'gone' && ch.reason === 'deleted'), 2000, 'release seen');
+  assert.equal(await c.lookup('live', 'cam'), null);
+  await Promise.all([a.close(), b.close(), c.close()]);
+});
+
+test('ownership over NATS: when the owner’s connection dies, bucket max_age expires the lease and another node publishes without takeover', async () => {
+  const p = freshPrefix();
+  const ba = await bus('n1', p);
+  const bb = await bus('n2', p);
+  const a = new OwnershipRegistry({ bus: ba, nodeId: 'n1', ...O });
+  const b = new OwnershipRegistry({ bus: bb, nodeId: 'n2', ...O });
+  const gone: OwnerChange[] = [];
+  b.watch((ch) => {
+    if (ch.kind === 'gone') gone.push(ch);
+  });
+  await b.start();
+  const la = await a.acquire('live', 'cam', { rtmp: 'rtmp://n1' }, { takeover: false });
+  let lost: LeaseLostReason | undefined;
+  let lostAt = 0;
+  la.onLost((r) => {
+    lost = r;
+    lostAt = Date.now();
+  });
+  await sleep(O.renewMs + 100);
+  const statuses: BusStatus[] = [];
+  ba.onStatus((s) => statuses.push(s));
+  const killedAt = Date.now();
+  await ba.close(); // the owner's NATS connection is gone; it can no longer renew
+  assert.deepStrictEqual(statuses, ['closed']);
+  await assert.rejects(b.acquire('live', 'cam', { rtmp: 'rtmp://n2' }, { takeover: false }), StreamOwnedError);
+  let lb;
+  for (;;) {
+    try {
+      lb = await b.acquire('live', 'cam', { rtmp: 'rtmp://n2' }, { takeover: false });
+      break;
+    } catch (err) {
+      if (!(err instanceof StreamOwnedError)) throw err;
+      if (Date.now() - killedAt > O.maxAgeMs + 3000) throw new Error('lease never expired');
+      await sleep(50);
+    }
+  }
+  const freeAfter = Date.now() - killedAt;
+  assert.ok(freeAfter <= O.maxAgeMs + 1500, `free ${freeAfter} ms after the owner died`);
+  assert.ok(freeAfter >= O.maxAgeMs - O.renewMs - 200, `not free before its last renewal aged out (${freeAfter} ms)`);
+  assert.equal(lost?.code, 'EXPIRED_LOCALLY');
+  assert.ok(lostAt <= Date.now() - (Date.now() - killedAt - freeAfter), 'old owner fenced itself no later than the new owner acquired');
+  assert.ok(lb.held);
+  assert.ok(gone.some((g) => g.reason === 'expired'), 'watchers aged the silent record out (no delete marker on 2.9)');
+  await b.close();
+  await a.close();
+});
+
+test('relay claims over NATS + parent choice from live claims', async () => {
+  const p = freshPrefix();
+  const ids = ['e1', 'e2', 'e3', 'e4'];
+  const nodes = await Promise.all(ids.map(async (id) => ({ id, relays: new RelayClaims({ bus: await bus(id, p), nodeId: id, ...O }) })));
+  const owner = 'origin';
+  const alive = new Set(ids);
+  for (const n of nodes) {
+    const claims = (await n.relays.list('live', 'cam')).map((c) => c.claim);
+    const parent = chooseRelayParent({ streamToken: 'live.cam', selfId: n.id, owner, claims, alive, fanout: 2 }) ?? owner;
+    await n.relays.claim('live', 'cam', { parent, rtmp: `rtmp://${n.id}` });
+  }
+  const claims = await nodes[0]!.relays.list('live', 'cam');
+  assert.equal(claims.length, 4);
+  const kids = new Map<string, number>();
+  for (const c of claims) kids.set(c.claim.parent, (kids.get(c.claim.parent) ?? 0) + 1);
+  assert.equal(kids.get(owner), 2, 'owner takes F = 2 direct children');
+  assert.ok([...kids.values()].every((k) => k <= 2));
+  await sleep(O.maxAgeMs + 300);
+  assert.equal((await nodes[3]!.relays.list('live', 'cam')).length, 4, 'claims renewed');
+  await Promise.all(nodes.map((n) => n.relays.close()));
+  assert.equal((await nodes[0]!.relays.list('live', 'cam')).length, 0, 'released');
+});
+
+test('events log on JetStream: stream kept 24 h, typed append/read/follow, junk skipped', async () => {
+  const p = freshPrefix();
+  const ba = await bus('a', p);
+  const bb = await bus('b', p);
+  const cap = captureLogger();
+  const a = new MeshEvents(ba);
+  const b = new MeshEvents(bb, cap.logger);
+  const followed: string[] = [];
+  const s1 = await a.append({ type: 'published', at: Date.now(), app: 'live', stream: '直播', node: 'n1' });
+  const f = await b.follow((r) => followed.push(r.event.type));
+  await ba.events.append('published', enc('junk'));
+  await a.append({ type: 'relayStarted', at: Date.now(), app: 'live', stream: '直播', node: 'e1', parent: 'n1' });
+  await a.append({ type: 'ownershipMoved', at: Date.now(), app: 'live', stream: '直播', from: 'n1', to: 'n2', epoch: 2, revision: 9 });
+  await waitFor(() => followed.length === 2, 3000, 'follow');
+  assert.deepStrictEqual(followed, ['relayStarted', 'ownershipMoved']);
+  const all = await b.read({ limit: 10 });
+  assert.deepStrictEqual(all.map((r) => r.event.type), ['published', 'relayStarted', 'ownershipMoved']);
+  assert.equal(all[0]!.subject, `${p}.events.published`);
+  assert.deepStrictEqual((await b.read({ since: s1, limit: 1 })).map((r) => r.event.type), ['relayStarted']);
+  assert.equal(cap.matching(/ignoring undecodable mesh event/).length, 1);
+  f.stop();
+  const j = await server.jsz('accounts=true&streams=true&config=true');
+  const streams = (j.account_details ?? []).flatMap((acc) => acc.stream_detail ?? []);
+  const ev = streams.find((s) => s.name === `${p.toUpperCase()}_EVENTS`);
+  assert.ok(ev, 'event stream exists');
+  assert.equal(ev.config?.['max_age'], 24 * 3600 * 1e9);
+  assert.deepStrictEqual(ev.config?.['subjects'], [`${p}.events.>`]);
+});
+
+test('weird stream keys and garbage records over NATS', async () => {
+  const p = freshPrefix();
+  const ba = await bus('n1', p);
+  const cap = captureLogger();
+  const reg = new OwnershipRegistry({ bus: ba, nodeId: 'n1', logger: cap.logger, ...O });
+  const names = ['a.b', '*', '>', 'with space', '直播'];
+  for (const s of names) await reg.acquire('live', s, { rtmp: '' }, { takeover: false });
+  assert.deepStrictEqual((await reg.list()).map((i) => i.stream).sort(), [...names].sort());
+  await assert.rejects(reg.acquire('live', 'k'.repeat(1024), { rtmp: '' }, { takeover: false }), StreamNameError);
+  const kv = await ba.kv(`${p}-streams`, { maxAgeMs: O.maxAgeMs });
+  assert.deepStrictEqual((await kv.keys()).sort(), ['live.=2A', 'live.=3E', 'live.=E7=9B=B4=E6=92=AD', 'live.a=2Eb', 'live.with=20space']);
+  await kv.put('live.junk', enc('garbage'));
+  await kv.put('live.fake', encodeOwnershipRecord({ owner: 'x', rtmp: '', epoch: 1, startedAt: 0, renewedAt: 0, tracks: {} }).subarray(0, 5));
+  assert.equal(await reg.lookup('live', 'junk'), null);
+  assert.equal((await reg.list()).length, names.length);
+  assert.ok(cap.matching(/undecodable ownership record/).length >= 2);
+  const l = await reg.acquire('live', 'junk', { rtmp: '' }, { takeover: false });
+  assert.ok(l.held, 'garbage record counts as free');
+  await reg.close();
+});
+
+test('3-server JetStream cluster: SIGKILL the KV stream leader, KV works again within 5 s and the lease survives', async () => {
+  const cluster = await startNatsCluster(3);
+  const local: Bus[] = [];
+  try {
+    const leader = await cluster.waitForJetStreamLeader();
+    assert.ok(cluster.servers.some((s) => s.name === leader), 'metadata leader is one of ours');
+    const p = freshPrefix();
+    const mk = async (name: string, servers: string[]) => {
+      const b = await connectNatsBus({ servers, name, prefix: p, replicas: 3, pingIntervalMs: 1000, reconnectTimeWaitMs: 250 });
+      local.push(b);
+      return b;
+    };
+    const setupBus = await mk('setup', cluster.urls);
+    const setupReg = new OwnershipRegistry({ bus: setupBus, nodeId: 'setup' });
+    assert.equal(await setupReg.lookup('live', 'none'), null); // creates the R3 bucket
+    // find the server leading the bucket's stream and connect the owner to exactly that server
+    let streamLeader = '';
+    await waitFor(async () => {
+      const j = await cluster.servers[0]!.jsz('accounts=true&streams=true');
+      const s = (j.account_details ?? []).flatMap((a) => a.stream_detail ?? []).find((x) => x.name === `KV_${p}-streams`);
+      streamLeader = s?.cluster?.leader ?? '';
+      return streamLeader !== '' && (s?.cluster?.replicas?.length ?? 0) === 2;
+    }, 5000, 'bucket stream leader and replicas');
+    const victim = cluster.servers.find((s) => s.name === streamLeader)!;
+    const others = cluster.servers.filter((s) => s !== victim);
+    const ownerBus = await mk('owner', [victim.url]); // learns the other servers by gossip
+    const watcherBus = await mk('watcher', [others[0]!.url]);
+    const owner = new OwnershipRegistry({ bus: ownerBus, nodeId: 'owner' });
+    const watcher = new OwnershipRegistry({ bus: watcherBus, nodeId: 'watcher' });
+    const lease = await owner.acquire('live', 'cam', { rtmp: 'rtmp://owner' }, { takeover: false });
+    let lost: LeaseLostReason | undefined;
+    lease.onLost((r) => {
+      lost = r;
+    });
+    assert.equal((await watcher.lookup('live', 'cam'))?.record.owner, 'owner');
+    const revBefore = lease.revision;
+
+    const killedAt = Date.now();
+    await victim.kill('SIGKILL');
+    // the KV answers again (reads and CAS writes), from both sides, within 5 s
+    const kvOwner = await ownerBus.kv(`${p}-streams`, { maxAgeMs: 10_000 });
+    const writeOk = await waitFor(async () => {
+      await kvOwner.put('probe.owner', enc(String(Date.now())), { timeoutMs: 1000 });
+      return true;
+    }, 5000, 'owner-side KV write after failover');
+    const readOk = await waitFor(async () => (await watcher.lookup('live', 'cam'))?.record.owner === 'owner', 5000, 'watcher-side KV read after failover');
+    const other = await watcher.acquire('live', 'other', { rtmp: '' }, { takeover: false });
+    const recovered = Date.now() - killedAt;
+    assert.ok(recovered < 5000, `control plane usable again ${recovered} ms after the kill (write ${writeOk} ms, read ${readOk} ms)`);
+    // the owner's lease keeps renewing through the failover (renew every 3 s, max age 10 s)
+    await waitFor(() => lease.revision > revBefore, 8000, 'a renewal after the failover');
+    assert.equal(lost, undefined, 'lease not lost');
+    assert.ok(lease.held);
+    assert.equal(ownerBus.status, 'connected');
+    await other.release();
+    await Promise.all([owner.close(), watcher.close(), setupReg.close()]);
+  } finally {
+    await Promise.all(local.map((b) => b.close().catch(() => undefined)));
+    await cluster.stop();
+  }
+});
