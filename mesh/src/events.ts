@@ -6,7 +6,7 @@
  * and logged once per (subject, reason).
  */
 import { decodeMeshEvent, encodeMeshEvent, MeshMessageError, type MeshEvent } from '@meshcast/proto';
-import type { Bus, EventFollower, EventLogEntry, EventReadOptions } from './bus.ts';
+import { clampLimit, type Bus, type EventFollower, type EventLogEntry, type EventReadOptions } from './bus.ts';
 import { LogOnce, silentLogger, type Logger } from './log.ts';
 
 export interface MeshEventRecord {
@@ -32,9 +32,44 @@ export class MeshEvents {
     return this.#bus.events.append(event.type, encodeMeshEvent(event));
   }
 
-  /** Read back (see EventReadOptions: `since` = after that sequence, else the most recent `limit`). */
+  /**
+   * Read back (see EventReadOptions: `since` = after that sequence, else the
+   * most recent `limit`). `limit` counts decoded events: undecodable entries
+   * are skipped and more are read to make up for them.
+   */
   async read(opts: EventReadOptions = {}): Promise<MeshEventRecord[]> {
-    const raw = await this.#bus.events.read(opts);
+    const limit = clampLimit(opts.limit);
+    const log = this.#bus.events;
+    if (opts.since !== undefined) {
+      const out: MeshEventRecord[] = [];
+      let cursor = opts.since;
+      for (let round = 0; round < 20 && out.length < limit; round++) {
+        const want = limit - out.length;
+        const raw = await log.read({ since: cursor, limit: want });
+        for (const e of raw) {
+          const r = this.#decode(e);
+          if (r) out.push(r);
+        }
+        if (raw.length < want) break;
+        cursor = (raw[raw.length - 1] as EventLogEntry).seq;
+      }
+      return out;
+    }
+    let raw = await log.read({ limit });
+    let out = this.#decodeAll(raw);
+    let first = raw[0]?.seq ?? 0;
+    for (let round = 0; round < 20 && out.length < limit && raw.length > 0 && first > 1; round++) {
+      const need = limit - out.length;
+      const start = Math.max(0, first - 1 - need);
+      raw = await log.read({ since: start, limit: first - 1 - start });
+      if (raw.length === 0) break;
+      out = [...this.#decodeAll(raw.filter((e) => e.seq < first)), ...out];
+      first = (raw[0] as EventLogEntry).seq;
+    }
+    return out.slice(-limit);
+  }
+
+  #decodeAll(raw: EventLogEntry[]): MeshEventRecord[] {
     const out: MeshEventRecord[] = [];
     for (const e of raw) {
       const r = this.#decode(e);

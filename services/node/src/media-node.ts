@@ -14,6 +14,7 @@ import { RtmpServer } from './rtmp/rtmp-server.ts';
 import { buildHttpServer } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
 import { verifyCredential } from './mesh/mesh-credential.ts';
+import { OPEN_ACCESS, type Authorizer } from './auth/authorizer.ts';
 
 /** Hooks the mesh layer plugs into; a lone node runs without them. */
 export interface MeshBinding {
@@ -38,6 +39,8 @@ export class MediaNode implements MediaHost {
   private http: FastifyInstance | undefined;
   private state: NodeState = 'created';
   private mesh: MeshBinding | undefined;
+  /** Replaced when auth is configured (static keys, signed tokens, webhooks). */
+  authorizer: Authorizer = OPEN_ACCESS;
   rtmpPort = 0;
   httpPort = 0;
 
@@ -135,6 +138,8 @@ export class MediaNode implements MediaHost {
     }
     const app = appConfig(this.config, req.app);
     if (!app.allow_publish) return { ok: false, code: 'NetStream.Publish.Denied', description: `publishing to app "${req.app}" is not allowed` };
+    const auth = await this.authorizer.authorize('publish', req);
+    if (!auth.ok) return { ok: false, code: 'NetStream.Publish.Unauthorized', description: auth.reason };
     const hub = this.registry.open(req.app, req.stream);
     if (hub.publisher && hub.publisher.kind === 'rtmp' && app.duplicate_publish === 'reject') {
       return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published` };
@@ -162,6 +167,11 @@ export class MediaNode implements MediaHost {
     }
     const app = appConfig(this.config, req.app);
     if (!app.allow_play) return { ok: false, code: 'NetStream.Play.Failed', description: `playing from app "${req.app}" is not allowed` };
+    // Relays between nodes are authorised by the mesh credential, not by viewer auth.
+    if (!req.meshPeer) {
+      const auth = await this.authorizer.authorize('play', req);
+      if (!auth.ok) return { ok: false, code: 'NetStream.Play.Unauthorized', description: auth.reason };
+    }
     const existing = this.registry.get(req.app, req.stream);
     if (existing?.isLive && existing.publisher?.kind !== 'relay') return { ok: true, hub: existing };
     const hub = existing ?? this.registry.open(req.app, req.stream);
@@ -175,6 +185,11 @@ export class MediaNode implements MediaHost {
 
   endPlay(hub: StreamHub): void {
     this.mesh?.playEnded(hub);
+  }
+
+  sessionDone(action: 'publish' | 'play', req: StreamRequest, summary: { bytesIn: number; bytesOut: number; durationMs: number }): void {
+    if (req.meshPeer) return;
+    this.authorizer.done(action, req, summary);
   }
 
   verifyMeshCredential(value: unknown): { ok: true; node: string } | { ok: false; reason: string } {

@@ -78,7 +78,7 @@ test('fan-out cap 2 with 6 playback nodes builds a tree; killing a mid-tier rela
   const pub = await syntheticPublisher(rtmpUrl(owner, 'live/tree'));
   cleanups.push(pub.stop);
   await until('owner announced', async () => (await meshOf(all[1]!).ownership.lookup('live', 'tree')) !== null);
-  const viewers = [];
+  const viewers: Awaited<ReturnType<typeof recordingViewer>>[] = [];
   for (const n of all.slice(1)) {
     viewers.push(await recordingViewer(rtmpUrl(n, 'live/tree')));
     await until(`relay on ${n.config.node_id}`, () => meshOf(n).relayStatus()[0]?.state === 'pulling');

@@ -76,6 +76,7 @@ export class HttpFlvSession implements Session, MediaSink {
     this.state = 'closed';
     this.hub.removeSink(this);
     this.host.endPlay(this.hub);
+    this.host.sessionDone('play', this.req, { bytesIn: 0, bytesOut: this.bytesOut, durationMs: Date.now() - this.startedAt });
     this.log.debug({ reason }, 'HTTP-FLV viewer closed');
     // End the chunked body properly when we are the ones closing.
     if (!this.socket.destroyed) this.socket.end('0\r\n\r\n');

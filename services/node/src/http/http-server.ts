@@ -8,6 +8,7 @@ import { checkName } from '../media/host.ts';
 import type { StreamRegistry } from '../media/stream-registry.ts';
 import { newSessionId, type ConnectionLimiter } from '../sessions.ts';
 import { HttpFlvSession } from './http-flv-session.ts';
+import { HTTP_FEATURES } from './features.ts';
 
 export interface HttpApiExtras {
   /** Extra routes (mesh, placement, metrics, dashboard) registered by the node. */
@@ -60,6 +61,9 @@ export function buildHttpServer(host: MediaHost, registry: StreamRegistry, limit
   app.get<{ Params: { app: string; file: string } }>('/:app/:file', (req, reply) => playFlv(req, reply));
 
   extras.register?.(app);
+  for (const feature of HTTP_FEATURES) {
+    void app.register(async (scoped) => feature.register(scoped, { host, registry, limiter, nodeInfo: extras.nodeInfo }));
+  }
 
   async function playFlv(req: FastifyRequest<{ Params: { app: string; file: string } }>, reply: FastifyReply): Promise<void> {
     const { app: appName, file } = req.params;

@@ -42,6 +42,8 @@ export interface MediaHost {
   /** Returns the hub the viewer should attach to (local, relayed, or awaited). */
   admitPlay(req: StreamRequest): Promise<PlayAdmission>;
   endPlay(hub: StreamHub): void;
+  /** An admitted publish or play has ended (webhooks, accounting). */
+  sessionDone(action: 'publish' | 'play', req: StreamRequest, summary: { bytesIn: number; bytesOut: number; durationMs: number }): void;
   verifyMeshCredential(value: unknown): { ok: true; node: string } | { ok: false; reason: string };
 }
 

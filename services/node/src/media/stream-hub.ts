@@ -120,6 +120,11 @@ export class StreamHub extends EventEmitter {
     return this.sinks.size;
   }
 
+  /** Viewers plus in-process consumers (segmenters, pushes): what keeps a relay of this stream alive. */
+  get consumerCount(): number {
+    return this.sinks.size + this.listeners_.size;
+  }
+
   get idle(): boolean {
     return this.publisherHandle === undefined && this.sinks.size === 0 && this.listeners_.size === 0;
   }

@@ -157,7 +157,7 @@ export class RelayActor {
 
   private onTick(): void {
     const now = Date.now();
-    if (this.hub.sinkCount === 0) {
+    if (this.hub.consumerCount === 0) {
       this.lingerSince ??= now;
       if (now - this.lingerSince >= this.ctx.lingerMs) {
         this.stop('no viewers after linger');

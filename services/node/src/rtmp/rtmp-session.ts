@@ -40,8 +40,8 @@ type ConnState = 'handshake' | 'awaitConnect' | 'connected' | 'closed';
 
 type NetStream =
   | { kind: 'idle'; id: number }
-  | { kind: 'publishing'; id: number; hub: StreamHub | undefined; handle: PublisherHandle; app: string; stream: string; lastMediaAt: number }
-  | { kind: 'playing'; id: number; hub: StreamHub; sink: ViewerSink; app: string; stream: string };
+  | { kind: 'publishing'; id: number; hub: StreamHub | undefined; handle: PublisherHandle; app: string; stream: string; lastMediaAt: number; req: StreamRequest; since: number }
+  | { kind: 'playing'; id: number; hub: StreamHub; sink: ViewerSink; app: string; stream: string; req: StreamRequest; since: number };
 
 /** Messages this actor handles, in order. */
 export type RtmpSessionMessage =
@@ -407,7 +407,7 @@ export class RtmpSession implements Session {
       // Closing ends the stream through endPublish, which detaches only if we are still the hub's publisher.
       evict: (reason) => this.close(`publisher evicted: ${reason}`, 'info'),
     };
-    const pending: NetStream = { kind: 'publishing', id: streamId, hub: undefined, handle, app, stream, lastMediaAt: Date.now() };
+    const pending: NetStream = { kind: 'publishing', id: streamId, hub: undefined, handle, app, stream, lastMediaAt: Date.now(), req: r.req, since: Date.now() };
     this.streams.set(streamId, pending);
     const admission = await this.host.admitPublish(r.req, handle);
     if (this.state === 'closed') {
@@ -451,7 +451,7 @@ export class RtmpSession implements Session {
     }
     const hub = admission.hub;
     const sink = new ViewerSink(`${this.id}:${streamId}`, this, streamId, this.host.config.media.out_chunk_size);
-    this.streams.set(streamId, { kind: 'playing', id: streamId, hub, sink, app: r.req.app, stream: r.req.stream });
+    this.streams.set(streamId, { kind: 'playing', id: streamId, hub, sink, app: r.req.app, stream: r.req.stream, req: r.req, since: Date.now() });
     this.log = this.log.child({ stream: r.req.stream });
     this.sendControl(userControlMessage(UserControlEvent.STREAM_BEGIN, streamId));
     this.sendStatus(streamId, 'status', 'NetStream.Play.Reset', `Playing and resetting ${r.req.stream}.`);
@@ -470,12 +470,14 @@ export class RtmpSession implements Session {
       case 'publishing':
         if (ns.hub) {
           this.host.endPublish(ns.hub, ns.handle);
+          this.host.sessionDone('publish', ns.req, { bytesIn: this.decoder.bytesReceived, bytesOut: this.bytesOut, durationMs: Date.now() - ns.since });
           this.log.info({ why }, 'unpublished');
         }
         break;
       case 'playing':
         ns.hub.removeSink(ns.sink);
         this.host.endPlay(ns.hub);
+        this.host.sessionDone('play', ns.req, { bytesIn: this.decoder.bytesReceived, bytesOut: this.bytesOut, durationMs: Date.now() - ns.since });
         break;
     }
     this.streams.set(streamId, { kind: 'idle', id: streamId });

@@ -1,0 +1,24 @@
+/**
+ * HTTP features beyond HTTP-FLV and the core API (HLS, WebSocket-FLV, metrics, dashboard, …).
+ * Each registers its own routes; the node passes them what they may use.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { MediaHost } from '../media/host.ts';
+import type { StreamRegistry } from '../media/stream-registry.ts';
+import type { ConnectionLimiter } from '../sessions.ts';
+
+export interface HttpFeatureContext {
+  host: MediaHost;
+  registry: StreamRegistry;
+  limiter: ConnectionLimiter;
+  /** The node's own summary (id, roles, addresses, load, mesh status). */
+  nodeInfo: () => Record<string, unknown>;
+}
+
+export interface HttpFeature {
+  readonly name: string;
+  register(app: FastifyInstance, ctx: HttpFeatureContext): void | Promise<void>;
+}
+
+/** The features every node serves, in registration order. */
+export const HTTP_FEATURES: HttpFeature[] = [];
