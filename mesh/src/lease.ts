@@ -2,7 +2,9 @@
  * A lease on one KV key, kept alive by compare-and-set renewals (design §4).
  * Shared by stream ownership and relay claims.
  *
- * - Renewal: every `renewMs`, `update(key, value, lastRevision)`.
+ * - Renewal: every `renewMs`, `update(key, value, lastRevision)`; after a
+ *   failed attempt (bus down, JetStream electing a stream leader) it retries
+ *   every `min(500, renewMs/4)` ms until acknowledged or fenced.
  * - Lost, and `onLost` fires once, at once, when:
  *   - `CAS_FAILED`: a renewal/update found another revision (someone wrote the key);
  *   - `SUPERSEDED`: the bucket watch shows a newer revision that is not ours;
@@ -58,6 +60,7 @@ export class KvLease<T> {
   #renewTimer: NodeJS.Timeout | undefined;
   #fenceTimer: NodeJS.Timeout | undefined;
   #chain: Promise<unknown> = Promise.resolve();
+  #failures = 0;
   readonly #lostCbs: ((r: LeaseLostReason) => void)[] = [];
   readonly #p: KvLeaseParams<T>;
 
@@ -97,7 +100,9 @@ export class KvLease<T> {
 
   /** Write a new value now (CAS). Throws LeaseLostError if the lease is gone or the CAS fails. */
   update(mutate: (v: T) => T): Promise<void> {
-    const p = this.#chain.then(() => this.#write(mutate, true));
+    const p = this.#chain.then(async () => {
+      await this.#write(mutate, true);
+    });
     this.#chain = p.catch(() => undefined);
     return p;
   }
@@ -168,47 +173,64 @@ export class KvLease<T> {
     this.#fenceTimer.unref();
   }
 
-  #scheduleRenew(): void {
+  /** Renew every `renewMs`; after a failed attempt (bus down, no stream leader) retry sooner. */
+  #scheduleRenew(delay = this.#p.renewMs): void {
     if (!this.held) return;
     this.#renewTimer = setTimeout(() => {
+      let ok = false;
       this.#chain = this.#chain
-        .then(() => this.#write((v) => this.#p.renewed(v), false))
+        .then(async () => {
+          ok = await this.#write((v) => this.#p.renewed(v), false);
+        })
         .catch(() => undefined)
-        .finally(() => this.#scheduleRenew());
-    }, this.#p.renewMs);
+        .finally(() => this.#scheduleRenew(ok ? this.#p.renewMs : this.#retryMs()));
+    }, delay);
     this.#renewTimer.unref();
   }
 
-  async #write(mutate: (v: T) => T, throwing: boolean): Promise<void> {
+  #retryMs(): number {
+    return Math.max(50, Math.min(500, Math.floor(this.#p.renewMs / 4)));
+  }
+
+  /** One CAS write; true when acknowledged. */
+  async #write(mutate: (v: T) => T, throwing: boolean): Promise<boolean> {
     if (!this.held) {
       if (throwing) throw new LeaseLostError(`lease on ${this.key} is no longer held${this.#lost ? `: ${this.#lost.message}` : ''}`);
-      return;
+      return false;
     }
     const next = mutate(this.#value);
     const sentAt = this.#p.now();
     let rev: number;
     try {
-      rev = await this.#p.bucket.update(this.key, this.#p.encode(next), this.#revision, { timeoutMs: Math.max(500, this.#p.renewMs) });
+      rev = await this.#p.bucket.update(this.key, this.#p.encode(next), this.#revision, {
+        timeoutMs: Math.max(500, Math.min(2000, this.#p.renewMs)),
+      });
     } catch (err) {
       if (err instanceof KvRevisionMismatchError) {
         this.lose({ code: 'CAS_FAILED', message: `compare-and-set on ${this.key} at revision ${this.#revision} failed` });
         if (throwing) throw new LeaseLostError(`lease on ${this.key} lost: compare-and-set failed`);
-        return;
+        return false;
       }
-      this.#p.log.warn({ key: this.key, err: errMessage(err) }, 'lease renewal failed; will retry');
+      this.#failures++;
+      if (this.#failures === 1 || this.#failures % 20 === 0) {
+        this.#p.log.warn({ key: this.key, err: errMessage(err), failures: this.#failures }, 'lease renewal failed; retrying');
+      }
       if (throwing) throw err;
-      return;
+      return false;
     }
     if (!this.held) {
       // fenced while the write was in flight: do not leave a fresh record behind
       if (!this.#released) void this.#p.bucket.delete(this.key, { revision: rev }).catch(() => undefined);
-      return;
+      return false;
     }
+    if (this.#failures > 0) this.#p.log.info({ key: this.key, failures: this.#failures }, 'lease renewal recovered');
+    this.#failures = 0;
     this.#revision = rev;
     this.#value = next;
     if (sentAt > this.#lastAckSentAt) {
       this.#lastAckSentAt = sentAt;
       this.#armFence();
     }
+    return true;
   }
 }

@@ -144,17 +144,43 @@ export class OwnershipRegistry {
     this.#events = opts.events;
   }
 
-  /** Open the bucket and start the watch (idempotent; other methods call it). */
+  /**
+   * Open the bucket and start the watch (idempotent). Resolves once the
+   * bucket is open and the first attempt to start the watch has finished; if
+   * that attempt failed (e.g. no JetStream meta leader during a cluster
+   * failover) the watch keeps being retried in the background. `acquire`,
+   * `lookup` and `list` do not wait for the watch.
+   */
   start(): Promise<void> {
     this.#started ??= (async () => {
-      const b = await this.#kv();
-      this.#watcher = await b.watch((e) => this.#onEntry(e));
-      this.#sweep = setInterval(() => this.#sweepExpired(), Math.max(50, Math.min(1000, Math.floor(this.renewMs / 2)))).unref();
+      await this.#kv();
+      this.#sweep ??= setInterval(() => this.#sweepExpired(), Math.max(50, Math.min(1000, Math.floor(this.renewMs / 2)))).unref();
+      await this.#tryWatch();
+      if (!this.#watcher) void this.#retryWatch();
     })();
     this.#started.catch(() => {
       this.#started = undefined;
     });
     return this.#started;
+  }
+
+  async #tryWatch(): Promise<void> {
+    if (this.#watcher || this.#closed) return;
+    try {
+      const b = await this.#kv();
+      const w = await b.watch((e) => this.#onEntry(e));
+      if (this.#closed) w.stop();
+      else this.#watcher = w;
+    } catch (err) {
+      this.#log.warn({ err: errMessage(err) }, 'cannot start the ownership watch yet; retrying');
+    }
+  }
+
+  async #retryWatch(): Promise<void> {
+    for (let delay = 250; !this.#watcher && !this.#closed; delay = Math.min(delay * 2, 2000)) {
+      await new Promise((r) => setTimeout(r, delay).unref());
+      await this.#tryWatch();
+    }
   }
 
   #kv(): Promise<KvBucket> {
@@ -171,8 +197,8 @@ export class OwnershipRegistry {
    */
   async acquire(app: string, stream: string, rec: AcquireRecord, opts: { takeover: boolean }): Promise<OwnershipLease> {
     const key = encodeStreamToken(app, stream);
-    await this.start();
     const b = await this.#kv();
+    void this.start().catch(() => undefined); // the watch (fast fencing) is best effort; CAS renewals fence anyway
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const now = Date.now();
       const fresh = (epoch: number): OwnershipRecord => ({

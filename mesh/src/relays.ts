@@ -11,7 +11,7 @@ import type { Bus, KvBucket, KvEntry, KvWatcher } from './bus.ts';
 import { KvError, KvKeyExistsError, KvRevisionMismatchError, MeshConfigError } from './errors.ts';
 import { hrwScore } from './hash.ts';
 import { KvLease, type LeaseLostReason } from './lease.ts';
-import { LogOnce, silentLogger, type Logger } from './log.ts';
+import { errMessage, LogOnce, silentLogger, type Logger } from './log.ts';
 import { validateNodeId } from './names.ts';
 import { encodeStreamToken } from './stream-token.ts';
 
@@ -77,6 +77,7 @@ export class RelayClaims {
   #started: Promise<void> | undefined;
   readonly #leases = new Map<string, Set<KvLease<RelayClaim>>>();
   readonly #watchers = new Set<KvWatcher>();
+  #closed = false;
 
   constructor(opts: RelayClaimsOptions) {
     this.nodeId = validateNodeId(opts.nodeId);
@@ -100,16 +101,16 @@ export class RelayClaims {
     return this.#bucket;
   }
 
-  /** Open the bucket and watch our own keys (to notice foreign writes at once). Idempotent. */
+  /**
+   * Open the bucket and watch our own keys (to notice foreign writes at
+   * once). Idempotent; like OwnershipRegistry.start, a failed watch is
+   * retried in the background and `claim` does not wait for it.
+   */
   start(): Promise<void> {
     this.#started ??= (async () => {
-      const b = await this.#kv();
-      this.#watcher = await b.watch(
-        (e) => {
-          for (const l of [...(this.#leases.get(e.key) ?? [])]) l.observe(e);
-        },
-        { key: `*.*.${this.nodeId}`, initial: false },
-      );
+      await this.#kv();
+      await this.#tryWatch();
+      if (!this.#watcher) void this.#retryWatch();
     })();
     this.#started.catch(() => {
       this.#started = undefined;
@@ -117,12 +118,36 @@ export class RelayClaims {
     return this.#started;
   }
 
+  async #tryWatch(): Promise<void> {
+    if (this.#watcher || this.#closed) return;
+    try {
+      const b = await this.#kv();
+      const w = await b.watch(
+        (e) => {
+          for (const l of [...(this.#leases.get(e.key) ?? [])]) l.observe(e);
+        },
+        { key: `*.*.${this.nodeId}`, initial: false },
+      );
+      if (this.#closed) w.stop();
+      else this.#watcher = w;
+    } catch (err) {
+      this.#log.warn({ err: errMessage(err) }, 'cannot start the relay-claims watch yet; retrying');
+    }
+  }
+
+  async #retryWatch(): Promise<void> {
+    for (let delay = 250; !this.#watcher && !this.#closed; delay = Math.min(delay * 2, 2000)) {
+      await new Promise((r) => setTimeout(r, delay).unref());
+      await this.#tryWatch();
+    }
+  }
+
   /** Claim (or re-claim) our relay key for app/stream. */
   async claim(app: string, stream: string, c: { parent: string; rtmp: string; children?: number }): Promise<RelayLease> {
     validateNodeId(c.parent);
     const key = `${encodeStreamToken(app, stream)}.${this.nodeId}`;
-    await this.start();
     const b = await this.#kv();
+    void this.start().catch(() => undefined);
     const now = Date.now();
     const claim: RelayClaim = { node: this.nodeId, parent: c.parent, children: c.children ?? 0, rtmp: c.rtmp, claimedAt: now, renewedAt: now };
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
@@ -181,6 +206,7 @@ export class RelayClaims {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     this.#watcher?.stop();
     for (const w of this.#watchers) w.stop();
     this.#watchers.clear();

@@ -21,7 +21,7 @@ const nodeArb = (id: string) =>
     weight: fc.integer({ min: 0, max: 500 }),
     load: fc.integer({ min: 0, max: 600 }),
     state: fc.constantFrom('alive' as const, 'alive' as const, 'alive' as const, 'suspect' as const, 'dead' as const),
-    draining: fc.boolean({ depthSize: 'small' }).map((b) => b && Math.random() < 0.3),
+    draining: fc.constantFrom(false, false, false, true),
     full: fc.constantFrom(false, false, false, true),
   });
 const nodesArb = fc
