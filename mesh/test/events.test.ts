@@ -35,6 +35,15 @@ test('MeshEvents: typed append / read / follow, subjects per type, junk skipped 
   const f2 = await b.follow((r) => replay.push(r.event.type), { since: s1 });
   await waitFor(() => replay.length === 2);
   assert.deepStrictEqual(replay, ['relayStarted', 'unpublished']);
+  // limit counts decoded events: junk in between is skipped and made up for
+  const two = await b.read({ since: 0, limit: 2 });
+  assert.deepStrictEqual(two.map((r) => r.event.type), ['published', 'relayStarted']);
+  const lastTwo = await b.read({ limit: 2 });
+  assert.deepStrictEqual(lastTwo.map((r) => r.event.type), ['relayStarted', 'unpublished']);
+  await busB.events.append('published', enc('junk'));
+  await busB.events.append('published', enc('junk'));
+  const lastThree = await b.read({ limit: 3 });
+  assert.deepStrictEqual(lastThree.map((r) => r.event.type), ['published', 'relayStarted', 'unpublished']);
   f.stop();
   f2.stop();
   await net.close();

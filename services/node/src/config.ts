@@ -10,6 +10,7 @@ import { parse as parseYaml } from 'yaml';
 export type Role = 'ingest' | 'playback';
 export type DuplicatePublish = 'takeover' | 'reject';
 export type PlayNotFound = 'wait' | 'reject';
+export type OnHookTimeout = 'refuse' | 'allow';
 
 export interface AppConfig {
   /** What a second publish of a live key does: take the stream over (publisher reconnect) or be refused with BadName. */
@@ -31,6 +32,68 @@ export interface LimitsConfig {
   max_message_bytes: number;
   max_chunk_size: number;
   max_stream_name_bytes: number;
+  /** Publishers this node takes before it redirects new ones to another ingest node. */
+  max_publishers: number;
+  /** New connections per second one address may open (token bucket; 0 = no rate limit). */
+  connection_rate_per_ip: number;
+  /** How many connections one address may open at once before the rate applies (bucket size). */
+  connection_burst_per_ip: number;
+}
+
+/** How one action (publish or play) of an app is authorised; see docs/security.md. */
+export interface AuthRule {
+  /** Explicitly open: no credential needed (a rule that names no credential must say so). */
+  public: boolean;
+  /** Static keys valid for any stream of the app, presented as `?key=…`. */
+  keys: string[];
+  /** Static keys valid for one stream only: stream name → keys. */
+  stream_keys: Record<string, string[]>;
+  /** Accept HMAC-signed expiring tokens (`?exp=<unix s>&sig=<hex>`). */
+  tokens: boolean;
+}
+
+export interface AppAuthConfig {
+  /** Overrides auth.token_secret for this app. */
+  token_secret: string;
+  publish?: AuthRule;
+  play?: AuthRule;
+}
+
+export interface AuthConfig {
+  /** HMAC-SHA256 secret for signed tokens. */
+  token_secret: string;
+  /** Per-app rules; "*" applies to apps (or actions) not listed. */
+  apps: Record<string, AppAuthConfig>;
+}
+
+export interface WebhooksConfig {
+  on_publish: string;
+  on_play: string;
+  on_publish_done: string;
+  on_play_done: string;
+  timeout_ms: number;
+  /** What a hook that does not answer (timeout, connection refused) means. */
+  on_timeout: OnHookTimeout;
+  /** When set, each hook request carries `X-Meshcast-Signature: sha256=<hex HMAC of the body>`. */
+  secret: string;
+}
+
+export interface NatsAuthConfig {
+  user: string;
+  pass: string;
+  token: string;
+  nkey_seed: string;
+  nkey_file: string;
+  creds_file: string;
+}
+
+export interface NatsTlsConfig {
+  /** Require TLS even with no files given (server certificate checked against the system CAs). */
+  enabled: boolean;
+  ca_file: string;
+  cert_file: string;
+  key_file: string;
+  handshake_first: boolean;
 }
 
 export interface MediaConfig {
@@ -60,6 +123,23 @@ export interface MeshConfig {
   relay_linger_ms: number;
   relay_stall_ms: number;
   capacity: number;
+  /** Bounded-load factor c of viewer placement (HAProxy suggests 1.25-2.0). */
+  placement_load_factor: number;
+  /** Redirect RTMP players to the node placement chose (clients that follow ex.redirect); otherwise serve here. */
+  rtmp_redirect: boolean;
+  nats_auth: NatsAuthConfig;
+  nats_tls: NatsTlsConfig;
+}
+
+export interface HlsConfig {
+  /** Segments are cut at the first keyframe at or after this many seconds. */
+  target_duration_s: number;
+  /** Segments listed in the live playlist. */
+  playlist_length: number;
+  /** A stream's segmenter stops after this long without playlist or segment requests. */
+  idle_timeout_s: number;
+  /** Bytes of segments one stream may hold in memory (the window plus the segment being cut). */
+  max_stream_bytes: number;
 }
 
 export interface NodeConfig {
@@ -74,8 +154,11 @@ export interface NodeConfig {
   limits: LimitsConfig;
   media: MediaConfig;
   mesh: MeshConfig;
+  hls: HlsConfig;
   apps: Record<string, Partial<AppConfig>>;
   app_defaults: AppConfig;
+  auth: AuthConfig;
+  webhooks: WebhooksConfig;
 }
 
 export class ConfigError extends Error {
@@ -100,6 +183,9 @@ export function defaultConfig(): NodeConfig {
       max_message_bytes: 8 * 1024 * 1024,
       max_chunk_size: 65536,
       max_stream_name_bytes: 1024,
+      max_publishers: 500,
+      connection_rate_per_ip: 0,
+      connection_burst_per_ip: 20,
     },
     media: {
       gop_cache: true,
@@ -122,6 +208,16 @@ export function defaultConfig(): NodeConfig {
       relay_linger_ms: 10000,
       relay_stall_ms: 2000,
       capacity: 2000,
+      placement_load_factor: 1.25,
+      rtmp_redirect: false,
+      nats_auth: { user: '', pass: '', token: '', nkey_seed: '', nkey_file: '', creds_file: '' },
+      nats_tls: { enabled: false, ca_file: '', cert_file: '', key_file: '', handshake_first: false },
+    },
+    hls: {
+      target_duration_s: 2,
+      playlist_length: 6,
+      idle_timeout_s: 30,
+      max_stream_bytes: 64 * 1024 * 1024,
     },
     apps: {},
     app_defaults: {
@@ -131,10 +227,12 @@ export function defaultConfig(): NodeConfig {
       allow_publish: true,
       allow_play: true,
     },
+    auth: { token_secret: '', apps: {} },
+    webhooks: { on_publish: '', on_play: '', on_publish_done: '', on_play_done: '', timeout_ms: 2000, on_timeout: 'refuse', secret: '' },
   };
 }
 
-type Kind = 'string' | 'number' | 'boolean' | 'roles' | 'strings' | 'duplicate' | 'notfound';
+type Kind = 'string' | 'number' | 'boolean' | 'roles' | 'strings' | 'duplicate' | 'notfound' | 'keys' | 'keymap' | 'ontimeout' | 'url';
 type Schema = { [key: string]: Kind | Schema };
 
 const APP_SCHEMA: Schema = {
@@ -143,6 +241,13 @@ const APP_SCHEMA: Schema = {
   play_wait_ms: 'number',
   allow_publish: 'boolean',
   allow_play: 'boolean',
+};
+
+const AUTH_RULE_SCHEMA: Schema = {
+  public: 'boolean',
+  keys: 'keys',
+  stream_keys: 'keymap',
+  tokens: 'boolean',
 };
 
 const SCHEMA: Schema = {
@@ -162,6 +267,9 @@ const SCHEMA: Schema = {
     max_message_bytes: 'number',
     max_chunk_size: 'number',
     max_stream_name_bytes: 'number',
+    max_publishers: 'number',
+    connection_rate_per_ip: 'number',
+    connection_burst_per_ip: 'number',
   },
   media: {
     gop_cache: 'boolean',
@@ -184,8 +292,21 @@ const SCHEMA: Schema = {
     relay_linger_ms: 'number',
     relay_stall_ms: 'number',
     capacity: 'number',
+    placement_load_factor: 'number',
+    rtmp_redirect: 'boolean',
+    nats_auth: { user: 'string', pass: 'string', token: 'string', nkey_seed: 'string', nkey_file: 'string', creds_file: 'string' },
+    nats_tls: { enabled: 'boolean', ca_file: 'string', cert_file: 'string', key_file: 'string', handshake_first: 'boolean' },
+  },
+  hls: {
+    target_duration_s: 'number',
+    playlist_length: 'number',
+    idle_timeout_s: 'number',
+    max_stream_bytes: 'number',
   },
   app_defaults: APP_SCHEMA,
+  // auth.apps is a mapping of app name to { token_secret, publish, play }: merged by mergeAuthApps.
+  auth: { token_secret: 'string' },
+  webhooks: { on_publish: 'url', on_play: 'url', on_publish_done: 'url', on_play_done: 'url', timeout_ms: 'number', on_timeout: 'ontimeout', secret: 'string' },
 };
 
 function coerce(kind: Kind, value: unknown, path: string): unknown {
@@ -224,6 +345,60 @@ function coerce(kind: Kind, value: unknown, path: string): unknown {
     case 'notfound':
       if (value !== 'wait' && value !== 'reject') fail('"wait" or "reject"');
       return value;
+    case 'ontimeout':
+      if (value !== 'refuse' && value !== 'allow') fail('"refuse" or "allow"');
+      return value;
+    case 'keys': {
+      // Keys are secrets: never split on commas, never trimmed; YAML may read a numeric key as a number.
+      const list = Array.isArray(value) ? value : [value];
+      if (list.some((k) => (typeof k !== 'string' && typeof k !== 'number') || String(k) === '')) fail('a list of non-empty keys');
+      return list.map(String);
+    }
+    case 'keymap': {
+      if (value == null) return {};
+      if (typeof value !== 'object' || Array.isArray(value)) fail('a mapping of stream name to key(s)');
+      const out: Record<string, string[]> = {};
+      for (const [stream, keys] of Object.entries(value as Record<string, unknown>)) out[stream] = coerce('keys', keys, `${path}.${stream}`) as string[];
+      return out;
+    }
+    case 'url': {
+      const s = coerce('string', value, path) as string;
+      if (s === '') return s;
+      let u: URL | undefined;
+      try {
+        u = new URL(s);
+      } catch {
+        u = undefined;
+      }
+      if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:')) fail('an http:// or https:// URL (or "" for none)');
+      return s;
+    }
+  }
+}
+
+function defaultAuthRule(): AuthRule {
+  return { public: false, keys: [], stream_keys: {}, tokens: false };
+}
+
+/** `auth.apps`: app name → { token_secret, publish, play }. */
+function mergeAuthApps(target: Record<string, AppAuthConfig>, value: unknown): void {
+  if (value == null) return;
+  if (typeof value !== 'object' || Array.isArray(value)) throw new ConfigError('config key "auth.apps": expected a mapping of app name to auth settings');
+  for (const [app, settings] of Object.entries(value as Record<string, unknown>)) {
+    const base = `auth.apps.${app}`;
+    const into = (target[app] ??= { token_secret: '' });
+    if (settings == null) continue;
+    if (typeof settings !== 'object' || Array.isArray(settings)) throw new ConfigError(`config key "${base}": expected a mapping`);
+    for (const [key, v] of Object.entries(settings as Record<string, unknown>)) {
+      if (key === 'publish' || key === 'play') {
+        const rule = (into[key] ??= defaultAuthRule());
+        merge(rule as unknown as Record<string, unknown>, v, AUTH_RULE_SCHEMA, `${base}.${key}`);
+      } else if (key === 'token_secret') {
+        into.token_secret = coerce('string', v, `${base}.token_secret`) as string;
+      } else {
+        throw new ConfigError(`unknown config key "${base}.${key}"`);
+      }
+    }
   }
 }
 
@@ -242,6 +417,10 @@ function merge(target: Record<string, unknown>, input: unknown, schema: Schema, 
         const into = (apps[app] ??= {});
         merge(into, settings, APP_SCHEMA, `apps.${app}`);
       }
+      continue;
+    }
+    if (prefix === 'auth' && key === 'apps') {
+      mergeAuthApps((target as unknown as AuthConfig).apps, value);
       continue;
     }
     const kind = schema[key];
@@ -271,6 +450,17 @@ const OVERRIDES: Array<{ flag: string; env: string; path: string }> = [
 
 export const CONFIG_FLAGS = OVERRIDES.map((o) => o.flag);
 
+/** Secrets come from the environment (or the file), never from flags that show up in `ps`. */
+const ENV_ONLY: Array<{ env: string; path: string }> = [
+  { env: 'MESHCAST_TOKEN_SECRET', path: 'auth.token_secret' },
+  { env: 'MESHCAST_WEBHOOK_SECRET', path: 'webhooks.secret' },
+  { env: 'MESHCAST_NATS_USER', path: 'mesh.nats_auth.user' },
+  { env: 'MESHCAST_NATS_PASS', path: 'mesh.nats_auth.pass' },
+  { env: 'MESHCAST_NATS_TOKEN', path: 'mesh.nats_auth.token' },
+  { env: 'MESHCAST_NATS_NKEY_SEED', path: 'mesh.nats_auth.nkey_seed' },
+  { env: 'MESHCAST_NATS_CREDS', path: 'mesh.nats_auth.creds_file' },
+];
+
 function setPath(cfg: NodeConfig, path: string, raw: unknown): void {
   const parts = path.split('.');
   const leaf = parts.pop()!;
@@ -289,6 +479,13 @@ export interface LoadConfigInput {
   env?: NodeJS.ProcessEnv;
   /** Extra settings applied after the file (used by tests and the in-process launcher). */
   inline?: unknown;
+}
+
+/** What each loaded config was loaded from, so SIGHUP can load it again the same way. */
+const SOURCES = new WeakMap<NodeConfig, LoadConfigInput>();
+
+export function configSource(cfg: NodeConfig): LoadConfigInput | undefined {
+  return SOURCES.get(cfg);
 }
 
 export function loadConfig(input: LoadConfigInput = {}): NodeConfig {
@@ -315,12 +512,17 @@ export function loadConfig(input: LoadConfigInput = {}): NodeConfig {
     const v = env[o.env];
     if (v !== undefined && v !== '') setPath(cfg, o.path, v);
   }
+  for (const o of ENV_ONLY) {
+    const v = env[o.env];
+    if (v !== undefined && v !== '') setPath(cfg, o.path, v);
+  }
   for (const o of OVERRIDES) {
     const v = input.flags?.[o.flag];
     if (v !== undefined) setPath(cfg, o.path, v);
   }
   if (!cfg.public_host) cfg.public_host = cfg.host === '0.0.0.0' || cfg.host === '::' ? '127.0.0.1' : cfg.host;
   validate(cfg);
+  SOURCES.set(cfg, { ...input });
   return cfg;
 }
 
@@ -331,9 +533,41 @@ function validate(cfg: NodeConfig): void {
   const oc = cfg.media.out_chunk_size;
   if (oc < 128 || oc > 65536) throw new ConfigError('config key "media.out_chunk_size": must be 128..65536');
   if (cfg.limits.max_chunk_size > 65536) throw new ConfigError('config key "limits.max_chunk_size": at most 65536');
+  if (cfg.hls.target_duration_s <= 0) throw new ConfigError('config key "hls.target_duration_s": must be greater than 0');
+  if (!Number.isInteger(cfg.hls.playlist_length) || cfg.hls.playlist_length < 1) throw new ConfigError('config key "hls.playlist_length": must be a whole number, at least 1');
   for (const port of [cfg.rtmp_port, cfg.http_port]) {
     if (!Number.isInteger(port) || port > 65535) throw new ConfigError(`port ${port} out of range`);
   }
+  validateSecurity(cfg);
+}
+
+function validateSecurity(cfg: NodeConfig): void {
+  const lim = cfg.limits;
+  if (lim.connection_rate_per_ip > 0 && lim.connection_burst_per_ip < 1) {
+    throw new ConfigError('config key "limits.connection_burst_per_ip": must be at least 1 when limits.connection_rate_per_ip is set');
+  }
+  if (cfg.webhooks.timeout_ms < 1) throw new ConfigError('config key "webhooks.timeout_ms": must be at least 1');
+  for (const [app, a] of Object.entries(cfg.auth.apps)) {
+    for (const action of ['publish', 'play'] as const) {
+      const rule = a[action];
+      if (!rule) continue;
+      const path = `auth.apps.${app}.${action}`;
+      const hasKeys = rule.keys.length > 0 || Object.keys(rule.stream_keys).length > 0;
+      if (rule.public && (hasKeys || rule.tokens)) throw new ConfigError(`config key "${path}": "public: true" cannot be combined with keys, stream_keys or tokens`);
+      if (!rule.public && !hasKeys && !rule.tokens) {
+        throw new ConfigError(`config key "${path}": names no credential; give keys, stream_keys or "tokens: true" (or "public: true" to leave it open)`);
+      }
+      if (rule.tokens && !(a.token_secret || cfg.auth.token_secret)) {
+        throw new ConfigError(`config key "${path}.tokens": signed tokens need auth.token_secret (or auth.apps.${app}.token_secret)`);
+      }
+    }
+  }
+  const na = cfg.mesh.nats_auth;
+  if ((na.user === '') !== (na.pass === '')) throw new ConfigError('config keys "mesh.nats_auth.user" and "mesh.nats_auth.pass": give both or neither');
+  if (na.nkey_seed && na.nkey_file) throw new ConfigError('config keys "mesh.nats_auth.nkey_seed" and "mesh.nats_auth.nkey_file": give one, not both');
+  if (na.nkey_seed && !/^SU[A-Z2-7]{50,}$/.test(na.nkey_seed)) throw new ConfigError('config key "mesh.nats_auth.nkey_seed": not an NKey user seed (SU…)');
+  const tls = cfg.mesh.nats_tls;
+  if ((tls.cert_file === '') !== (tls.key_file === '')) throw new ConfigError('config keys "mesh.nats_tls.cert_file" and "mesh.nats_tls.key_file": give both or neither');
 }
 
 export function appConfig(cfg: NodeConfig, app: string): AppConfig {

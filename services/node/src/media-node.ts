@@ -26,6 +26,10 @@ export interface MeshBinding {
   playEnded(hub: StreamHub): void;
   registerRoutes?(app: FastifyInstance): void;
   nodeInfo?(): Record<string, unknown>;
+  /** A better ingest node (RTMP URL) for a publisher this node will not take. */
+  redirectPublish?(req: StreamRequest): string | undefined;
+  /** The node placement chose for this viewer, when the node is configured to redirect there. */
+  redirectPlay?(req: StreamRequest): Promise<string | undefined>;
   stop(): Promise<void>;
 }
 
@@ -131,8 +135,24 @@ export class MediaNode implements MediaHost {
     };
   }
 
+  /** Whether one more viewer fits on this node (the admission placement asks for). */
+  admitViewerHere(): { admitted: boolean; reason?: string; viewers: number; capacity: number } {
+    const capacity = this.config.mesh.capacity;
+    const viewers = this.sessions.list().filter((s) => s.role === 'viewer').length;
+    if (this.state !== 'running') return { admitted: false, reason: 'draining', viewers, capacity };
+    if (!this.config.roles.includes('playback')) return { admitted: false, reason: 'not a playback node', viewers, capacity };
+    if (viewers >= capacity) return { admitted: false, reason: 'at capacity', viewers, capacity };
+    return { admitted: true, viewers, capacity };
+  }
+
   async admitPublish(req: StreamRequest, publisher: PublisherHandle): Promise<PublishAdmission> {
-    if (this.state !== 'running') return { ok: false, code: 'NetStream.Publish.Denied', description: 'node is draining' };
+    const publishers = this.registry.list().filter((h) => h.publisher?.kind === 'rtmp').length;
+    if (this.state !== 'running' || publishers >= this.config.limits.max_publishers) {
+      const why = this.state !== 'running' ? 'node is draining' : `node is full (${publishers} publishers)`;
+      const redirect = this.mesh?.redirectPublish?.(req);
+      if (redirect) return { ok: false, code: 'NetConnection.Connect.Rejected', description: `${why}; publish to ${redirect}`, redirect };
+      return { ok: false, code: 'NetStream.Publish.Denied', description: why };
+    }
     if (!this.config.roles.includes('ingest')) {
       return { ok: false, code: 'NetStream.Publish.Denied', description: 'this node does not take publishers (playback-only)' };
     }
@@ -172,6 +192,8 @@ export class MediaNode implements MediaHost {
       const auth = await this.authorizer.authorize('play', req);
       if (!auth.ok) return { ok: false, code: 'NetStream.Play.Unauthorized', description: auth.reason };
     }
+    const redirect = await this.mesh?.redirectPlay?.(req);
+    if (redirect) return { ok: false, code: 'NetConnection.Connect.Rejected', description: `play ${req.app}/${req.stream} on ${redirect}`, redirect };
     const existing = this.registry.get(req.app, req.stream);
     if (existing?.isLive && existing.publisher?.kind !== 'relay') return { ok: true, hub: existing };
     const hub = existing ?? this.registry.open(req.app, req.stream);

@@ -173,3 +173,43 @@ test('a pull with a forged mesh credential is refused', async () => {
     /mesh pull refused: bad mesh credential signature/,
   );
 });
+
+test('placement: every node gives the same answer, a burst of 1000 routes spreads within the cap', async () => {
+  const { nodes: all } = await mesh(3, { mesh: { capacity: 1000 } });
+  const answers = all.map((n) => meshOf(n).router.candidates('live', 'popular').map((c) => c.node));
+  assert.deepEqual(answers[0], answers[1]);
+  assert.deepEqual(answers[1], answers[2]);
+  const counts = new Map<string, number>();
+  const router = meshOf(all[0]!).router;
+  for (let i = 0; i < 1000; i++) {
+    const r = await router.route('live', 'popular');
+    counts.set(r.node, (counts.get(r.node) ?? 0) + 1);
+  }
+  const max = Math.max(...counts.values());
+  // cap = ceil(1.25 · (L + 1) / 3) at L = 999 → 417
+  assert.ok(max <= 417, `max ${max} per node`);
+  assert.equal(counts.size, 3, 'all nodes used');
+  const res = await fetch(`http://${all[1]!.config.public_host}:${all[1]!.httpPort}/api/v1/route/live/popular`);
+  const body = (await res.json()) as { node: string; rtmp: string; flv: string; hls: string; next: unknown[] };
+  assert.equal(res.status, 200);
+  assert.match(body.rtmp, /^rtmp:\/\/127\.0\.1\.\d+:\d+\/live\/popular$/);
+  assert.match(body.flv, /\/live\/popular\.flv$/);
+  assert.equal(body.next.length, 2);
+  const redirect = await fetch(`http://${all[1]!.config.public_host}:${all[1]!.httpPort}/play/live/popular.flv?token=t`, { redirect: 'manual' });
+  assert.equal(redirect.status, 302);
+  assert.match(redirect.headers.get('location') ?? '', /\/live\/popular\.flv\?token=t$/);
+});
+
+test('RTMP redirect: a node that is not the chosen one sends the player on, and the client follows', async () => {
+  const { nodes: all } = await mesh(3, { mesh: { rtmp_redirect: true } });
+  const pub = await syntheticPublisher(rtmpUrl(all[0]!, 'live/redir'));
+  cleanups.push(pub.stop);
+  const chosen = meshOf(all[0]!).router.candidates('live', 'redir')[0]!.node;
+  const other = all.find((n) => n.config.node_id !== chosen)!;
+  const { RtmpClient } = await import('../src/client/rtmp-client.ts');
+  const frames: number[] = [];
+  const c = await RtmpClient.openPlayer(rtmpUrl(other, 'live/redir'), { onFrame: (m) => frames.push(m.type) });
+  cleanups.push(() => c.close());
+  assert.equal(c.url.port, all.find((n) => n.config.node_id === chosen)!.rtmpPort, 'ended on the chosen node');
+  await until('frames after redirect', () => frames.filter((t) => t === 9).length > 10, 6000);
+});

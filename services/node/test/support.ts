@@ -1,4 +1,5 @@
 /** Shared pieces for the node's in-process tests: nodes on one in-process bus, a synthetic publisher, recording viewers. */
+import net from 'node:net';
 import pino from 'pino';
 import type { MemoryBusNetwork } from '@meshcast/mesh';
 import type { RtmpMessage } from '@meshcast/proto';
@@ -10,6 +11,18 @@ import { startNode } from '../src/start-node.ts';
 export const quietLog = pino({ level: process.env.MESHCAST_TEST_LOG ?? 'silent' });
 
 let hostN = 100;
+
+async function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const a = srv.address();
+      srv.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
 export async function inProcessNode(network: MemoryBusNetwork, id: string, inline: Record<string, unknown> = {}): Promise<MediaNode> {
   const host = `127.0.1.${hostN++}`;
   const mesh = (inline.mesh as Record<string, unknown> | undefined) ?? {};
@@ -19,7 +32,7 @@ export async function inProcessNode(network: MemoryBusNetwork, id: string, inlin
       node_id: id,
       host,
       rtmp_port: 0,
-      http_port: 0,
+      http_port: await freePort(host),
       mesh: { mesh_secret: 'test-secret', heartbeat_ms: 200, suspect_ms: 600, dead_ms: 1000, lease_ms: 2000, renew_ms: 500, relay_linger_ms: 1000, relay_stall_ms: 1000, ...mesh },
     },
   });

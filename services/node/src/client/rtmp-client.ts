@@ -354,11 +354,61 @@ export class RtmpClient extends EventEmitter {
     return r[3];
   }
 
+  /**
+   * Connects and plays `url`, following redirects at connect or at play (a node that placement
+   * says should not serve this viewer answers NetConnection.Connect.Rejected with ex.redirect).
+   */
+  static async openPlayer(url: string, opts: RtmpClientOptions & { onFrame?: (m: RtmpMessage) => void } = {}): Promise<RtmpClient> {
+    let target = url;
+    const max = opts.maxRedirects ?? 3;
+    for (let hop = 0; ; hop++) {
+      const client = await RtmpClient.connect(target, opts);
+      if (opts.onFrame) client.onFrame = opts.onFrame;
+      try {
+        await client.play();
+        return client;
+      } catch (err) {
+        client.close();
+        const redirect = err instanceof RtmpClientError ? redirectOf(err.info) : undefined;
+        if (redirect && hop < max) {
+          target = joinRedirect(redirect, parseRtmpUrl(target));
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** Like openPlayer, for publishers: follows a draining or full ingest node's redirect. */
+  static async openPublisher(url: string, opts: RtmpClientOptions = {}): Promise<RtmpClient> {
+    let target = url;
+    const max = opts.maxRedirects ?? 3;
+    for (let hop = 0; ; hop++) {
+      const client = await RtmpClient.connect(target, opts);
+      try {
+        await client.publish();
+        return client;
+      } catch (err) {
+        client.close();
+        const redirect = err instanceof RtmpClientError ? redirectOf(err.info) : undefined;
+        if (redirect && hop < max) {
+          target = joinRedirect(redirect, parseRtmpUrl(target));
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
   /** Plays `stream` (default: the URL's); resolves on NetStream.Play.Start. Frames go to onFrame / 'frame'. */
   async play(stream = this.url.stream, timeoutMs = this.opts.timeoutMs ?? 10_000): Promise<StatusInfo> {
     const id = await this.createStream();
     this.send(userControlMessage(UserControlEvent.SET_BUFFER_LENGTH, id, 1000));
-    const started = this.waitStatus((c) => c === 'NetStream.Play.Start', (c) => c.startsWith('NetStream.Play.') && c !== 'NetStream.Play.Reset' && c !== 'NetStream.Play.PublishNotify', timeoutMs);
+    const started = this.waitStatus(
+      (c) => c === 'NetStream.Play.Start',
+      (c) => (c.startsWith('NetStream.Play.') && c !== 'NetStream.Play.Reset' && c !== 'NetStream.Play.PublishNotify') || c === 'NetConnection.Connect.Rejected',
+      timeoutMs,
+    );
     this.sendCommand(id, ['play', 0, null, stream, -1000]);
     const s = await started;
     this.state = 'playing';

@@ -17,7 +17,12 @@ export type FrameType = typeof FRAME_AUDIO | typeof FRAME_VIDEO | typeof FRAME_D
  */
 const CSID_FOR_TYPE: Record<FrameType, number> = { 8: 4, 9: 6, 18: 7 };
 
-export type WireFormat = { kind: 'rtmp'; chunkSize: number; streamId: number } | { kind: 'flv' } | { kind: 'flv-chunked' };
+export type WireFormat =
+  | { kind: 'rtmp'; chunkSize: number; streamId: number }
+  | { kind: 'flv' }
+  | { kind: 'flv-chunked' }
+  /** FLV tags inside one unmasked binary WebSocket frame (server → client frames are the same bytes for every viewer). */
+  | { kind: 'ws-flv' };
 
 export function wireKey(f: WireFormat): string {
   switch (f.kind) {
@@ -27,6 +32,8 @@ export function wireKey(f: WireFormat): string {
       return 'flv';
     case 'flv-chunked':
       return 'flvc';
+    case 'ws-flv':
+      return 'wsflv';
   }
 }
 
@@ -75,6 +82,8 @@ export class MediaFrame {
         return this.flv();
       case 'flv-chunked':
         return httpChunk([this.flv()]);
+      case 'ws-flv':
+        return wsBinaryFrame([this.flv()]);
     }
   }
 
@@ -97,12 +106,37 @@ export function httpChunk(parts: readonly Buffer[]): Buffer {
   return out;
 }
 
+/**
+ * One final, unmasked binary WebSocket frame (RFC 6455 §5.2) around the given parts. Frames a
+ * server sends are not masked, so the bytes are the same for every WebSocket-FLV viewer.
+ */
+export function wsBinaryFrame(parts: readonly Buffer[]): Buffer {
+  let len = 0;
+  for (const p of parts) len += p.length;
+  const headLen = len < 126 ? 2 : len <= 0xffff ? 4 : 10;
+  const out = Buffer.allocUnsafe(headLen + len);
+  out[0] = 0x82; // FIN + opcode 2 (binary)
+  if (len < 126) {
+    out[1] = len;
+  } else if (len <= 0xffff) {
+    out[1] = 126;
+    out.writeUInt16BE(len, 2);
+  } else {
+    out[1] = 127;
+    out.writeUInt32BE(Math.floor(len / 2 ** 32), 2);
+    out.writeUInt32BE(len >>> 0, 6);
+  }
+  let off = headLen;
+  for (const p of parts) off += p.copy(out, off);
+  return out;
+}
+
 /** Concatenates the wire forms of frames for one format. */
 export function serialise(frames: readonly MediaFrame[], format: WireFormat, from = 0): Buffer {
-  if (format.kind === 'flv-chunked') {
+  if (format.kind === 'flv-chunked' || format.kind === 'ws-flv') {
     const parts: Buffer[] = [];
     for (let i = from; i < frames.length; i++) parts.push(frames[i]!.flv());
-    return httpChunk(parts);
+    return format.kind === 'ws-flv' ? wsBinaryFrame(parts) : httpChunk(parts);
   }
   if (frames.length - from === 1) return frames[from]!.wire(format);
   const parts: Buffer[] = [];

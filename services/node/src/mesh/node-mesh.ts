@@ -26,6 +26,7 @@ import type { PlayAdmission, PublishAdmission, StreamRequest } from '../media/ho
 import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import type { MediaNode, MeshBinding } from '../media-node.ts';
 import { RelayActor } from './relay-actor.ts';
+import { NoPlaybackCapacityError, ViewerRouter } from './viewer-router.ts';
 
 /** The bus every embedded node of this process shares (tests run many nodes in one process). */
 let processNetwork: MemoryBusNetwork | undefined;
@@ -44,6 +45,7 @@ export class NodeMesh implements MeshBinding {
   private unwatchOwners: (() => void) | undefined;
   private readonly log: Logger;
   private stopped = false;
+  readonly router: ViewerRouter;
 
   private constructor(
     private readonly node: MediaNode,
@@ -56,6 +58,7 @@ export class NodeMesh implements MeshBinding {
     log: Logger,
   ) {
     this.log = log.child({ component: 'mesh' });
+    this.router = new ViewerRouter(cfg.node_id, bus, membership, () => node.admitViewerHere(), cfg.mesh.placement_load_factor, this.log);
   }
 
   static async start(node: MediaNode, network?: MemoryBusNetwork): Promise<NodeMesh> {
@@ -204,6 +207,27 @@ export class NodeMesh implements MeshBinding {
     return { ok: true, hub };
   }
 
+  /** Where placement wants this viewer, when configured to redirect and that is another node (else undefined: serve here). */
+  async redirectPlay(req: StreamRequest): Promise<string | undefined> {
+    if (!this.cfg.mesh.rtmp_redirect || req.protocol !== 'rtmp' || req.meshPeer) return undefined;
+    try {
+      const r = await this.router.route(req.app, req.stream);
+      if (r.node === this.cfg.node_id) return undefined;
+      const q = req.params.toString();
+      return q ? `${r.rtmp}?${q}` : r.rtmp;
+    } catch (err) {
+      if (err instanceof NoPlaybackCapacityError) return undefined;
+      throw err;
+    }
+  }
+
+  /** A better ingest node for a publisher this node will not take, as an RTMP URL. */
+  redirectPublish(req: StreamRequest): string | undefined {
+    const n = this.router.bestIngest(req.app, req.stream);
+    if (!n) return undefined;
+    return `${n.heartbeat.addresses.rtmp}/${encodeURIComponent(req.app)}/${encodeURIComponent(req.stream)}`;
+  }
+
   private ensureRelay(hub: StreamHub): RelayActor {
     let relay = this.relays.get(hub.key);
     if (relay) return relay;
@@ -247,6 +271,32 @@ export class NodeMesh implements MeshBinding {
   }
 
   registerRoutes(app: FastifyInstance): void {
+    app.get<{ Params: { app: string; stream: string } }>('/api/v1/route/:app/:stream', async (req, reply) => {
+      try {
+        const r = await this.router.route(req.params.app, req.params.stream);
+        return r;
+      } catch (err) {
+        if (err instanceof NoPlaybackCapacityError) return reply.code(503).send({ error: err.message });
+        if (err instanceof StreamNameError || err instanceof StreamTokenError) return reply.code(400).send({ error: err.message });
+        throw err;
+      }
+    });
+    app.get<{ Params: { app: string; file: string } }>('/play/:app/:file', async (req, reply) => {
+      const { app: appName, file } = req.params;
+      const kind = file.endsWith('.flv') ? 'flv' : file.endsWith('.m3u8') ? 'hls' : undefined;
+      if (!kind) return reply.code(404).send({ error: 'play URLs end in .flv or .m3u8' });
+      const stream = file.slice(0, kind === 'flv' ? -4 : -5);
+      try {
+        const r = await this.router.route(appName, stream);
+        const q = (req.raw.url ?? '').split('?')[1];
+        const target = kind === 'flv' ? r.flv : r.hls;
+        return reply.redirect(q ? `${target}?${q}` : target, 302);
+      } catch (err) {
+        if (err instanceof NoPlaybackCapacityError) return reply.code(503).send({ error: err.message });
+        if (err instanceof StreamNameError || err instanceof StreamTokenError) return reply.code(400).send({ error: err.message });
+        throw err;
+      }
+    });
     app.get('/api/v1/relays', async () => ({ relays: this.relayStatus() }));
     app.get('/api/v1/mesh/nodes', async () => ({
       nodes: this.membership.table().map((n) => ({ id: n.id, state: n.state, self: n.self, ...n.heartbeat })),
@@ -264,6 +314,7 @@ export class NodeMesh implements MeshBinding {
     this.stopped = true;
     for (const r of [...this.relays.values()]) r.handle({ type: 'stop', reason: 'node stopping' });
     this.unwatchOwners?.();
+    this.router.stop();
     const leases = [...this.leases.values()];
     this.leases.clear();
     await Promise.allSettled(leases.map((l) => l.lease.release()));

@@ -4,6 +4,8 @@ import type { MediaHost } from '../media/host.ts';
 import type { ConnectionLimiter } from '../sessions.ts';
 import { RtmpSession } from './rtmp-session.ts';
 
+const REFUSAL_LOG_MS = 5000;
+
 export class RtmpServer {
   private readonly server: net.Server;
   private readonly live = new Set<RtmpSession>();
@@ -20,7 +22,8 @@ export class RtmpServer {
     const ip = socket.remoteAddress ?? 'unknown';
     const refused = this.limiter.admit(ip);
     if (refused) {
-      this.host.log.warn({ remote: ip, reason: refused }, 'RTMP connection refused');
+      this.logRefusal(ip, refused);
+      socket.on('error', () => undefined);
       socket.destroy();
       return;
     }
@@ -31,6 +34,21 @@ export class RtmpServer {
     });
     this.live.add(session);
     this.host.sessions.add(session);
+  }
+
+  private refusalsSinceLog = 0;
+  private lastRefusalLog = 0;
+
+  /** A flood must not become a log flood: one line per REFUSAL_LOG_MS, with the count of the rest. */
+  private logRefusal(ip: string, reason: string): void {
+    const now = Date.now();
+    if (now - this.lastRefusalLog < REFUSAL_LOG_MS) {
+      this.refusalsSinceLog++;
+      return;
+    }
+    this.host.log.warn({ remote: ip, reason, alsoRefused: this.refusalsSinceLog }, 'RTMP connection refused');
+    this.lastRefusalLog = now;
+    this.refusalsSinceLog = 0;
   }
 
   listen(port: number, host: string): Promise<number> {

@@ -417,6 +417,7 @@ export class RtmpSession implements Session {
     if (!admission.ok) {
       this.streams.set(streamId, { kind: 'idle', id: streamId });
       this.log.info({ stream, code: admission.code, reason: admission.description }, 'publish refused');
+      if (admission.redirect) return this.redirect(streamId, admission.redirect, admission.description);
       this.sendStatus(streamId, 'error', admission.code, admission.description);
       return;
     }
@@ -445,6 +446,7 @@ export class RtmpSession implements Session {
       return;
     }
     if (!admission.ok) {
+      if (admission.redirect) return this.redirect(streamId, admission.redirect, admission.description);
       this.log.info({ stream: r.req.stream, code: admission.code, reason: admission.description }, 'play refused');
       this.sendStatus(streamId, 'error', admission.code, admission.description);
       return;
@@ -459,6 +461,24 @@ export class RtmpSession implements Session {
     this.write(this.encoder.encode({ csid: 5, type: MessageType.DATA_AMF0, streamId, timestamp: 0, payload: encodeAmf0(['|RtmpSampleAccess', true, true]) }));
     hub.addSink(sink);
     this.log.debug('playing');
+  }
+
+  /**
+   * Sends the client elsewhere the way FMS/Wowza/SRS do: NetConnection.Connect.Rejected with
+   * ex.redirect (clients that follow it reconnect there), then closes.
+   */
+  private redirect(streamId: number, url: string, description: string): void {
+    this.write(
+      this.encoder.encode({
+        csid: 5,
+        type: MessageType.COMMAND_AMF0,
+        streamId,
+        timestamp: 0,
+        payload: encodeAmf0(['onStatus', 0, null, { level: 'error', code: 'NetConnection.Connect.Rejected', description, ex: { code: 302, redirect: url } }]),
+      }),
+    );
+    this.log.info({ redirect: url }, 'client redirected');
+    this.close('redirected', 'debug');
   }
 
   private endStream(streamId: number, why: string): void {
