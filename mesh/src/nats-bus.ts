@@ -339,13 +339,21 @@ class NatsBus implements Bus {
     return new NatsKvBucket(this, bucket, kv, maxAgeMs);
   }
 
+  /** Drain (flush pending publishes) when connected, else close at once; never waits more than 2 s. */
   async close(): Promise<void> {
-    if (this.nc.isClosed()) return;
-    try {
-      await this.nc.drain();
-    } catch {
-      await this.nc.close().catch(() => undefined);
+    if (this.nc.isClosed()) {
+      this.#setStatus('closed');
+      return;
     }
+    if (this.#status === 'connected') {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, 2000);
+      });
+      await Promise.race([this.nc.drain().catch(() => undefined), timeout]);
+      clearTimeout(timer);
+    }
+    if (!this.nc.isClosed()) await this.nc.close().catch(() => undefined);
     this.#setStatus('closed');
   }
 }

@@ -1,5 +1,10 @@
-/** Runs one node as a process: start, then stop cleanly on SIGTERM/SIGINT and exit 0. */
-import type { NodeConfig } from './config.ts';
+/**
+ * Runs one node as a process: start, then stop cleanly on SIGTERM/SIGINT and exit 0.
+ * SIGHUP re-reads the config and applies its auth, webhooks and limits sections.
+ */
+import { configSource, loadConfig, type NodeConfig } from './config.ts';
+import { ConfiguredAuthorizer } from './auth/configured-authorizer.ts';
+import { reloadFromSource } from './auth/reload.ts';
 import { createLogger } from './log.ts';
 import { startNode } from './start-node.ts';
 
@@ -27,7 +32,8 @@ export async function runNode(config: NodeConfig): Promise<number> {
       force.unref();
       node
         .stop(`node received ${signal}`)
-        .then(() => {
+        .then(async () => {
+          if (node.authorizer instanceof ConfiguredAuthorizer) await node.authorizer.drain();
           clearTimeout(force);
           log.flush();
           resolve(0);
@@ -38,6 +44,13 @@ export async function runNode(config: NodeConfig): Promise<number> {
           resolve(1);
         });
     };
+    const source = configSource(config);
+    const reload = (): void => {
+      if (stopping) return;
+      log.info({ file: source?.file ?? source?.env?.MESHCAST_CONFIG }, 'SIGHUP received; reloading config');
+      reloadFromSource(node, log, () => loadConfig(source ?? {}));
+    };
+    process.on('SIGHUP', reload);
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
   });

@@ -4,6 +4,7 @@ import type { NodeConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import { MediaNode } from './media-node.ts';
 import { NodeMesh } from './mesh/node-mesh.ts';
+import { ConfiguredAuthorizer } from './auth/configured-authorizer.ts';
 
 export interface StartOptions {
   /** In-process bus to join when no NATS is configured (tests run several nodes in one process). */
@@ -12,6 +13,8 @@ export interface StartOptions {
 
 export async function startNode(config: NodeConfig, log: Logger, opts: StartOptions = {}): Promise<MediaNode> {
   const node = new MediaNode(config, log);
+  node.authorizer = new ConfiguredAuthorizer(config, log);
+  node.limiter.configure(config.limits);
   try {
     await node.start({
       beforeHttp: async () => {

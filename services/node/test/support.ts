@@ -4,6 +4,7 @@ import pino from 'pino';
 import type { MemoryBusNetwork } from '@meshcast/mesh';
 import type { RtmpMessage } from '@meshcast/proto';
 import { RtmpClient } from '../src/client/rtmp-client.ts';
+import { startSyntheticPublisher, type SyntheticPublisher } from '../src/client/synthetic-source.ts';
 import { loadConfig } from '../src/config.ts';
 import type { MediaNode } from '../src/media-node.ts';
 import { startNode } from '../src/start-node.ts';
@@ -43,36 +44,9 @@ export function rtmpUrl(node: MediaNode, path: string): string {
   return `rtmp://${node.config.public_host}:${node.rtmpPort}/${path}`;
 }
 
-const AVC_SEQ = Buffer.from([0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1e, 0xff, 0xe1, 0, 4, 0x67, 0x42, 0xc0, 0x1e, 1, 0, 4, 0x68, 0xce, 0x3c, 0x80]);
-const AAC_SEQ = Buffer.from([0xaf, 0, 0x12, 0x10]);
-
 /** Publishes a synthetic 30 fps stream (keyframe every 15 frames) with the project's client. */
-export async function syntheticPublisher(url: string, opts: { startTs?: number } = {}): Promise<{ client: RtmpClient; stop: () => void; sent: () => number }> {
-  const client = await RtmpClient.connect(url);
-  await client.publish();
-  client.sendMetadata({ width: 320, height: 240, framerate: 30, videocodecid: 7, audiocodecid: 10 });
-  client.sendMedia(9, opts.startTs ?? 0, AVC_SEQ);
-  client.sendMedia(8, opts.startTs ?? 0, AAC_SEQ);
-  let n = 0;
-  const timer = setInterval(() => {
-    const ts = (opts.startTs ?? 0) + Math.round(n * 33.333);
-    const key = n % 15 === 0;
-    const frame = Buffer.alloc(600, n & 0xff);
-    frame[0] = key ? 0x17 : 0x27;
-    frame[1] = 1;
-    frame.writeUInt32BE(n, 5); // frame number, so viewers can check order
-    client.sendMedia(9, ts, frame);
-    client.sendMedia(8, ts, Buffer.from([0xaf, 1, n & 0xff, 0x11]));
-    n++;
-  }, 33);
-  return {
-    client,
-    sent: () => n,
-    stop: () => {
-      clearInterval(timer);
-      client.close();
-    },
-  };
+export async function syntheticPublisher(url: string, opts: { startTs?: number } = {}): Promise<SyntheticPublisher> {
+  return startSyntheticPublisher(url, opts);
 }
 
 export interface RecordingViewer {

@@ -70,6 +70,14 @@ export interface StartNatsOptions {
   args?: string[];
   /** default 10 000 ms */
   readyTimeoutMs?: number;
+  /** Fixed client port instead of an ephemeral one (e.g. to restart a killed server where clients expect it). */
+  port?: number;
+  /**
+   * Reuse this dir (JetStream store + ports file) instead of a fresh temp dir:
+   * `startNatsServer({ port: old.port, dir: old.dir })` after `old.kill()`
+   * restarts a server with its data. The new handle's stop() removes the dir.
+   */
+  dir?: string;
 }
 
 const live = new Set<ChildProcess>();
@@ -128,11 +136,12 @@ interface PortsFile {
   cluster?: string[];
 }
 
-async function readPortsFile(dir: string): Promise<PortsFile | undefined> {
-  const files = (await readdir(dir)).filter((f) => f.endsWith('.ports'));
-  if (files.length === 0) return undefined;
+/** The server writes `<exe>_<pid>.ports`; match the pid so a killed predecessor's file is not picked up. */
+async function readPortsFile(dir: string, pid: number | undefined): Promise<PortsFile | undefined> {
+  const file = (await readdir(dir)).find((f) => f.endsWith(`_${pid}.ports`));
+  if (!file) return undefined;
   try {
-    return JSON.parse(await readFile(join(dir, files[0] as string), 'utf8')) as PortsFile;
+    return JSON.parse(await readFile(join(dir, file), 'utf8')) as PortsFile;
   } catch {
     return undefined; // being written
   }
@@ -175,7 +184,7 @@ async function launch(
   let ports: PortsFile | undefined;
   for (;;) {
     if (!running) throw new Error(`nats-server ${name} exited during startup${spawnError ? `: ${spawnError.message}` : ''}\n${out}`);
-    ports = await readPortsFile(dir);
+    ports = await readPortsFile(dir, child.pid);
     if (ports?.nats?.[0] && ports.monitoring?.[0]) break;
     if (Date.now() - t0 > readyTimeoutMs) {
       child.kill('SIGKILL');
@@ -244,10 +253,10 @@ async function launch(
 
 /** Start one nats-server (JetStream on by default) on ephemeral loopback ports. */
 export async function startNatsServer(opts: StartNatsOptions = {}): Promise<NatsServer> {
-  const dir = await mkdtemp(join(tmpdir(), 'meshcast-nats-'));
+  const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), 'meshcast-nats-')));
   const name = opts.name ?? `nats-${Math.random().toString(36).slice(2, 8)}`;
   const jetstream = opts.jetstream ?? true;
-  const args = ['-a', '127.0.0.1', '-p', '-1', '-m', '-1', '--ports_file_dir', dir, '-n', name];
+  const args = ['-a', '127.0.0.1', '-p', String(opts.port ?? -1), '-m', '-1', '--ports_file_dir', dir, '-n', name];
   if (jetstream) args.push('-js', '-sd', join(dir, 'js'));
   args.push(...(opts.args ?? []));
   try {

@@ -1,1 +1,2 @@
 export * from './rtmp-client.ts';
+export * from './synthetic-source.ts';

@@ -6,6 +6,8 @@ import type { FastifyInstance } from 'fastify';
 import type { MediaHost } from '../media/host.ts';
 import type { StreamRegistry } from '../media/stream-registry.ts';
 import type { ConnectionLimiter } from '../sessions.ts';
+import { metricsFeature } from './metrics.ts';
+import { dashboardFeature } from '../dashboard/dashboard.ts';
 
 export interface HttpFeatureContext {
   host: MediaHost;
@@ -21,4 +23,4 @@ export interface HttpFeature {
 }
 
 /** The features every node serves, in registration order. */
-export const HTTP_FEATURES: HttpFeature[] = [];
+export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature];

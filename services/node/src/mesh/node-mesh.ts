@@ -26,6 +26,7 @@ import type { PlayAdmission, PublishAdmission, StreamRequest } from '../media/ho
 import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import type { MediaNode, MeshBinding } from '../media-node.ts';
 import { RelayActor } from './relay-actor.ts';
+import { natsAuthOptions } from '../auth/nats-auth.ts';
 import { NoPlaybackCapacityError, ViewerRouter } from './viewer-router.ts';
 
 /** The bus every embedded node of this process shares (tests run many nodes in one process). */
@@ -67,7 +68,7 @@ export class NodeMesh implements MeshBinding {
     const log = node.log;
     const bus =
       m.nats.length > 0
-        ? await connectNatsBus({ servers: m.nats, name: cfg.node_id, prefix: m.subject_prefix, logger: log, pingIntervalMs: 5000 })
+        ? await connectNatsBus({ servers: m.nats, name: cfg.node_id, prefix: m.subject_prefix, logger: log, pingIntervalMs: 5000, ...natsAuthOptions(m) })
         : (network ?? embeddedNetwork()).connect(cfg.node_id);
     const events = new MeshEvents(bus, log);
     const selfRtmp = `rtmp://${cfg.public_host}:${node.rtmpPort}`;
