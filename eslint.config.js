@@ -23,4 +23,14 @@ export default tseslint.config(
     files: ['**/*.js', '**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly' } },
   },
+  {
+    // The dashboard's browser modules, served as they are (no bundler).
+    files: ['services/node/src/dashboard/public/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: Object.fromEntries(
+        ['window', 'document', 'navigator', 'location', 'EventSource', 'fetch', 'URL', 'Element', 'HTMLElement', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'requestAnimationFrame'].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
 );

@@ -5,10 +5,11 @@ set -euo pipefail
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
-if [[ "${MESHCAST_WITH_BENCH:-0}" == "1" ]]; then
-  command -v nginx >/dev/null 2>&1 || need+=(nginx)
-  [[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] || need+=(libnginx-mod-rtmp)
-fi
+# nginx-rtmp is a real peer in the interop tests and a baseline in the benchmark.
+[[ -x /usr/sbin/nginx ]] || need+=(nginx)
+[[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] || need+=(libnginx-mod-rtmp)
+# Charts of the benchmark and the placement simulation are SVG turned into PNG.
+command -v rsvg-convert >/dev/null 2>&1 || need+=(librsvg2-bin)
 if ! command -v node >/dev/null 2>&1; then
   need+=(nodejs npm)
 fi

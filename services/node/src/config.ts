@@ -156,10 +156,16 @@ export interface NodeConfig {
   mesh: MeshConfig;
   hls: HlsConfig;
   apps: Record<string, Partial<AppConfig>>;
+  /** Interop with servers outside the mesh: pull an RTMP URL in as a mesh stream, push a mesh stream out. */
+  static_relays: StaticRelayConfig[];
   app_defaults: AppConfig;
   auth: AuthConfig;
   webhooks: WebhooksConfig;
 }
+
+export type StaticRelayConfig =
+  | { kind: 'pull'; url: string; app: string; stream: string }
+  | { kind: 'push'; app: string; stream: string; url: string };
 
 export class ConfigError extends Error {
   readonly code = 'CONFIG';
@@ -220,6 +226,7 @@ export function defaultConfig(): NodeConfig {
       max_stream_bytes: 64 * 1024 * 1024,
     },
     apps: {},
+    static_relays: [],
     app_defaults: {
       duplicate_publish: 'takeover',
       play_not_found: 'wait',
@@ -419,6 +426,10 @@ function merge(target: Record<string, unknown>, input: unknown, schema: Schema, 
       }
       continue;
     }
+    if (prefix === '' && key === 'static_relays') {
+      (target.static_relays as StaticRelayConfig[]).push(...parseStaticRelays(value));
+      continue;
+    }
     if (prefix === 'auth' && key === 'apps') {
       mergeAuthApps((target as unknown as AuthConfig).apps, value);
       continue;
@@ -572,4 +583,31 @@ function validateSecurity(cfg: NodeConfig): void {
 
 export function appConfig(cfg: NodeConfig, app: string): AppConfig {
   return { ...cfg.app_defaults, ...(cfg.apps['*'] ?? {}), ...(cfg.apps[app] ?? {}) };
+}
+
+/**
+ * `static_relays:` entries: `{ pull: rtmp://…, as: app/stream }` brings an outside stream into
+ * the mesh; `{ push: app/stream, to: rtmp://… }` sends a mesh stream out (restreaming).
+ */
+function parseStaticRelays(value: unknown): StaticRelayConfig[] {
+  if (value == null) return [];
+  if (!Array.isArray(value)) throw new ConfigError('config key "static_relays": expected a list');
+  const splitName = (v: unknown, path: string): { app: string; stream: string } => {
+    if (typeof v !== 'string' || !/^[^/]+\/.+$/.test(v)) throw new ConfigError(`config key "${path}": expected "app/stream", got ${JSON.stringify(v)}`);
+    const i = v.indexOf('/');
+    return { app: v.slice(0, i), stream: v.slice(i + 1) };
+  };
+  const rtmpUrl = (v: unknown, path: string): string => {
+    if (typeof v !== 'string' || !/^rtmp:\/\/[^/]+\/[^/]+\/.+/.test(v)) throw new ConfigError(`config key "${path}": expected rtmp://host[:port]/app/stream, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  return value.map((entry, i): StaticRelayConfig => {
+    const path = `static_relays[${i}]`;
+    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw new ConfigError(`config key "${path}": expected a mapping`);
+    const e = entry as Record<string, unknown>;
+    const keys = Object.keys(e).sort().join(',');
+    if (keys === 'as,pull') return { kind: 'pull', url: rtmpUrl(e.pull, `${path}.pull`), ...splitName(e.as, `${path}.as`) };
+    if (keys === 'push,to') return { kind: 'push', url: rtmpUrl(e.to, `${path}.to`), ...splitName(e.push, `${path}.push`) };
+    throw new ConfigError(`config key "${path}": expected { pull, as } or { push, to }, got keys ${keys || '(none)'}`);
+  });
 }

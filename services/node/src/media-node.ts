@@ -15,6 +15,7 @@ import { buildHttpServer } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
 import { verifyCredential } from './mesh/mesh-credential.ts';
 import { OPEN_ACCESS, type Authorizer } from './auth/authorizer.ts';
+import { startStaticRelays, type StaticRelayLink } from './relay/static-relay.ts';
 
 /** Hooks the mesh layer plugs into; a lone node runs without them. */
 export interface MeshBinding {
@@ -43,6 +44,7 @@ export class MediaNode implements MediaHost {
   private http: FastifyInstance | undefined;
   private state: NodeState = 'created';
   private mesh: MeshBinding | undefined;
+  private staticRelays: StaticRelayLink[] = [];
   /** Replaced when auth is configured (static keys, signed tokens, webhooks). */
   authorizer: Authorizer = OPEN_ACCESS;
   rtmpPort = 0;
@@ -86,6 +88,7 @@ export class MediaNode implements MediaHost {
     await this.http.listen({ port: cfg.http_port, host: cfg.host });
     const addr = this.http.server.address();
     this.httpPort = typeof addr === 'object' && addr ? addr.port : cfg.http_port;
+    this.staticRelays = startStaticRelays(cfg.static_relays, this);
     this.log.info({ rtmp: `rtmp://${cfg.public_host}:${this.rtmpPort}`, http: `http://${cfg.public_host}:${this.httpPort}`, roles: cfg.roles }, 'node started');
   }
 
@@ -131,6 +134,7 @@ export class MediaNode implements MediaHost {
       streams: this.registry.list().length,
       rss: process.memoryUsage().rss,
       uptimeMs: Math.round(process.uptime() * 1000),
+      staticRelays: this.staticRelays.map((r) => r.status()),
       ...(this.mesh?.nodeInfo?.() ?? {}),
     };
   }
@@ -223,6 +227,7 @@ export class MediaNode implements MediaHost {
     if (this.state === 'stopped' || this.state === 'draining') return;
     this.state = 'draining';
     this.log.info({ reason }, 'node stopping');
+    for (const r of this.staticRelays) r.stop();
     const rtmpClosed = this.rtmp.stop();
     this.rtmp.closeSessions(reason);
     for (const s of this.sessions.all()) s.kick(reason);

@@ -262,7 +262,7 @@ export async function startNatsServer(opts: StartNatsOptions = {}): Promise<Nats
   try {
     return await launch(name, args, dir, opts.readyTimeoutMs ?? 10_000, jetstream, undefined);
   } catch (err) {
-    await rm(dir, { recursive: true, force: true });
+    if (!opts.dir) await rm(dir, { recursive: true, force: true });
     throw err;
   }
 }

@@ -343,6 +343,61 @@ test('weird stream keys and garbage records over NATS', async () => {
   await reg.close();
 });
 
+test('NATS outage: the node notices, fences its leases, stays alive to itself; when NATS returns it reconnects and re-announces', async () => {
+  const own = await startNatsServer();
+  let again: NatsServer | undefined;
+  const local: Bus[] = [];
+  try {
+    const p = freshPrefix();
+    const mkb = async (name: string) => {
+      const b = await connectNatsBus({ servers: own.url, name, prefix: p, pingIntervalMs: 500, reconnectTimeWaitMs: 200 });
+      local.push(b);
+      return b;
+    };
+    const ba = await mkb('n1');
+    const bb = await mkb('n2');
+    const mk = (b: Bus, id: string) =>
+      new Membership({ bus: b, self: { id, roles: ['ingest', 'playback'], addresses: { rtmp: '', http: '' }, capacity: 10 }, load, ...T });
+    const m1 = mk(ba, 'n1');
+    const m2 = mk(bb, 'n2');
+    await m1.start();
+    await m2.start();
+    await waitFor(() => m1.aliveIds().size === 2 && m2.aliveIds().size === 2, 3000, 'convergence');
+    const reg = new OwnershipRegistry({ bus: ba, nodeId: 'n1', ...O });
+    const lease = await reg.acquire('live', 'cam', { rtmp: '' }, { takeover: false });
+    let lost: LeaseLostReason | undefined;
+    lease.onLost((r) => {
+      lost = r;
+    });
+    const statuses: BusStatus[] = [];
+    ba.onStatus((s) => statuses.push(s));
+    const downAt = Date.now();
+    await own.kill('SIGKILL');
+    await waitFor(() => ba.status !== 'connected', 3000, 'disconnect noticed');
+    await assert.rejects(reg.lookup('live', 'cam'), (e: unknown) => e instanceof Error && (e as { code?: string }).code === 'BUS_UNAVAILABLE');
+    await waitFor(() => lost !== undefined, O.maxAgeMs + 1000, 'self-fence');
+    assert.equal(lost?.code, 'EXPIRED_LOCALLY');
+    assert.ok(Date.now() - downAt <= O.maxAgeMs + 500);
+    await waitFor(() => m1.get('n2')?.state === 'dead', 3000, 'peer dead while cut off');
+    assert.equal(m1.get('n1')?.state, 'alive', 'a node never declares itself dead');
+    // NATS comes back on the same port with the same store
+    again = await startNatsServer({ port: own.port, dir: own.dir });
+    await waitFor(() => ba.status === 'connected' && bb.status === 'connected', 5000, 'reconnect');
+    assert.deepStrictEqual([statuses[0], statuses[statuses.length - 1]], ['disconnected', 'connected']);
+    await waitFor(() => m1.get('n2')?.state === 'alive' && m2.get('n1')?.state === 'alive', 3000, 're-announced');
+    // the KV survived the restart; the fenced stream is free again (expired or stale)
+    const l2 = await reg.acquire('live', 'cam', { rtmp: '' }, { takeover: false });
+    assert.ok(l2.acquiredRevision > lease.acquiredRevision, 'revisions continue: the bucket data survived');
+    await m1.stop();
+    await m2.stop();
+    await reg.close();
+  } finally {
+    await Promise.all(local.map((b) => b.close().catch(() => undefined)));
+    await again?.stop();
+    await own.stop();
+  }
+});
+
 interface ClusterSetup {
   prefix: string;
   streamLeader: string;

@@ -58,9 +58,9 @@ export class HlsService {
     const opened = await this.open(app, stream, query, remote);
     if (!opened.ok) return opened;
     const session = opened.session;
-    session.touch();
     const seg = session.segmenter;
-    if (seg.listed.length === 0 && !seg.unsupported) await seg.waitForSegment(this.firstSegmentWaitMs);
+    if (seg.listed.length === 0 && !seg.unsupported) await session.serving(() => seg.waitForSegment(this.firstSegmentWaitMs));
+    else session.touch();
     if (!session.active) return { ok: false, status: 503, body: { error: 'HLS segmenter stopped' } };
     if (seg.unsupported) return { ok: false, status: 415, body: { error: seg.unsupported } };
     if (seg.listed.length === 0) {
@@ -69,7 +69,7 @@ export class HlsService {
     }
     const suffix = query ? `?${query}` : '';
     const text = seg.playlist((n) => `${n}.ts${suffix}`);
-    session.touch(text.length);
+    session.sent(text.length);
     return { ...opened, text };
   }
 
@@ -207,7 +207,7 @@ export function registerHls(app: FastifyInstance, ctx: HttpFeatureContext): HlsS
     if (!r.data) return reply.code(r.status).send({ error: r.error });
     void reply.header('ETag', r.etag).header('Cache-Control', 'no-cache');
     if (req.headers['if-none-match'] === r.etag) return reply.code(304).send();
-    r.session?.touch(r.data.length);
+    r.session?.sent(r.data.length);
     return reply.header('Content-Type', 'video/mp2t').send(r.data);
   });
   return service;

@@ -27,6 +27,8 @@ export class HlsStreamSession implements Session {
   private lastAccess = Date.now();
   private bytesOut = 0;
   private requests = 0;
+  /** Requests being answered now (a first playlist request waits for a segment): never idle meanwhile. */
+  private inFlight = 0;
   private stopped = false;
   private readonly idleTimer: NodeJS.Timeout;
   private readonly log: Logger;
@@ -46,7 +48,7 @@ export class HlsStreamSession implements Session {
     this.segmenter = new HlsSegmenter(opts);
     const every = Math.max(50, Math.min(1000, opts.idleTimeoutMs / 4));
     this.idleTimer = setInterval(() => {
-      if (Date.now() - this.lastAccess >= this.opts.idleTimeoutMs) this.stop('no HLS requests within the idle timeout');
+      if (this.inFlight === 0 && Date.now() - this.lastAccess >= this.opts.idleTimeoutMs) this.stop('no HLS requests within the idle timeout');
     }, every);
     this.idleTimer.unref();
   }
@@ -76,10 +78,26 @@ export class HlsStreamSession implements Session {
   };
 
   /** A playlist or segment request: keeps the segmenter alive. */
-  touch(bytes = 0): void {
+  touch(): void {
     this.lastAccess = Date.now();
-    this.bytesOut += bytes;
     this.requests++;
+  }
+
+  /** Bytes of playlists and segments sent. */
+  sent(bytes: number): void {
+    this.bytesOut += bytes;
+  }
+
+  /** Wraps the answering of a request: the segmenter does not count as idle while it runs. */
+  async serving<T>(fn: () => Promise<T>): Promise<T> {
+    this.inFlight++;
+    this.touch();
+    try {
+      return await fn();
+    } finally {
+      this.inFlight--;
+      this.lastAccess = Date.now();
+    }
   }
 
   isAdmitted(query: string): boolean {

@@ -8,6 +8,8 @@ import type { StreamRegistry } from '../media/stream-registry.ts';
 import type { ConnectionLimiter } from '../sessions.ts';
 import { metricsFeature } from './metrics.ts';
 import { dashboardFeature } from '../dashboard/dashboard.ts';
+import { HLS_FEATURE } from '../hls/hls-feature.ts';
+import { WS_FLV_FEATURE } from './ws-flv.ts';
 
 export interface HttpFeatureContext {
   host: MediaHost;
@@ -23,4 +25,4 @@ export interface HttpFeature {
 }
 
 /** The features every node serves, in registration order. */
-export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature];
+export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, HLS_FEATURE, WS_FLV_FEATURE];

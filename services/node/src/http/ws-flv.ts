@@ -209,10 +209,9 @@ export function registerWsFlv(app: FastifyInstance, ctx: HttpFeatureContext): vo
   };
   server.on('upgrade', onUpgrade);
 
-  // A plain GET of a WebSocket-FLV URL: point the client at the upgrade.
-  app.get('/ws/:app/:file', async (req, reply) => {
-    const target = parseWsFlvPath(req.raw.url);
-    if (!target) return reply.code(404).send({ error: 'not found' });
+  // A plain GET of a WebSocket-FLV URL: point the client at the upgrade. (Other paths under
+  // /ws/ fall through to the other routes: an app may be called "ws".)
+  app.get('/ws/:app/:name.flv', async (_req, reply) => {
     return reply.code(426).header('Upgrade', 'websocket').header('Connection', 'Upgrade').send({ error: 'this URL is a WebSocket (Upgrade: websocket)' });
   });
 

@@ -112,9 +112,9 @@ const enum ReadState {
 /** Parses client → server frames (which must be masked, §5.1). */
 export class WsFrameReader {
   private state = ReadState.Header;
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private opcode = 0;
-  private mask = Buffer.alloc(4);
+  private mask: Buffer = Buffer.alloc(4);
   private payloadLeft = 0;
   private dataBytes = 0;
   private fragmented = false;

@@ -1,0 +1,159 @@
+// The in-page player: mpegts.js for HTTP-FLV, hls.js for HLS (or the browser's own HLS
+// where it has one). Both libraries are served by the node itself and loaded on first use.
+
+const LIBS = {
+  flv: { src: '/dashboard/vendor/mpegts.js', global: 'mpegts' },
+  hls: { src: '/dashboard/vendor/hls.js', global: 'Hls' },
+};
+const loading = new Map();
+
+function loadLibrary(kind) {
+  const lib = LIBS[kind];
+  if (window[lib.global]) return Promise.resolve(window[lib.global]);
+  if (!loading.has(kind)) {
+    loading.set(
+      kind,
+      new Promise((resolve, reject) => {
+        const script = document.createElement('script');
+        script.src = lib.src;
+        script.async = true;
+        script.addEventListener('load', () => (window[lib.global] ? resolve(window[lib.global]) : reject(new Error(`${lib.src} did not load`))));
+        script.addEventListener('error', () => {
+          loading.delete(kind);
+          reject(new Error(`cannot load ${lib.src}`));
+        });
+        document.head.append(script);
+      }),
+    );
+  }
+  return loading.get(kind);
+}
+
+/** Media URL of a stream on a node: `base` is '' for this node, else the node's HTTP address. */
+export function mediaUrl(base, app, stream, protocol) {
+  const path = `${encodeURIComponent(app)}/${stream.split('/').map(encodeURIComponent).join('/')}`;
+  return protocol === 'hls' ? `${base}/${path}/index.m3u8` : `${base}/${path}.flv`;
+}
+
+export class Player {
+  /** `ui` holds the elements the player drives: video, placeholder, title, stop, status, res, time, buffer, dropped. */
+  constructor(ui) {
+    this.ui = ui;
+    this.engine = null;
+    this.current = null;
+    this.generation = 0;
+    this.statsTimer = null;
+    ui.stop.addEventListener('click', () => this.stop());
+    ui.video.addEventListener('playing', () => this.setStatus('playing', 'playing'));
+    ui.video.addEventListener('waiting', () => this.current && this.setStatus('buffering…'));
+  }
+
+  /** Plays `{ app, stream, key, protocol, base, via }`; replaces whatever was playing. */
+  async play(target) {
+    this.stop();
+    const generation = ++this.generation;
+    this.current = target;
+    const { ui } = this;
+    ui.placeholder.hidden = true;
+    ui.stop.disabled = false;
+    ui.title.textContent = `${target.key} · ${target.protocol === 'hls' ? 'HLS' : 'HTTP-FLV'} · from ${target.via}`;
+    this.setStatus('loading player…');
+    const url = mediaUrl(target.base, target.app, target.stream, target.protocol);
+    try {
+      const lib = await loadLibrary(target.protocol);
+      if (generation !== this.generation) return;
+      this.setStatus('connecting…');
+      this.engine = target.protocol === 'hls' ? this.startHls(lib, url) : this.startFlv(lib, url);
+    } catch (err) {
+      if (generation === this.generation) this.fail(err instanceof Error ? err.message : String(err));
+      return;
+    }
+    this.statsTimer = setInterval(() => this.updateStats(), 500);
+    ui.video.muted = true;
+    ui.video.play().catch(() => {
+      // Autoplay may wait for the first media; the `playing` event updates the status.
+    });
+  }
+
+  startFlv(mpegts, url) {
+    if (!mpegts.getFeatureList().mseLivePlayback) throw new Error('this browser cannot play HTTP-FLV (no MediaSource)');
+    const player = mpegts.createPlayer(
+      { type: 'flv', isLive: true, url, hasAudio: true, hasVideo: true },
+      { enableWorker: false, enableStashBuffer: false, lazyLoad: false, liveSync: true, liveSyncMaxLatency: 3, liveSyncTargetLatency: 1.5, autoCleanupSourceBuffer: true },
+    );
+    player.on(mpegts.Events.ERROR, (type, detail, info) => {
+      const code = info && info.code ? ` ${info.code}` : '';
+      this.fail(`${type}: ${detail}${code}${info && info.msg ? ` (${info.msg})` : ''}`);
+    });
+    player.on(mpegts.Events.LOADING_COMPLETE, () => this.current && this.setStatus('stream ended'));
+    player.attachMediaElement(this.ui.video);
+    player.load();
+    return { destroy: () => player.destroy() };
+  }
+
+  startHls(Hls, url) {
+    const video = this.ui.video;
+    if (!Hls.isSupported()) {
+      if (video.canPlayType('application/vnd.apple.mpegurl')) {
+        video.src = url;
+        return { destroy: () => video.removeAttribute('src') };
+      }
+      throw new Error('this browser cannot play HLS');
+    }
+    const hls = new Hls({ liveSyncDurationCount: 3, liveMaxLatencyDurationCount: 8, manifestLoadingMaxRetry: 2, levelLoadingMaxRetry: 4 });
+    hls.on(Hls.Events.ERROR, (_event, data) => {
+      if (!data.fatal) return;
+      const status = data.response && data.response.code;
+      if (data.details === 'manifestLoadError' && status === 404) this.fail('HLS is not available for this stream on that node (404)');
+      else this.fail(`${data.type}: ${data.details}${status ? ` (HTTP ${status})` : ''}`);
+    });
+    hls.loadSource(url);
+    hls.attachMedia(video);
+    return { destroy: () => hls.destroy() };
+  }
+
+  stop() {
+    this.generation++;
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    if (this.engine) {
+      try {
+        this.engine.destroy();
+      } catch {
+        // A player that failed half-way may not destroy cleanly; the element is reset below.
+      }
+    }
+    this.engine = null;
+    this.current = null;
+    const { ui } = this;
+    ui.video.removeAttribute('src');
+    ui.video.load();
+    ui.placeholder.hidden = false;
+    ui.stop.disabled = true;
+    ui.title.textContent = 'nothing playing';
+    this.setStatus('idle');
+    for (const el of [ui.res, ui.time, ui.buffer, ui.dropped]) el.textContent = '–';
+  }
+
+  fail(message) {
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    this.setStatus(message, 'error');
+  }
+
+  setStatus(text, kind = '') {
+    this.ui.status.textContent = text;
+    this.ui.status.className = kind;
+    this.ui.status.title = text;
+  }
+
+  updateStats() {
+    const { video, res, time, buffer, dropped } = this.ui;
+    res.textContent = video.videoWidth ? `${video.videoWidth}×${video.videoHeight}` : '–';
+    time.textContent = `${video.currentTime.toFixed(1)} s`;
+    const b = video.buffered;
+    buffer.textContent = b.length > 0 ? `${Math.max(0, b.end(b.length - 1) - video.currentTime).toFixed(1)} s` : '–';
+    const q = typeof video.getVideoPlaybackQuality === 'function' ? video.getVideoPlaybackQuality() : null;
+    dropped.textContent = q ? `${q.droppedVideoFrames} / ${q.totalVideoFrames}` : '–';
+  }
+}

@@ -1,0 +1,977 @@
+/**
+ * The placement simulation engine: one "world" per (scenario, strategy), driven tick by
+ * tick (one tick = one heartbeat). No sockets, no clock; typed arrays throughout.
+ *
+ * Model
+ * - Every playback node is also a router: a viewer asks a uniformly random live node
+ *   "which node?" (DNS / L4 in front of the pool). Each router has its OWN placement
+ *   table, exactly like the real `BoundedLoadRing` of each node: the gossiped load of
+ *   every node plus the placements this router made since that node's last heartbeat.
+ * - Gossip: the table used during tick t holds each node's viewer count at the end of
+ *   tick t-1-K (K = `staleK`); a new heartbeat id resets the router's pending count
+ *   for that node (that is what the real ring does). All strategies see the same view.
+ * - The chosen node admits or refuses: it refuses when its TRUE load is at capacity, or
+ *   when it is dead (killed but not yet suspected); the router then tries the next
+ *   candidate of the same strategy.
+ * - A killed node keeps being advertised (with its last heartbeat) until it is suspect,
+ *   3 ticks after its last heartbeat was seen; it leaves the table 2 ticks later. Its
+ *   viewers reconnect at once, each through a random live router.
+ * - bounded-load HRW: decisions come from a fast exact replica of `rankPlaybackNodes`
+ *   (cached per-stream HRW order computed with the real `hrwScore`, incremental L and
+ *   Σw per router). Real `BoundedLoadRing`s shadow some routers and every so many of
+ *   their decisions are re-taken with the real `rank()` and compared; for the strategies
+ *   listed in `realDecisions`, EVERY router has a real ring and every decision is the
+ *   real ring's (the replica is then only checked against it).
+ */
+import { BoundedLoadRing, hrwScore, type RingNodeInput } from '@meshcast/mesh';
+import { parseStrategy, strategyName, type ScenarioConfig, type StrategySpec } from './config.ts';
+import { Rng, Zipf } from './rng.ts';
+import { treeStats, type TreeStats } from './tree.ts';
+
+const NEVER = Number.POSITIVE_INFINITY;
+const BEFORE_START = -1e9;
+
+/** RNG lanes: independent sequences so arrivals are identical whatever the strategy. */
+const LANE_ARRIVALS = 1;
+const LANE_DEPART = 2;
+const LANE_RECONNECT = 3;
+const LANE_RR = 4;
+const LANE_SIZES = 6;
+const LANE_VICTIM = 7;
+
+export function streamToken(s: number): string {
+  return `live.ch${String(s).padStart(5, '0')}`;
+}
+
+export function nodeId(i: number): string {
+  return `node-${String(i).padStart(4, '0')}`;
+}
+
+/** Node sizes (1, 2, 4) and capacities of a scenario; slot `nodes` is the spare (joining) node. */
+export interface Pool {
+  ids: string[];
+  size: Int32Array;
+  capacity: Int32Array;
+  /** the node killed in churn / removed in the moves replay */
+  victim: number;
+  /** slot of the node that joins in churn / is added in the moves replay */
+  spare: number;
+}
+
+export function makePool(cfg: ScenarioConfig): Pool {
+  const M = cfg.nodes + 1;
+  const size = new Int32Array(M);
+  const rng = new Rng(cfg.seed, LANE_SIZES);
+  for (let i = 0; i < cfg.nodes; i++) {
+    if (cfg.weights === 'uniform') size[i] = 1;
+    else {
+      const u = rng.next();
+      size[i] = u < 0.5 ? 1 : u < 0.8 ? 2 : 4;
+    }
+  }
+  size[cfg.nodes] = cfg.weights === 'uniform' ? 1 : 2;
+  let units = 0;
+  for (let i = 0; i < cfg.nodes; i++) units += size[i] as number;
+  const unit = (cfg.headroom * cfg.viewers) / units;
+  const capacity = new Int32Array(M);
+  for (let i = 0; i < M; i++) capacity[i] = Math.max(1, Math.ceil(unit * (size[i] as number)));
+  const ids = Array.from({ length: M }, (_, i) => nodeId(i));
+  const victim = new Rng(cfg.seed, LANE_VICTIM).int(cfg.nodes);
+  return { ids, size, capacity, victim, spare: cfg.nodes };
+}
+
+/**
+ * Per-stream HRW order of all node slots (best `hrwScore` first, ties by id — the order
+ * `rankPlaybackNodes` uses), computed lazily with the real `hrwScore`. Shared by all runs
+ * over the same pool.
+ */
+export class HrwOrders {
+  readonly order: Uint16Array;
+  readonly ready: Uint8Array;
+  computed = 0;
+  readonly #scores: Float64Array;
+  readonly #idx: number[];
+
+  constructor(
+    readonly pool: Pool,
+    readonly streams: number,
+  ) {
+    const M = pool.ids.length;
+    if (M > 65535) throw new Error('too many nodes for Uint16 orders');
+    this.order = new Uint16Array(streams * M);
+    this.ready = new Uint8Array(streams);
+    this.#scores = new Float64Array(M);
+    this.#idx = Array.from({ length: M }, (_, i) => i);
+  }
+
+  ensure(s: number): void {
+    if (this.ready[s]) return;
+    const { ids, capacity } = this.pool;
+    const M = ids.length;
+    const tok = streamToken(s);
+    const sc = this.#scores;
+    for (let i = 0; i < M; i++) sc[i] = hrwScore(tok, ids[i] as string, capacity[i] as number);
+    const idx = this.#idx;
+    for (let i = 0; i < M; i++) idx[i] = i;
+    idx.sort((a, b) => {
+      const d = (sc[b] as number) - (sc[a] as number);
+      if (d !== 0) return d;
+      const ia = ids[a] as string;
+      const ib = ids[b] as string;
+      return ia < ib ? -1 : ia > ib ? 1 : 0;
+    });
+    const base = s * M;
+    for (let j = 0; j < M; j++) this.order[base + j] = idx[j] as number;
+    this.ready[s] = 1;
+    this.computed++;
+  }
+}
+
+export interface Snapshot {
+  tick: number;
+  viewers: number;
+  nodes: number;
+  /** max over live nodes of (load/capacity) / (total load / total capacity) */
+  maxOverAvg: number;
+  minOverAvg: number;
+  /** same, 99th percentile node */
+  p99OverAvg: number;
+  /** streams with at least one viewer */
+  streamsWatched: number;
+  /** Σ over streams of distinct serving nodes (= relays = inter-node copies of streams) */
+  relaysTotal: number;
+  /** Σ over streams of ceil(viewers / (1.25 × average load per node)) */
+  idealTotal: number;
+  relaysPerStream: number;
+  idealPerStream: number;
+  /** viewer-weighted mean of the number of nodes serving the viewer's stream */
+  relaysViewerWeighted: number;
+  top: { viewers: number; relays: number; ideal: number };
+  /** cross-node traffic: relaysTotal × bitrate */
+  crossNodeGbps: number;
+  tree: TreeStats;
+  /** normalised loads of the live nodes (load/capacity ÷ average), sorted descending (only with `loads`) */
+  loads?: number[];
+}
+
+export interface ChurnStats {
+  victim: string;
+  /** viewers on the killed node: they must move, under every strategy */
+  forcedMoves: number;
+  /** reconnects that no node admitted */
+  reconnectRejected: number;
+  /** max/avg over the ticks after the kill */
+  peakMaxOverAvgAfterFail: number;
+  relaysBeforeFail: number;
+  relaysAfterFail: number;
+  joined: string;
+  /** the joined node at the end of churn: its load, its fair share (L·w/W) and its bound */
+  joinedLoad: number;
+  joinedFairShare: number;
+  /** max load the joined node reached, relative to its fair share at that moment */
+  joinedPeakOverFair: number;
+}
+
+export interface VerifyStats {
+  /** decisions re-taken with the real BoundedLoadRing and compared */
+  checks: number;
+  mismatches: number;
+  /** true when every decision of this run came from the real rings */
+  realDecisions: boolean;
+  firstMismatch?: string;
+}
+
+export interface RunResult {
+  scenario: string;
+  strategy: string;
+  ramp: Snapshot;
+  end?: Snapshot;
+  churn?: ChurnStats;
+  /** max/avg at the end of every tick */
+  series?: number[];
+  verify: VerifyStats;
+  rejected: number;
+  placements: number;
+  ms: number;
+}
+
+export interface RunOptions {
+  /** ramp only (no churn), for the moves replay */
+  rampOnly?: boolean;
+  /** pool variant: slot never present ('remove'), spare present from the start ('add') */
+  variant?: 'base' | 'remove' | 'add';
+  /** routers: the initial nodes without the victim (moves replay) instead of every live node */
+  fixedRouters?: boolean;
+  /** force real decisions on/off (default from the config) */
+  realDecisions?: boolean;
+  /** skip snapshots (moves replay) */
+  noSnapshots?: boolean;
+  onProgress?: (fraction: number) => void;
+  orders?: HrwOrders;
+  pool?: Pool;
+}
+
+export interface RawRun {
+  result: RunResult;
+  /** final node of every viewer (-1 none), in arrival order */
+  viewerNode: Int32Array;
+  viewerCount: number;
+}
+
+/** Run one strategy through one scenario. */
+export function runWorld(cfg: ScenarioConfig, strategyStr: string, opts: RunOptions = {}): RawRun {
+  return new World(cfg, parseStrategy(strategyStr), opts).run();
+}
+
+class World {
+  readonly t0 = performance.now();
+  readonly M: number;
+  readonly pool: Pool;
+  readonly orders: HrwOrders;
+  readonly zipf: Zipf;
+  readonly w: Float64Array;
+  readonly cap: Int32Array;
+  readonly joinTick: Float64Array;
+  readonly failTick: Float64Array;
+  // per-tick table view
+  readonly inTable: Uint8Array;
+  readonly stAlive: Uint8Array;
+  readonly view: Int32Array;
+  readonly hbId: Float64Array;
+  readonly frozen: Int32Array;
+  readonly hist: Int32Array[];
+  // truth
+  readonly load: Int32Array;
+  readonly present: Uint8Array;
+  // routers
+  readonly pend: Int32Array;
+  readonly Lr: Float64Array;
+  readonly Wr: Float64Array;
+  routers: number[] = [];
+  readonly rrPtr: Int32Array;
+  rrSched: Int32Array = new Int32Array(0);
+  rrKey = '';
+  llSorted: number[] = [];
+  readonly rings = new Map<number, BoundedLoadRing>();
+  ringInputs: RingNodeInput[] = [];
+  readonly verify: VerifyStats;
+  verifyEvery = 1;
+  shadowCount = 0;
+  readonly real: boolean;
+  // streams
+  readonly sn: Int32Array;
+  readonly snFirst: Int32Array;
+  readonly relays: Int32Array;
+  readonly sv: Int32Array;
+  seq = 0;
+  // viewers
+  vStream: Int32Array;
+  vNode: Int32Array;
+  vCount = 0;
+  alive: Int32Array;
+  aliveN = 0;
+  rejected = 0;
+  placements = 0;
+  readonly c: number;
+  readonly refused: number[] = [];
+  t = 0;
+
+  constructor(
+    readonly cfg: ScenarioConfig,
+    readonly strat: StrategySpec,
+    readonly opts: RunOptions,
+  ) {
+    this.pool = opts.pool ?? makePool(cfg);
+    this.orders = opts.orders ?? new HrwOrders(this.pool, cfg.streams);
+    const M = (this.M = this.pool.ids.length);
+    this.zipf = new Zipf(cfg.streams, cfg.zipfS);
+    this.cap = this.pool.capacity;
+    this.w = Float64Array.from(this.cap);
+    this.c = strat.kind === 'bl' ? strat.c : Number.POSITIVE_INFINITY;
+    this.joinTick = new Float64Array(M).fill(BEFORE_START);
+    this.failTick = new Float64Array(M).fill(NEVER);
+    const variant = opts.variant ?? 'base';
+    const { victim, spare } = this.pool;
+    const churnStart = cfg.rampTicks;
+    if (variant === 'remove') this.joinTick[victim] = NEVER;
+    if (variant === 'add') this.joinTick[spare] = BEFORE_START;
+    else if (!opts.rampOnly && cfg.churnTicks > 0 && cfg.joinAt >= 0) this.joinTick[spare] = churnStart + cfg.joinAt;
+    else this.joinTick[spare] = NEVER;
+    if (!opts.rampOnly && cfg.churnTicks > 0 && cfg.failAt >= 0 && variant === 'base') this.failTick[victim] = churnStart + cfg.failAt;
+
+    this.inTable = new Uint8Array(M);
+    this.stAlive = new Uint8Array(M);
+    this.view = new Int32Array(M);
+    this.hbId = new Float64Array(M).fill(Number.NaN);
+    this.frozen = new Int32Array(M);
+    this.hist = Array.from({ length: cfg.staleK + 2 }, () => new Int32Array(M));
+    this.load = new Int32Array(M);
+    this.present = new Uint8Array(M);
+    this.pend = new Int32Array(M * M);
+    this.Lr = new Float64Array(M);
+    this.Wr = new Float64Array(M);
+    this.rrPtr = new Int32Array(M);
+    const rr = new Rng(cfg.seed, LANE_RR);
+    for (let r = 0; r < M; r++) this.rrPtr[r] = rr.int(1 << 30);
+
+    this.sn = new Int32Array(cfg.streams * M);
+    this.snFirst = new Int32Array(cfg.streams * M);
+    this.relays = new Int32Array(cfg.streams);
+    this.sv = new Int32Array(cfg.streams);
+    const expect = cfg.viewers + (opts.rampOnly ? 0 : Math.ceil((cfg.churnTicks * cfg.viewers) / Math.max(1, cfg.lifetimeTicks))) + 16;
+    this.vStream = new Int32Array(expect);
+    this.vNode = new Int32Array(expect);
+    this.alive = new Int32Array(expect);
+
+    const name = strategyName(strat);
+    const verifiable = strat.kind === 'bl' || strat.kind === 'hrw';
+    this.real = verifiable && (opts.realDecisions ?? cfg.realDecisions.includes(name));
+    this.verify = { checks: 0, mismatches: 0, realDecisions: this.real };
+    if (verifiable) {
+      if (this.real) {
+        this.shadowCount = M;
+        this.verifyEvery = 1;
+      } else if (cfg.verifyChecks > 0) {
+        this.shadowCount = Math.min(cfg.nodes, 4);
+        // arrivals through the shadow routers ≈ total × shadow/nodes
+        const total = cfg.viewers + (opts.rampOnly ? 0 : cfg.churnTicks * Math.floor(cfg.viewers / Math.max(1, cfg.lifetimeTicks)));
+        const through = (total * this.shadowCount) / cfg.nodes;
+        this.verifyEvery = Math.max(1, Math.floor(through / cfg.verifyChecks));
+      }
+      for (let r = 0; r < this.shadowCount; r++) this.rings.set(r, new BoundedLoadRing({ c: this.c }));
+    }
+  }
+
+  // ---------------------------------------------------------------- tick structure
+
+  run(): RawRun {
+    const cfg = this.cfg;
+    const rampOnly = this.opts.rampOnly || cfg.churnTicks <= 0;
+    const total = cfg.rampTicks + (rampOnly ? 0 : cfg.churnTicks);
+    const arrivals = new Rng(cfg.seed, LANE_ARRIVALS);
+    const depart = new Rng(cfg.seed, LANE_DEPART);
+    const reconnect = new Rng(cfg.seed, LANE_RECONNECT);
+    const series: number[] = [];
+    let ramp: Snapshot | undefined;
+    let churn: ChurnStats | undefined;
+    const { victim, spare } = this.pool;
+    const perTickChurn = Math.floor(cfg.viewers / Math.max(1, cfg.lifetimeTicks));
+    let peakAfterFail = 0;
+    let joinedPeak = 0;
+    let relaysBeforeFail = 0;
+    let forced = 0;
+    let reconnectRejected = 0;
+    let lastProgress = -1;
+
+    for (let t = 0; t < total; t++) {
+      this.t = t;
+      // node events at the start of the tick
+      for (let i = 0; i < this.M; i++) {
+        const was = this.present[i];
+        const now = this.joinTick[i] as number <= t && t < (this.failTick[i] as number) ? 1 : 0;
+        if (was && !now) this.frozen[i] = this.load[i] as number;
+        this.present[i] = now;
+      }
+      this.refreshView(t);
+
+      if (t >= cfg.rampTicks) {
+        // churn: departures, then as many new viewers
+        for (let k = 0; k < perTickChurn && this.aliveN > 0; k++) this.depart(depart.int(this.aliveN));
+        if (t === this.failTick[victim]) {
+          relaysBeforeFail = sum(this.relays);
+          const moved: number[] = [];
+          for (let p = 0; p < this.aliveN; p++) {
+            const v = this.alive[p] as number;
+            if (this.vNode[v] === victim) moved.push(v);
+          }
+          forced = moved.length;
+          for (const v of moved) this.unassign(v);
+          for (const v of moved) {
+            const r = this.pickRouter(reconnect.next());
+            if (this.place(v, this.vStream[v] as number, r) < 0) reconnectRejected++;
+          }
+        }
+        for (let k = 0; k < perTickChurn; k++) this.arrive(arrivals);
+      } else {
+        const n = Math.floor((cfg.viewers * (t + 1)) / cfg.rampTicks) - Math.floor((cfg.viewers * t) / cfg.rampTicks);
+        for (let k = 0; k < n; k++) this.arrive(arrivals);
+      }
+
+      // end of tick: heartbeat snapshot
+      this.hist[t % this.hist.length]!.set(this.load);
+      if (cfg.series || t >= (this.failTick[victim] as number)) {
+        const m = this.maxOverAvg();
+        if (cfg.series) series.push(round4(m));
+        if (t >= (this.failTick[victim] as number)) peakAfterFail = Math.max(peakAfterFail, m);
+      }
+      if (this.present[spare] && t >= (this.joinTick[spare] as number) && !rampOnly) {
+        const fair = this.fairShare(spare);
+        if (fair > 0) joinedPeak = Math.max(joinedPeak, (this.load[spare] as number) / fair);
+      }
+      if (t === cfg.rampTicks - 1 && !this.opts.noSnapshots) ramp = this.snapshot(t, Boolean(cfg.loads));
+      const f = Math.floor(((t + 1) / total) * 50);
+      if (f !== lastProgress) {
+        lastProgress = f;
+        this.opts.onProgress?.((t + 1) / total);
+      }
+    }
+
+    let end: Snapshot | undefined;
+    if (!rampOnly && !this.opts.noSnapshots) {
+      end = this.snapshot(total - 1, false);
+      churn = {
+        victim: this.pool.ids[victim] as string,
+        forcedMoves: forced,
+        reconnectRejected,
+        peakMaxOverAvgAfterFail: round4(peakAfterFail),
+        relaysBeforeFail,
+        relaysAfterFail: end.relaysTotal,
+        joined: this.pool.ids[spare] as string,
+        joinedLoad: this.load[spare] as number,
+        joinedFairShare: Math.round(this.fairShare(spare)),
+        joinedPeakOverFair: round4(joinedPeak),
+      };
+    }
+    const empty = emptySnapshot();
+    const result: RunResult = {
+      scenario: cfg.name,
+      strategy: strategyName(this.strat),
+      ramp: ramp ?? empty,
+      ...(end ? { end } : {}),
+      ...(churn ? { churn } : {}),
+      ...(cfg.series ? { series } : {}),
+      verify: this.verify,
+      rejected: this.rejected,
+      placements: this.placements,
+      ms: Math.round(performance.now() - this.t0),
+    };
+    return { result, viewerNode: this.vNode, viewerCount: this.vCount };
+  }
+
+  /** Build the routers' table for tick t; reset pending counts whose heartbeat is new. */
+  refreshView(t: number): void {
+    const { M, cfg } = this;
+    const K = cfg.staleK;
+    const s = t - 1 - K;
+    let membershipChanged = false;
+    let allReset = true;
+    const newHb: number[] = [];
+    for (let i = 0; i < M; i++) {
+      const jt = this.joinTick[i] as number;
+      const ft = this.failTick[i] as number;
+      let inTable = 0;
+      let alive = 0;
+      let hb = Number.NaN;
+      let v = 0;
+      if (jt === NEVER || (jt > BEFORE_START && s < jt)) {
+        // not joined yet, or its first heartbeat not seen yet
+      } else if (ft !== NEVER && t >= ft + K + 5) {
+        // declared dead: out of the table
+      } else {
+        inTable = 1;
+        alive = ft !== NEVER && t >= ft + K + 3 ? 0 : 1;
+        const used = Math.min(s, ft - 1);
+        if (used < 0) {
+          hb = -1;
+          v = 0;
+        } else if (used === ft - 1 && s >= ft - 1) {
+          hb = used;
+          v = this.frozen[i] as number;
+        } else {
+          hb = used;
+          v = this.hist[used % this.hist.length]![i] as number;
+        }
+      }
+      if (inTable !== this.inTable[i] || alive !== this.stAlive[i]) membershipChanged = true;
+      this.inTable[i] = inTable;
+      this.stAlive[i] = alive;
+      this.view[i] = v;
+      if (inTable && !Object.is(hb, this.hbId[i])) newHb.push(i);
+      else if (inTable && alive) allReset = false;
+      this.hbId[i] = hb;
+      if (!inTable) this.hbId[i] = Number.NaN;
+    }
+    // pending counts: reset on a new heartbeat (and for nodes out of the table)
+    let inTableCount = 0;
+    for (let i = 0; i < M; i++) inTableCount += this.inTable[i] as number;
+    if (newHb.length === inTableCount) this.pend.fill(0);
+    else {
+      for (const i of newHb) for (let r = 0; r < M; r++) this.pend[r * M + i] = 0;
+      for (let i = 0; i < M; i++) if (!this.inTable[i]) for (let r = 0; r < M; r++) this.pend[r * M + i] = 0;
+    }
+
+    // base L and W (no pending)
+    let L = 0;
+    let W = 0;
+    for (let i = 0; i < M; i++) {
+      if (this.inTable[i] && this.stAlive[i] && (this.view[i] as number) < (this.cap[i] as number)) {
+        L += this.view[i] as number;
+        W += this.w[i] as number;
+      }
+    }
+    // routers
+    this.routers = [];
+    if (this.opts.fixedRouters) {
+      for (let i = 0; i < cfg.nodes; i++) if (i !== this.pool.victim) this.routers.push(i);
+    } else for (let i = 0; i < M; i++) if (this.present[i]) this.routers.push(i);
+    for (const r of this.routers) {
+      if (allReset) {
+        this.Lr[r] = L;
+        this.Wr[r] = W;
+      } else {
+        let l = 0;
+        let ww = 0;
+        const ro = r * M;
+        for (let i = 0; i < M; i++) {
+          const ld = (this.view[i] as number) + (this.pend[ro + i] as number);
+          if (this.inTable[i] && this.stAlive[i] && ld < (this.cap[i] as number)) {
+            l += ld;
+            ww += this.w[i] as number;
+          }
+        }
+        this.Lr[r] = l;
+        this.Wr[r] = ww;
+      }
+    }
+    // real rings (shadow routers)
+    if (this.rings.size > 0) {
+      const inputs: RingNodeInput[] = [];
+      for (let i = 0; i < M; i++) {
+        if (!this.inTable[i]) continue;
+        inputs.push({
+          id: this.pool.ids[i] as string,
+          capacity: this.cap[i] as number,
+          viewers: this.view[i] as number,
+          state: this.stAlive[i] ? 'alive' : 'suspect',
+          draining: false,
+          heartbeatId: String(this.hbId[i]),
+        });
+      }
+      this.ringInputs = inputs;
+      for (const ring of this.rings.values()) ring.update(inputs);
+    }
+    // strategy-specific per-tick structures
+    if (this.strat.kind === 'rr' && membershipChanged) this.buildRoundRobin();
+    if (this.strat.kind === 'll') {
+      const list: number[] = [];
+      for (let i = 0; i < M; i++) if (this.inTable[i] && this.stAlive[i] && (this.view[i] as number) < (this.cap[i] as number)) list.push(i);
+      const vw = this.view;
+      const w = this.w;
+      list.sort((a, b) => (vw[a] as number) / (w[a] as number) - (vw[b] as number) / (w[b] as number) || a - b);
+      this.llSorted = list;
+    }
+  }
+
+  /** Smooth weighted round robin (nginx) over the nodes in the table, by size. */
+  buildRoundRobin(): void {
+    const nodes: number[] = [];
+    for (let i = 0; i < this.M; i++) if (this.inTable[i]) nodes.push(i);
+    const key = nodes.join(',');
+    if (key === this.rrKey) return;
+    this.rrKey = key;
+    const wts = nodes.map((i) => this.pool.size[i] as number);
+    const total = wts.reduce((a, b) => a + b, 0);
+    const cur = new Float64Array(nodes.length);
+    const sched = new Int32Array(total);
+    for (let k = 0; k < total; k++) {
+      let best = 0;
+      for (let j = 0; j < nodes.length; j++) {
+        cur[j] = (cur[j] as number) + (wts[j] as number);
+        if ((cur[j] as number) > (cur[best] as number)) best = j;
+      }
+      cur[best] = (cur[best] as number) - total;
+      sched[k] = nodes[best] as number;
+    }
+    this.rrSched = sched;
+  }
+
+  pickRouter(u: number): number {
+    const rs = this.routers;
+    return rs[Math.floor(u * rs.length)] as number;
+  }
+
+  // ---------------------------------------------------------------- viewers
+
+  arrive(rng: Rng): void {
+    const s = this.zipf.rank(rng.next());
+    const r = this.pickRouter(rng.next());
+    const v = this.vCount++;
+    if (v >= this.vStream.length) this.grow();
+    this.vStream[v] = s;
+    this.vNode[v] = -1;
+    this.alive[this.aliveN++] = v;
+    this.sv[s]++;
+    if (this.place(v, s, r) < 0) this.rejected++;
+  }
+
+  grow(): void {
+    const n = this.vStream.length * 2;
+    const g = (a: Int32Array) => {
+      const b = new Int32Array(n);
+      b.set(a);
+      return b;
+    };
+    this.vStream = g(this.vStream);
+    this.vNode = g(this.vNode);
+    this.alive = g(this.alive);
+  }
+
+  depart(p: number): void {
+    const v = this.alive[p] as number;
+    this.alive[p] = this.alive[--this.aliveN] as number;
+    this.unassign(v);
+    this.sv[this.vStream[v] as number]--;
+  }
+
+  unassign(v: number): void {
+    const i = this.vNode[v] as number;
+    if (i < 0) return;
+    const s = this.vStream[v] as number;
+    this.load[i]--;
+    const k = s * this.M + i;
+    if (--this.sn[k] === 0) this.relays[s]--;
+    this.vNode[v] = -1;
+  }
+
+  admits(i: number): boolean {
+    return this.present[i] === 1 && (this.load[i] as number) < (this.cap[i] as number);
+  }
+
+  /** Ask router r where viewer v (of stream s) goes; assign it. Returns the node or -1. */
+  place(v: number, s: number, r: number): number {
+    let i: number;
+    switch (this.strat.kind) {
+      case 'bl':
+      case 'hrw':
+        i = this.placeHrw(s, r);
+        break;
+      case 'rr':
+        i = this.placeRoundRobin(r);
+        break;
+      case 'll':
+        i = this.placeLeastLoaded(r);
+        break;
+    }
+    if (i < 0) return -1;
+    this.placements++;
+    this.record(r, i);
+    this.load[i]++;
+    this.vNode[v] = i;
+    const k = s * this.M + i;
+    if (this.sn[k]++ === 0) {
+      this.relays[s]++;
+      this.snFirst[k] = this.seq;
+    }
+    this.seq++;
+    return i;
+  }
+
+  /** Count a placement in router r's table (the real ring's `recordPlacement`), keeping L and W exact. */
+  record(r: number, i: number): void {
+    const k = r * this.M + i;
+    const before = (this.view[i] as number) + (this.pend[k] as number);
+    this.pend[k]++;
+    if (before + 1 >= (this.cap[i] as number)) {
+      // now full: leaves the eligible set
+      this.Lr[r] = (this.Lr[r] as number) - before;
+      this.Wr[r] = (this.Wr[r] as number) - (this.w[i] as number);
+    } else this.Lr[r] = (this.Lr[r] as number) + 1;
+    this.rings.get(r)?.recordPlacement(this.pool.ids[i] as string);
+  }
+
+  eligible(ro: number, i: number): boolean {
+    return this.inTable[i] === 1 && this.stAlive[i] === 1 && (this.view[i] as number) + (this.pend[ro + i] as number) < (this.cap[i] as number);
+  }
+
+  /** Exact replica of rankPlaybackNodes + admission walk, on the cached HRW order. */
+  fastHrw(s: number, r: number): number {
+    const { M, view, pend, cap, w, c } = this;
+    this.orders.ensure(s);
+    const order = this.orders.order;
+    const base = s * M;
+    const ro = r * M;
+    const L = this.Lr[r] as number;
+    const W = this.Wr[r] as number;
+    const bounded = Number.isFinite(c);
+    for (let j = 0; j < M; j++) {
+      const i = order[base + j] as number;
+      if (!this.eligible(ro, i)) continue;
+      if (bounded) {
+        const ld = (view[i] as number) + (pend[ro + i] as number);
+        const cp = Math.ceil((c * (L + 1) * (w[i] as number)) / W);
+        if (ld >= cp) continue;
+      }
+      if (this.admits(i)) return i;
+    }
+    if (!bounded) return -1;
+    for (let j = 0; j < M; j++) {
+      const i = order[base + j] as number;
+      if (!this.eligible(ro, i)) continue;
+      const ld = (view[i] as number) + (pend[ro + i] as number);
+      const cp = Math.ceil((c * (L + 1) * (w[i] as number)) / W);
+      if (ld < cp) continue;
+      if (this.admits(i)) return i;
+    }
+    return -1;
+  }
+
+  /** The real code: ring.rank(stream), then the admission walk over the ranked list. */
+  realHrw(s: number, r: number): number {
+    const ring = this.rings.get(r);
+    if (!ring) throw new Error('no ring');
+    for (const n of ring.rank(streamToken(s))) {
+      const i = this.slotOf(n.id);
+      if (this.admits(i)) return i;
+    }
+    return -1;
+  }
+
+  #slot = new Map<string, number>();
+  slotOf(id: string): number {
+    if (this.#slot.size === 0) this.pool.ids.forEach((x, i) => this.#slot.set(x, i));
+    const i = this.#slot.get(id);
+    if (i === undefined) throw new Error(`unknown node ${id}`);
+    return i;
+  }
+
+  #sinceCheck = 0;
+  placeHrw(s: number, r: number): number {
+    const fast = this.fastHrw(s, r);
+    if (r < this.shadowCount && this.rings.has(r)) {
+      if (++this.#sinceCheck >= this.verifyEvery) {
+        this.#sinceCheck = 0;
+        const real = this.realHrw(s, r);
+        this.verify.checks++;
+        if (real !== fast) {
+          this.verify.mismatches++;
+          this.verify.firstMismatch ??= `tick ${this.t} stream ${streamToken(s)} router ${this.pool.ids[r]}: real ${real < 0 ? '-' : this.pool.ids[real]} vs replica ${fast < 0 ? '-' : this.pool.ids[fast]}`;
+        }
+        if (this.real) return real;
+      }
+    }
+    return fast;
+  }
+
+  placeRoundRobin(r: number): number {
+    const sched = this.rrSched;
+    const n = sched.length;
+    if (n === 0) return -1;
+    const ro = r * this.M;
+    let p = (this.rrPtr[r] as number) % n;
+    for (let k = 0; k < n; k++, p = (p + 1) % n) {
+      const i = sched[p] as number;
+      if (!this.eligible(ro, i)) continue;
+      if (this.admits(i)) {
+        this.rrPtr[r] = (p + 1) % n;
+        return i;
+      }
+    }
+    return -1;
+  }
+
+  placeLeastLoaded(r: number): number {
+    const { view, pend, w } = this;
+    const ro = r * this.M;
+    const refused = this.refused;
+    refused.length = 0;
+    for (;;) {
+      let best = -1;
+      let bestVal = Number.POSITIVE_INFINITY;
+      for (const i of this.llSorted) {
+        const v0 = (view[i] as number) / (w[i] as number);
+        if (v0 > bestVal) break;
+        if (!this.eligible(ro, i) || (refused.length > 0 && refused.includes(i))) continue;
+        const val = ((view[i] as number) + (pend[ro + i] as number)) / (w[i] as number);
+        if (val < bestVal || (val === bestVal && i < best)) {
+          best = i;
+          bestVal = val;
+        }
+      }
+      if (best < 0) return -1;
+      if (this.admits(best)) return best;
+      refused.push(best);
+    }
+  }
+
+  // ---------------------------------------------------------------- metrics
+
+  totals(): { L: number; W: number; n: number } {
+    let L = 0;
+    let W = 0;
+    let n = 0;
+    for (let i = 0; i < this.M; i++) {
+      if (!this.present[i]) continue;
+      L += this.load[i] as number;
+      W += this.w[i] as number;
+      n++;
+    }
+    return { L, W, n };
+  }
+
+  fairShare(i: number): number {
+    const { L, W } = this.totals();
+    return W > 0 ? (L * (this.w[i] as number)) / W : 0;
+  }
+
+  maxOverAvg(): number {
+    const { L, W } = this.totals();
+    if (L === 0) return 0;
+    let m = 0;
+    for (let i = 0; i < this.M; i++) {
+      if (!this.present[i]) continue;
+      m = Math.max(m, (this.load[i] as number) / (this.w[i] as number));
+    }
+    return m / (L / W);
+  }
+
+  snapshot(tick: number, withLoads: boolean): Snapshot {
+    const cfg = this.cfg;
+    const { L, W, n } = this.totals();
+    const norm: number[] = [];
+    for (let i = 0; i < this.M; i++) if (this.present[i]) norm.push(L > 0 ? (this.load[i] as number) / (this.w[i] as number) / (L / W) : 0);
+    norm.sort((a, b) => b - a);
+    const capRef = (1.25 * L) / Math.max(1, n);
+    let watched = 0;
+    let relaysTotal = 0;
+    let idealTotal = 0;
+    let vw = 0;
+    let top = { viewers: 0, relays: 0, ideal: 0 };
+    for (let s = 0; s < cfg.streams; s++) {
+      const v = this.sv[s] as number;
+      const k = this.relays[s] as number;
+      if (k === 0) continue;
+      watched++;
+      relaysTotal += k;
+      const ideal = Math.ceil(v / capRef);
+      idealTotal += ideal;
+      vw += v * k;
+      if (v > top.viewers) top = { viewers: v, relays: k, ideal };
+    }
+    const served = L;
+    const tree = this.trees();
+    const snap: Snapshot = {
+      tick,
+      viewers: served,
+      nodes: n,
+      maxOverAvg: round4(norm[0] ?? 0),
+      minOverAvg: round4(norm[norm.length - 1] ?? 0),
+      p99OverAvg: round4(norm[Math.floor(norm.length * 0.01)] ?? 0),
+      streamsWatched: watched,
+      relaysTotal,
+      idealTotal,
+      relaysPerStream: round4(relaysTotal / Math.max(1, watched)),
+      idealPerStream: round4(idealTotal / Math.max(1, watched)),
+      relaysViewerWeighted: round4(vw / Math.max(1, served)),
+      top,
+      crossNodeGbps: round4((relaysTotal * cfg.bitrateMbps) / 1000),
+      tree,
+    };
+    if (withLoads) snap.loads = norm.map(round4);
+    return snap;
+  }
+
+  /** Relay tree of every watched stream, built with the real chooseRelayParent in the order the relays started. */
+  trees(): TreeStats {
+    const cfg = this.cfg;
+    const M = this.M;
+    const alive = new Set<string>();
+    for (let i = 0; i < M; i++) if (this.present[i]) alive.add(this.pool.ids[i] as string);
+    const perStream: { token: string; owner: string; relays: string[]; viewers: number[] }[] = [];
+    for (let s = 0; s < cfg.streams; s++) {
+      if ((this.relays[s] as number) === 0) continue;
+      const nodes: number[] = [];
+      const base = s * M;
+      for (let i = 0; i < M; i++) if ((this.sn[base + i] as number) > 0) nodes.push(i);
+      nodes.sort((a, b) => (this.snFirst[base + a] as number) - (this.snFirst[base + b] as number));
+      perStream.push({
+        token: streamToken(s),
+        // the publisher's ingest node: a separate ingest pool of 16 nodes
+        owner: `ingest-${String(s % 16).padStart(2, '0')}`,
+        relays: nodes.map((i) => this.pool.ids[i] as string),
+        viewers: nodes.map((i) => this.sn[base + i] as number),
+      });
+    }
+    return treeStats(perStream, cfg.fanout, alive, cfg.bitrateMbps);
+  }
+}
+
+function sum(a: Int32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i] as number;
+  return s;
+}
+
+export function round4(x: number): number {
+  return Math.round(x * 10000) / 10000;
+}
+
+function emptySnapshot(): Snapshot {
+  return {
+    tick: 0,
+    viewers: 0,
+    nodes: 0,
+    maxOverAvg: 0,
+    minOverAvg: 0,
+    p99OverAvg: 0,
+    streamsWatched: 0,
+    relaysTotal: 0,
+    idealTotal: 0,
+    relaysPerStream: 0,
+    idealPerStream: 0,
+    relaysViewerWeighted: 0,
+    top: { viewers: 0, relays: 0, ideal: 0 },
+    crossNodeGbps: 0,
+    tree: { streams: 0, originEgressGbps: 0, noTreeOriginGbps: 0, maxOwnerChildren: 0, maxDepth: 0, meanViewerDepth: 0, depthHistogram: [], fallbacks: 0 },
+  };
+}
+
+// ---------------------------------------------------------------- moves
+
+export interface MovesResult {
+  scenario: string;
+  strategy: string;
+  remove: { node: string; onRemoved: number; moved: number; extra: number; total: number };
+  add: { node: string; movedToNew: number; fairShare: number; movedBetweenOld: number; total: number };
+  ms: number;
+}
+
+/**
+ * Viewers moved per node change: replay the same arrival sequence (ramp only, through the
+ * same routers) on the pool, on the pool without one node, and on the pool with one more
+ * node, and compare where each viewer lands.
+ */
+export function runMoves(cfg: ScenarioConfig, strategy: string, orders: HrwOrders, onProgress?: (f: number) => void): MovesResult {
+  const t0 = performance.now();
+  const pool = orders.pool;
+  const common: RunOptions = { rampOnly: true, fixedRouters: true, noSnapshots: true, realDecisions: false, orders, pool };
+  const base = runWorld(cfg, strategy, { ...common, variant: 'base', onProgress: (f) => onProgress?.(f / 3) });
+  const rem = runWorld(cfg, strategy, { ...common, variant: 'remove', onProgress: (f) => onProgress?.((1 + f) / 3) });
+  const add = runWorld(cfg, strategy, { ...common, variant: 'add', onProgress: (f) => onProgress?.((2 + f) / 3) });
+  const n = Math.min(base.viewerCount, rem.viewerCount, add.viewerCount);
+  let onRemoved = 0;
+  let movedRem = 0;
+  let toNew = 0;
+  let between = 0;
+  let served = 0;
+  for (let v = 0; v < n; v++) {
+    const b = base.viewerNode[v] as number;
+    if (b >= 0) served++;
+    if (b === pool.victim) onRemoved++;
+    if (rem.viewerNode[v] !== b) movedRem++;
+    const a = add.viewerNode[v] as number;
+    if (a !== b) {
+      if (a === pool.spare) toNew++;
+      else between++;
+    }
+  }
+  let W = 0;
+  for (let i = 0; i < cfg.nodes; i++) W += pool.capacity[i] as number;
+  const wNew = pool.capacity[pool.spare] as number;
+  return {
+    scenario: cfg.name,
+    strategy,
+    remove: { node: pool.ids[pool.victim] as string, onRemoved, moved: movedRem, extra: movedRem - onRemoved, total: served },
+    add: { node: pool.ids[pool.spare] as string, movedToNew: toNew, fairShare: Math.round((served * wNew) / (W + wNew)), movedBetweenOld: between, total: served },
+    ms: Math.round(performance.now() - t0),
+  };
+}
