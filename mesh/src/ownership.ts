@@ -128,6 +128,7 @@ export class OwnershipRegistry {
   readonly #cache = new Map<string, Cached>();
   readonly #listeners = new Set<(c: OwnerChange) => void>();
   #closed = false;
+  #starting = false;
 
   constructor(opts: OwnershipRegistryOptions) {
     this.nodeId = validateNodeId(opts.nodeId);
@@ -267,8 +268,27 @@ export class OwnershipRegistry {
   /** Owner changes (new owner / new epoch / gone). Renewals are not reported. Returns an unsubscribe function. */
   watch(cb: (c: OwnerChange) => void): () => void {
     this.#listeners.add(cb);
-    void this.start().catch((err: unknown) => this.#log.warn({ err: errMessage(err) }, 'ownership watch cannot start'));
+    void this.#keepStarting();
     return () => this.#listeners.delete(cb);
+  }
+
+  /** Retry `start()` in the background until it succeeds (e.g. the bus was down when the node started). */
+  async #keepStarting(): Promise<void> {
+    if (this.#starting) return;
+    this.#starting = true;
+    try {
+      for (let delay = 250, failures = 0; !this.#closed; delay = Math.min(delay * 2, 5000)) {
+        try {
+          await this.start();
+          return;
+        } catch (err) {
+          if (failures++ === 0) this.#log.warn({ err: errMessage(err) }, 'ownership registry cannot start yet; retrying');
+          await new Promise((r) => setTimeout(r, delay).unref());
+        }
+      }
+    } finally {
+      this.#starting = false;
+    }
   }
 
   /** Stop the watch and timers; held leases keep renewing until released. */

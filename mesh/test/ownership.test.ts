@@ -254,3 +254,16 @@ test('rejects renew interval that cannot keep a lease alive', () => {
   const net = new MemoryBusNetwork();
   assert.throws(() => new OwnershipRegistry({ bus: net.connect('n1'), nodeId: 'n1', maxAgeMs: 1000, renewMs: 600 }), /renewMs/);
 });
+
+test('watch() started while the bus is down keeps retrying and works once it is back', async (t) => {
+  const { net, nodes } = setup(t, 2);
+  const [a, b] = [nodes[0]!, nodes[1]!];
+  net.partition(b.bus);
+  const changes: OwnerChange[] = [];
+  b.reg.watch((c) => changes.push(c));
+  await assert.rejects(b.reg.start());
+  await sleep(300);
+  net.heal(b.bus);
+  await a.reg.acquire('live', 'late', rec('n1'), { takeover: false });
+  await waitFor(() => changes.some((c) => c.kind === 'owner' && c.record?.owner === 'n1'), 3000, 'watch after recovery');
+});

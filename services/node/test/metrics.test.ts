@@ -42,8 +42,10 @@ function parseExposition(text: string, contentType: string): Scrape {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)( \d+)?$/.exec(line);
     assert.ok(m, `sample line: ${line}`);
     const [, name, , labelText = ''] = m as unknown as [string, string, string | undefined, string | undefined];
-    const value = Number((m as RegExpExecArray)[4] === '+Inf' ? Infinity : (m as RegExpExecArray)[4]);
-    assert.ok(!Number.isNaN(value), `numeric value: ${line}`);
+    const raw = (m as RegExpExecArray)[4] as string;
+    // Go's ParseFloat (Prometheus) takes NaN and ±Inf in any case; prom-client writes `Nan`.
+    assert.ok(/^(nan|[+-]?inf)$/i.test(raw) || raw.trim() !== '' && !Number.isNaN(Number(raw)), `numeric value: ${line}`);
+    const value = /^nan$/i.test(raw) ? NaN : /^[+-]?inf$/i.test(raw) ? (raw.startsWith('-') ? -Infinity : Infinity) : Number(raw);
     const labels: Array<[string, string]> = [];
     const rebuilt = labelText.replace(LABEL_PAIR, (_all, k: string, v: string) => {
       labels.push([k, v]);
@@ -160,7 +162,7 @@ describe('/metrics', () => {
     }
   });
 
-  test('a viewer on another node: the relay shows as relays held there and as an rtmp viewer on the owner', async () => {
+  test('a viewer on another node: a relay held there, a relay pull (not a viewer) on the owner', async () => {
     const pub = await syntheticPublisher(rtmpUrl(node, 'live/relayed'));
     try {
       await until('owner announced', async () => (await fetch(`http://${other.config.public_host}:${other.httpPort}/api/v1/mesh/streams`).then((r) => r.json()) as { streams: unknown[] }).streams.length > 0);
@@ -173,7 +175,9 @@ describe('/metrics', () => {
         assert.equal(value(edge, 'meshcast_viewers{protocol="rtmp"}'), 1);
         assert.equal(value(edge, 'meshcast_leases_held'), 0);
         const origin = await scrape(node);
-        assert.equal(value(origin, 'meshcast_viewers{protocol="rtmp"}'), 1, 'the relay pulls from the owner as an RTMP viewer');
+        assert.equal(value(origin, 'meshcast_viewers{protocol="rtmp"}'), 0, 'a relay is not a player');
+        assert.equal(value(origin, 'meshcast_relay_pulls'), 1, 'the relay pulls from the owner');
+        assert.equal(value(origin, 'meshcast_stream_sinks'), 1);
       } finally {
         viewer.client.close();
       }

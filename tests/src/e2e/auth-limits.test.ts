@@ -20,8 +20,8 @@ const HANDSHAKE_TIMEOUT_MS = 2000;
 const PER_IP = 1000;
 const FLOOD = 5000;
 const BATCH = 250;
-/** The node checks handshake deadlines once a second. */
-const TICK_MS = 1000;
+/** Scheduling slack allowed on top of the handshake timeout. */
+const SLACK_MS = 400;
 
 interface NodeReply {
   rss: number;
@@ -77,7 +77,7 @@ describe('connection limits under a half-open flood', () => {
     node?.cleanup();
   });
 
-  test('5,000 half-open connections: excess refused, the rest closed by the handshake timeout, the viewer keeps playing, RSS bounded', async () => {
+  test('5,000 half-open connections: excess refused, the rest closed by the handshake timeout, the viewer keeps playing, RSS bounded', async (t) => {
     const v = await RtmpClient.connect(`${node.rtmpUrl}/live/cam`, { localAddress: '127.0.0.2' });
     const videoAt: number[] = [];
     v.onFrame = (m) => {
@@ -104,7 +104,7 @@ describe('connection limits under a half-open flood', () => {
       await Promise.all(Array.from({ length: BATCH }, () => halfOpen(node.host, node.rtmpPort, '127.0.0.1', rec)));
     }
     const floodEnd = Date.now();
-    await waitFor('every flood socket closed by the node', () => rec.every((s) => s.closedAt !== undefined), HANDSHAKE_TIMEOUT_MS + TICK_MS + 3000, 100);
+    await waitFor('every flood socket closed by the node', () => rec.every((s) => s.closedAt !== undefined), HANDSHAKE_TIMEOUT_MS + 3000, 100);
     // Keep watching the viewer a little after the flood.
     const afterFlood = videoAt.length;
     await sleep(1500);
@@ -121,7 +121,7 @@ describe('connection limits under a half-open flood', () => {
     assert.ok(refused >= FLOOD - 2 * PER_IP, `${refused} refused at once by the per-address cap`);
     assert.ok(timedOut >= PER_IP - 50 && timedOut <= 2 * PER_IP, `${timedOut} closed by the handshake timeout`);
     assert.equal(refused + timedOut, FLOOD, 'every connection was either refused or timed out');
-    assert.ok(longest <= HANDSHAKE_TIMEOUT_MS + TICK_MS + 500, `longest-lived flood socket ${longest} ms`);
+    assert.ok(longest <= HANDSHAKE_TIMEOUT_MS + SLACK_MS, `longest-lived flood socket ${longest} ms (handshake timeout ${HANDSHAKE_TIMEOUT_MS} ms)`);
     assert.ok(peakSessions <= PER_IP + 5, `at most the cap held at once (peak ${peakSessions} sessions)`);
 
     // The viewer: frames all along, no stall during or after the flood.
@@ -132,7 +132,7 @@ describe('connection limits under a half-open flood', () => {
     assert.ok(videoAt.length - afterFlood >= 30, 'frames keep coming after the flood');
     assert.ok(maxGap < 1000, `largest gap between video frames ${maxGap} ms`);
     const growth = peakRss - base.rss;
-    console.log(JSON.stringify({ refused, timedOut, longest, peakSessions, maxGap, during: during.length, floodMs: floodEnd - floodStart, growthMB: growth / 1048576 }));
+    t.diagnostic(JSON.stringify({ refused, timedOut, longest, peakSessions, maxGap, during: during.length, floodMs: floodEnd - floodStart, growthMB: growth / 1048576 }));
     assert.ok(growth < 150 * 1024 * 1024, `RSS grew ${Math.round(growth / 1048576)} MB`);
 
     const sessions = await node.api<{ sessions: Array<{ role: string }> }>('/api/v1/sessions');
@@ -158,6 +158,6 @@ describe('connection limits under a half-open flood', () => {
     await v.play();
     await waitFor('frames', () => frames > 10, 5000);
     v.close();
-    await waitFor('rate-limited flood closed', () => rec.every((s) => s.closedAt !== undefined), HANDSHAKE_TIMEOUT_MS + TICK_MS + 2000, 100);
+    await waitFor('rate-limited flood closed', () => rec.every((s) => s.closedAt !== undefined), HANDSHAKE_TIMEOUT_MS + 2000, 100);
   });
 });

@@ -73,6 +73,8 @@ export interface ScenarioConfig {
   failAt: number;
   /** churn tick at which one node joins (< 0: none) */
   joinAt: number;
+  /** a router asks at most this many candidates for admission (services/node ViewerRouter: 4; 0 = all) */
+  askAtMost: number;
   /** relay tree fan-out F */
   fanout: number;
   bitrateMbps: number;
@@ -102,6 +104,7 @@ export const BASE: Omit<ScenarioConfig, 'name' | 'title' | 'nodes' | 'strategies
   lifetimeTicks: 600,
   failAt: -1,
   joinAt: -1,
+  askAtMost: 4,
   fanout: 8,
   bitrateMbps: 3,
   seed: 1,

@@ -273,6 +273,7 @@ class World {
   rejected = 0;
   placements = 0;
   readonly c: number;
+  readonly askAtMost: number;
   readonly refused: number[] = [];
   t = 0;
 
@@ -288,6 +289,7 @@ class World {
     this.cap = this.pool.capacity;
     this.w = Float64Array.from(this.cap);
     this.c = strat.kind === 'bl' ? strat.c : Number.POSITIVE_INFINITY;
+    this.askAtMost = cfg.askAtMost > 0 ? cfg.askAtMost : Number.POSITIVE_INFINITY;
     this.joinTick = new Float64Array(M).fill(BEFORE_START);
     this.failTick = new Float64Array(M).fill(NEVER);
     const variant = opts.variant ?? 'base';
@@ -683,7 +685,7 @@ class World {
     return this.inTable[i] === 1 && this.stAlive[i] === 1 && (this.view[i] as number) + (this.pend[ro + i] as number) < (this.cap[i] as number);
   }
 
-  /** Exact replica of rankPlaybackNodes + admission walk, on the cached HRW order. */
+  /** Exact replica of rankPlaybackNodes + the router's admission walk, on the cached HRW order. */
   fastHrw(s: number, r: number): number {
     const { M, view, pend, cap, w, c } = this;
     this.orders.ensure(s);
@@ -693,24 +695,18 @@ class World {
     const L = this.Lr[r] as number;
     const W = this.Wr[r] as number;
     const bounded = Number.isFinite(c);
-    for (let j = 0; j < M; j++) {
-      const i = order[base + j] as number;
-      if (!this.eligible(ro, i)) continue;
-      if (bounded) {
-        const ld = (view[i] as number) + (pend[ro + i] as number);
-        const cp = Math.ceil((c * (L + 1) * (w[i] as number)) / W);
-        if (ld >= cp) continue;
+    let asks = this.askAtMost;
+    for (let pass = 0; pass < (bounded ? 2 : 1); pass++) {
+      for (let j = 0; j < M; j++) {
+        const i = order[base + j] as number;
+        if (!this.eligible(ro, i)) continue;
+        if (bounded) {
+          const over = (view[i] as number) + (pend[ro + i] as number) >= Math.ceil((c * (L + 1) * (w[i] as number)) / W);
+          if (over !== (pass === 1)) continue;
+        }
+        if (this.admits(i)) return i;
+        if (--asks === 0) return -1;
       }
-      if (this.admits(i)) return i;
-    }
-    if (!bounded) return -1;
-    for (let j = 0; j < M; j++) {
-      const i = order[base + j] as number;
-      if (!this.eligible(ro, i)) continue;
-      const ld = (view[i] as number) + (pend[ro + i] as number);
-      const cp = Math.ceil((c * (L + 1) * (w[i] as number)) / W);
-      if (ld < cp) continue;
-      if (this.admits(i)) return i;
     }
     return -1;
   }
@@ -719,9 +715,11 @@ class World {
   realHrw(s: number, r: number): number {
     const ring = this.rings.get(r);
     if (!ring) throw new Error('no ring');
+    let asks = this.askAtMost;
     for (const n of ring.rank(streamToken(s))) {
       const i = this.slotOf(n.id);
       if (this.admits(i)) return i;
+      if (--asks === 0) return -1;
     }
     return -1;
   }
@@ -758,6 +756,7 @@ class World {
     if (n === 0) return -1;
     const ro = r * this.M;
     let p = (this.rrPtr[r] as number) % n;
+    let asks = this.askAtMost;
     for (let k = 0; k < n; k++, p = (p + 1) % n) {
       const i = sched[p] as number;
       if (!this.eligible(ro, i)) continue;
@@ -765,7 +764,9 @@ class World {
         this.rrPtr[r] = (p + 1) % n;
         return i;
       }
+      if (--asks === 0) break;
     }
+    this.rrPtr[r] = (p + 1) % n;
     return -1;
   }
 
@@ -790,6 +791,7 @@ class World {
       if (best < 0) return -1;
       if (this.admits(best)) return best;
       refused.push(best);
+      if (refused.length >= this.askAtMost) return -1;
     }
   }
 

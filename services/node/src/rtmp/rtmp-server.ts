@@ -5,6 +5,8 @@ import type { ConnectionLimiter } from '../sessions.ts';
 import { RtmpSession } from './rtmp-session.ts';
 
 const REFUSAL_LOG_MS = 5000;
+/** The session's deadline checks are strict (elapsed > limit): wake it just after. */
+const DEADLINE_SLACK_MS = 5;
 
 export class RtmpServer {
   private readonly server: net.Server;
@@ -27,11 +29,21 @@ export class RtmpServer {
       socket.destroy();
       return;
     }
+    const deadlines: NodeJS.Timeout[] = [];
     const session = new RtmpSession(socket, this.host, (s) => {
+      for (const t of deadlines) clearTimeout(t);
       this.live.delete(s);
       this.host.sessions.remove(s);
       this.limiter.release(ip);
     });
+    // The session checks its deadlines on a 1 s tick; these wake it exactly when the handshake
+    // and first-command deadlines pass, so a half-open flood is closed on time, not up to 1 s late.
+    const lim = this.host.config.limits;
+    for (const ms of [lim.handshake_timeout_ms, lim.first_command_timeout_ms]) {
+      const t = setTimeout(() => session.handle({ type: 'timer' }), ms + DEADLINE_SLACK_MS);
+      t.unref();
+      deadlines.push(t);
+    }
     this.live.add(session);
     this.host.sessions.add(session);
   }
