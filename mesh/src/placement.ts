@@ -100,20 +100,30 @@ export function ringNodesFromTable(table: readonly NodeView[]): RingNodeInput[] 
 
 /**
  * The live placement table of one node. Load of a node = viewers from its
- * last heartbeat + placements THIS node made to it since that heartbeat, so
- * a burst of requests between two heartbeats spreads across nodes instead
- * of piling onto the top-ranked one. The count resets when a newer heartbeat
- * of that node arrives (its viewer count then includes those viewers — or
- * they never came; either way the heartbeat is the better number).
+ * last heartbeat + placements THIS node made to it that the heartbeats have
+ * not yet shown, so a burst of requests between two heartbeats spreads across
+ * nodes instead of piling onto the top-ranked one.
+ *
+ * A newer heartbeat absorbs pending placements by the rise in its viewer count
+ * (those viewers have arrived); placements it does not explain stay counted —
+ * a heartbeat sent while routed viewers are still connecting must not make
+ * this node forget them — until they are `pendingTtlMs` old (viewers that
+ * never came). Resetting the count on every heartbeat instead would let a
+ * burst longer than one heartbeat interval overshoot the cap.
  */
 export class BoundedLoadRing {
   readonly c: number;
+  readonly pendingTtlMs: number;
   #nodes = new Map<string, RingNodeInput>();
-  readonly #placed = new Map<string, number>();
+  /** Per node: times of placements not yet absorbed, oldest first. */
+  readonly #placed = new Map<string, number[]>();
   #placedSinceTake = 0;
+  readonly #now: () => number;
 
-  constructor(opts: RankOptions = {}) {
+  constructor(opts: RankOptions & { pendingTtlMs?: number; now?: () => number } = {}) {
     this.c = opts.c ?? DEFAULT_LOAD_FACTOR;
+    this.pendingTtlMs = opts.pendingTtlMs ?? 5000;
+    this.#now = opts.now ?? Date.now;
   }
 
   /** Replace the table (call on every membership change). */
@@ -121,7 +131,13 @@ export class BoundedLoadRing {
     const next = new Map<string, RingNodeInput>();
     for (const n of nodes) {
       const prev = this.#nodes.get(n.id);
-      if (!prev || prev.heartbeatId !== n.heartbeatId) this.#placed.delete(n.id);
+      const placed = this.#placed.get(n.id);
+      if (placed && prev && prev.heartbeatId !== n.heartbeatId) {
+        const arrived = Math.max(0, n.viewers - prev.viewers);
+        placed.splice(0, Math.min(arrived, placed.length));
+      } else if (placed && !prev) {
+        this.#placed.delete(n.id);
+      }
       next.set(n.id, n);
     }
     for (const id of this.#placed.keys()) if (!next.has(id)) this.#placed.delete(id);
@@ -133,9 +149,15 @@ export class BoundedLoadRing {
     this.update(ringNodesFromTable(table));
   }
 
-  /** Placements made to `id` since its last heartbeat. */
+  /** Placements made to `id` that its heartbeats have not shown yet (and are younger than the TTL). */
   pending(id: string): number {
-    return this.#placed.get(id) ?? 0;
+    const placed = this.#placed.get(id);
+    if (!placed) return 0;
+    const cutoff = this.#now() - this.pendingTtlMs;
+    let expired = 0;
+    while (expired < placed.length && placed[expired]! < cutoff) expired++;
+    if (expired > 0) placed.splice(0, expired);
+    return placed.length;
   }
 
   nodes(): PlacementNode[] {
@@ -159,7 +181,9 @@ export class BoundedLoadRing {
 
   /** Count a placement decided elsewhere (e.g. after the first candidate refused and the second admitted). */
   recordPlacement(id: string): void {
-    this.#placed.set(id, this.pending(id) + 1);
+    const placed = this.#placed.get(id);
+    if (placed) placed.push(this.#now());
+    else this.#placed.set(id, [this.#now()]);
     this.#placedSinceTake++;
   }
 

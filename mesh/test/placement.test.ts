@@ -184,8 +184,9 @@ test('weights: a node with twice the capacity gets about twice the streams', () 
   assert.ok(Math.abs(count.get('mid')! / small - 1.5) < 0.2);
 });
 
-test('BoundedLoadRing: a burst of 1000 placements between heartbeats spreads; a new heartbeat resets the count', () => {
-  const ring = new BoundedLoadRing();
+test('BoundedLoadRing: a burst of 1000 placements between heartbeats spreads; a new heartbeat absorbs the arrived viewers', () => {
+  let now = 1_000_000;
+  const ring = new BoundedLoadRing({ now: () => now });
   const table = (seq: number, viewers: number[]): RingNodeInput[] =>
     viewers.map((v, i) => ({ id: `edge-${i}`, capacity: 1000, viewers: v, state: 'alive', draining: false, heartbeatId: `1:${seq}` }));
   ring.update(table(1, [0, 0, 0, 0, 0]));
@@ -202,11 +203,19 @@ test('BoundedLoadRing: a burst of 1000 placements between heartbeats spreads; a 
   assert.equal(ring.takePlacementCount(), 0);
   const top = [...per.entries()].sort((a, b) => b[1] - a[1])[0]![0];
   assert.equal(ring.pending(top), per.get(top));
-  // same heartbeat again: counts stay; newer heartbeat: counts reset
+  // same heartbeat again: counts stay; a newer heartbeat absorbs the viewers that arrived
   ring.update(table(1, [0, 0, 0, 0, 0]));
   assert.equal(ring.pending(top), per.get(top));
-  ring.update(table(2, [200, 200, 200, 200, 200]));
+  ring.update(table(2, [100, 100, 100, 100, 100]));
+  assert.equal(ring.pending(top), per.get(top)! - 100, 'placements not yet seen in the heartbeat stay counted');
+  ring.update(table(3, [100, 100, 100, 100, 100]));
+  assert.equal(ring.pending(top), per.get(top)! - 100, 'a heartbeat with no new viewers absorbs nothing');
+  ring.update(table(4, [400, 400, 400, 400, 400]));
   assert.equal(ring.pending(top), 0);
+  // placements whose viewers never came expire
+  ring.place('live.other');
+  now += 6000;
+  assert.equal(ring.nodes().reduce((a, n) => a + ring.pending(n.id), 0), 0, 'expired after the TTL');
   // a full, draining or dead node is never chosen
   ring.update([
     { id: 'full', capacity: 10, viewers: 10, state: 'alive', draining: false, heartbeatId: 'a' },

@@ -34,16 +34,17 @@ function ffmpeg(args: string[]): void {
 const cache = new Map<string, Clip>();
 
 /** H.264 + AAC, `fps` frames a second, a keyframe every `gop` frames, no B-frames. */
-export function avcClip(o: { seconds?: number; fps?: number; gop?: number } = {}): Clip {
+export function avcClip(o: { seconds?: number; fps?: number; gop?: number; size?: string } = {}): Clip {
   const seconds = o.seconds ?? 4;
   const fps = o.fps ?? 10;
   const gop = o.gop ?? fps;
-  const key = `avc-${seconds}-${fps}-${gop}`;
+  const size = o.size ?? '320x240';
+  const key = `avc-${seconds}-${fps}-${gop}-${size}`;
   const hit = cache.get(key);
   if (hit) return hit;
   const file = join(dir, `${key}.flv`);
   ffmpeg([
-    '-f', 'lavfi', '-i', `testsrc=size=320x240:rate=${fps}`,
+    '-f', 'lavfi', '-i', `testsrc=size=${size}:rate=${fps}`,
     '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=44100',
     '-t', String(seconds),
     '-c:v', 'libx264', '-preset', 'ultrafast', '-pix_fmt', 'yuv420p', '-bf', '0', '-g', String(gop), '-keyint_min', String(gop), '-sc_threshold', '0',

@@ -4,22 +4,35 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
 import { NodeProcess } from '../harness/node-process.ts';
 import { startNatsServer, type NatsServer } from '../harness/nats.ts';
+import { run } from '../harness/ffmpeg.ts';
+import { freePort } from '../harness/ports.ts';
+
+const CLI = resolve(import.meta.dirname, '../../../services/node/src/cli.ts');
 
 interface NodeReply {
   bus?: { kind: string; status: string };
 }
 
-async function startFails(config: Record<string, unknown>, env: Record<string, string> = {}): Promise<string> {
+/** Runs a node that is expected not to start; returns its exit code and output. */
+async function startFails(config: Record<string, unknown>): Promise<{ code: number | null; output: string; ms: number }> {
+  const dir = mkdtempSync(join(tmpdir(), 'meshcast-natsauth-'));
+  const file = join(dir, 'config.yaml');
+  writeFileSync(file, stringify(config));
+  const host = '127.0.0.1';
+  const args = ['--import', 'tsx', CLI, 'node', '--config', file, '--node-id', 'natsauth', '--host', host, '--rtmp-port', String(await freePort(host)), '--http-port', String(await freePort(host))];
+  const t0 = Date.now();
   try {
-    const n = await NodeProcess.start({ config, env });
-    await n.kill();
-    n.cleanup();
-  } catch (err) {
-    return (err as Error).message;
+    const r = await run(process.execPath, args, 20_000);
+    return { code: r.code, output: r.stdout + r.stderr, ms: Date.now() - t0 };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
-  assert.fail('the node started with wrong NATS credentials');
 }
 
 describe('NATS credentials', () => {
@@ -61,22 +74,27 @@ describe('NATS credentials', () => {
 
   test('a wrong password or no credentials: the node fails to start and says why', async () => {
     const wrong = await startFails(mesh(userServer, { user: 'meshuser', pass: 'nope' }));
-    assert.match(wrong, /node exited with 1/);
-    assert.match(wrong, /cannot connect to NATS .*Authorization Violation/i);
+    assert.equal(wrong.code, 1, wrong.output);
+    assert.match(wrong.output, /"msg":"node failed to start"/);
+    assert.match(wrong.output, /cannot connect to NATS .*Authorization Violation/i);
+    assert.ok(wrong.ms < 10_000, `failed within ${wrong.ms} ms`);
     const none = await startFails({ mesh: { nats: [userServer.url], mesh_secret: 'm' } });
-    assert.match(none, /Authorization Violation/i);
+    assert.equal(none.code, 1);
+    assert.match(none.output, /Authorization Violation/i);
   });
 
   test('token auth: the right token joins, a wrong one fails', async () => {
     const n = await NodeProcess.start({ config: mesh(tokenServer, { token: 'meshtoken' }) });
     nodes.push(n);
     assert.equal((await n.api<NodeReply>('/api/v1/node')).bus?.status, 'connected');
-    assert.match(await startFails(mesh(tokenServer, { token: 'wrong' })), /Authorization Violation/i);
+    const wrong = await startFails(mesh(tokenServer, { token: 'wrong' }));
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.output, /Authorization Violation/i);
   });
 
   test('half-given credentials are a config error before anything connects', async () => {
-    const msg = await startFails(mesh(userServer, { user: 'meshuser' }));
-    assert.match(msg, /node exited with 2/);
-    assert.match(msg, /"mesh\.nats_auth\.user" and "mesh\.nats_auth\.pass": give both or neither/);
+    const r = await startFails(mesh(userServer, { user: 'meshuser' }));
+    assert.equal(r.code, 2);
+    assert.match(r.output, /"mesh\.nats_auth\.user" and "mesh\.nats_auth\.pass": give both or neither/);
   });
 });

@@ -2,7 +2,8 @@
  * The dashboard: a static page at `/` (plain HTML, CSS and ES modules from ./public, no
  * bundler), the players it uses (mpegts.js, hls.js) served from node_modules, and the data
  * it shows: `GET /api/v1/dashboard/snapshot` once, or `GET /api/v1/dashboard/events` as
- * server-sent events, one `snapshot` event a second while anyone is listening.
+ * server-sent events, one `snapshot` event a second while anyone is listening. Each node also
+ * answers `GET /api/v1/dashboard/local` (its streams, viewers by protocol) for its peers' dashboards.
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -156,6 +157,8 @@ export const dashboardFeature: HttpFeature = {
     }
 
     app.get('/api/v1/dashboard/snapshot', async () => builder.build());
+    // What a peer's dashboard reads from this node: its streams with viewers by protocol.
+    app.get('/api/v1/dashboard/local', async () => ({ node: ctx.host.config.node_id, streams: builder.localStreams() }));
 
     app.get('/api/v1/dashboard/events', (req, reply) => {
       reply.hijack();

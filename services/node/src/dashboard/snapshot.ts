@@ -40,8 +40,10 @@ export interface DashboardStreamAtNode {
   /** Where the node gets the stream from: `rtmp` (published here), `relay`, `pull`, or `none` (viewers waiting). */
   source: string;
   live: boolean;
-  /** Players on that node (sinks minus child relays pulling from it). */
+  /** Players on that node (relays pulling from it are not players). */
   viewers: number;
+  /** Players by protocol (`hls` counts the stream's running HLS segmenter, not each HLS player). */
+  protocols: Record<string, number>;
   bytesOut: number;
   droppedFrames: number;
 }
@@ -83,15 +85,20 @@ export interface DashboardSnapshot {
 const MAX_TREES = 100;
 const PEER_TIMEOUT_MS = 800;
 
-interface LocalStreamRow {
+/** One stream as one node has it: what `GET /api/v1/dashboard/local` answers, per stream. */
+export interface LocalStreamRow {
   app: string;
   stream: string;
   live: boolean;
   publisher: { kind: string } | null;
+  /** Viewer sessions of the stream (relay pulls excluded). */
   viewers: number;
+  protocols: Record<string, number>;
   bytesOut: number;
   droppedFrames: number;
   metadata: Record<string, unknown> | null;
+  /** Set on rows read from an older node's `/api/v1/streams`: `viewers` then counts hub sinks, child relays included. */
+  sinks?: boolean;
 }
 
 interface MeshStreamRow {
@@ -121,26 +128,46 @@ export class SnapshotBuilder {
     }
   }
 
-  /** This node's streams, in the shape of `/api/v1/streams`, without going through HTTP. */
-  private localStreams(): LocalStreamRow[] {
-    return this.ctx.registry.list().map((hub) => ({
-      app: hub.app,
-      stream: hub.stream,
-      live: hub.isLive,
-      publisher: hub.publisher ? { kind: hub.publisher.kind } : null,
-      viewers: hub.sinkCount,
-      bytesOut: hub.stats.bytesOut,
-      droppedFrames: hub.stats.droppedFrames,
-      metadata: hub.metadata ? { ...hub.metadata } : null,
-    }));
+  /** This node's streams with their viewer sessions by protocol (served to peers as `/api/v1/dashboard/local`). */
+  localStreams(): LocalStreamRow[] {
+    const players = new Map<string, Record<string, number>>();
+    for (const s of this.ctx.host.sessions.list()) {
+      if (s.role !== 'viewer' || s.app === undefined || s.stream === undefined) continue;
+      const key = `${s.app}/${s.stream}`;
+      const byProtocol = players.get(key) ?? {};
+      byProtocol[s.protocol] = (byProtocol[s.protocol] ?? 0) + 1;
+      players.set(key, byProtocol);
+    }
+    return this.ctx.registry.list().map((hub) => {
+      const protocols = players.get(hub.key) ?? {};
+      return {
+        app: hub.app,
+        stream: hub.stream,
+        live: hub.isLive,
+        publisher: hub.publisher ? { kind: hub.publisher.kind } : null,
+        viewers: Object.values(protocols).reduce((a, b) => a + b, 0),
+        protocols,
+        bytesOut: hub.stats.bytesOut,
+        droppedFrames: hub.stats.droppedFrames,
+        metadata: hub.metadata ? { ...hub.metadata } : null,
+      };
+    });
   }
 
+  /** A peer's streams: its dashboard feed, else (an older node) its core API, where viewers are hub sinks. */
   private async peerStreams(http: string): Promise<LocalStreamRow[] | undefined> {
-    try {
-      const r = await fetch(`${http}/api/v1/streams`, { signal: AbortSignal.timeout(PEER_TIMEOUT_MS) });
+    const get = async (path: string): Promise<LocalStreamRow[] | undefined | 404> => {
+      const r = await fetch(`${http}${path}`, { signal: AbortSignal.timeout(PEER_TIMEOUT_MS) });
+      if (r.status === 404) return 404;
       if (!r.ok) return undefined;
       const body = (await r.json()) as { streams?: LocalStreamRow[] };
       return Array.isArray(body.streams) ? body.streams : undefined;
+    };
+    try {
+      const rows = await get('/api/v1/dashboard/local');
+      if (rows !== 404) return rows;
+      const old = await get('/api/v1/streams');
+      return old === 404 || old === undefined ? undefined : old.map((r) => ({ ...r, protocols: {}, sinks: true }));
     } catch {
       return undefined;
     }
@@ -184,6 +211,7 @@ export class SnapshotBuilder {
 
     // Each node's own streams: ours directly, peers' over HTTP, in parallel.
     const perNode = new Map<string, LocalStreamRow[]>([[selfId, this.localStreams()]]);
+    const sinkCounted = new Set<string>();
     const unreachable: string[] = [];
     await Promise.all(
       nodes
@@ -220,7 +248,8 @@ export class SnapshotBuilder {
         if (!r.live && r.viewers === 0) continue;
         const s = entry(r.app, r.stream);
         const source = r.publisher?.kind ?? 'none';
-        s.nodes[nodeId] = { source, live: r.live, viewers: r.viewers, bytesOut: num(r.bytesOut), droppedFrames: num(r.droppedFrames) };
+        s.nodes[nodeId] = { source, live: r.live, viewers: num(r.viewers), protocols: r.protocols ?? {}, bytesOut: num(r.bytesOut), droppedFrames: num(r.droppedFrames) };
+        if (r.sinks) sinkCounted.add(`${s.key}\n${nodeId}`);
         if (source === 'rtmp' && s.owner === null) s.owner = nodeId;
         if (source === 'rtmp' && !s.video && r.metadata) s.video = videoFromMetadata(r.metadata);
         if (source === 'rtmp' && !s.audio && r.metadata) s.audio = audioFromMetadata(r.metadata);
@@ -239,10 +268,9 @@ export class SnapshotBuilder {
       );
     }
     for (const s of list) {
-      // A node's sinks include the child relays pulling from it; those are not players.
       for (const [nodeId, at] of Object.entries(s.nodes)) {
-        const childRelays = s.relays.filter((r) => r.parent === nodeId).length;
-        at.viewers = Math.max(0, at.viewers - childRelays);
+        // Hub sinks (older nodes' figure) include the child relays pulling from the node; those are not players.
+        if (sinkCounted.has(`${s.key}\n${nodeId}`)) at.viewers = Math.max(0, at.viewers - s.relays.filter((r) => r.parent === nodeId).length);
         s.viewers += at.viewers;
       }
     }

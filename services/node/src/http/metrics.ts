@@ -41,7 +41,7 @@ export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
   const admitted = new Gauge({ name: 'meshcast_connections_admitted', help: 'Connections holding a slot in the node-wide connection limit.', registers });
   const connectionLimit = new Gauge({ name: 'meshcast_connections_limit', help: 'The node-wide connection limit.', registers });
   const publishers = new Gauge({ name: 'meshcast_publishers', help: 'Publishing sessions by protocol.', labelNames: ['protocol'], registers });
-  const viewers = new Gauge({ name: 'meshcast_viewers', help: 'Players by protocol (other nodes\' relays pulling from this node are counted in meshcast_relay_pulls instead).', labelNames: ['protocol'], registers });
+  const viewers = new Gauge({ name: 'meshcast_viewers', help: 'Viewer sessions by protocol; hls counts streams being segmented for HLS players, not each player (other nodes\' relays are in meshcast_relay_pulls).', labelNames: ['protocol'], registers });
   const relayPulls = new Gauge({ name: 'meshcast_relay_pulls', help: 'Other nodes\' relays pulling a stream from this node (its child relays).', registers });
   const streamsGauge = new Gauge({ name: 'meshcast_streams', help: 'Streams present on this node by where their media comes from (none = viewers waiting).', labelNames: ['source'], registers });
   const hubSinks = new Gauge({ name: 'meshcast_stream_sinks', help: 'Sinks attached to all stream hubs (viewers and child relays).', registers });

@@ -65,17 +65,18 @@ export function renderTree(stream, selfId) {
   let nextLeaf = 0;
   let depth = 0;
   const placed = [];
-  const place = (n, level) => {
+  const place = (n, level, parent) => {
     depth = Math.max(depth, level);
+    n.parent = parent;
     if (n.children.length === 0) n.slot = nextLeaf++;
     else {
-      for (const c of n.children) place(c, level + 1);
+      for (const c of n.children) place(c, level + 1, n);
       n.slot = (n.children[0].slot + n.children[n.children.length - 1].slot) / 2;
     }
     n.level = level;
     placed.push(n);
   };
-  place(root, 0);
+  place(root, 0, null);
 
   const leaves = Math.max(1, nextLeaf);
   const width = PAD * 2 + leaves * BOX_W + (leaves - 1) * GAP_X;
@@ -121,7 +122,7 @@ export function renderTree(stream, selfId) {
     const sub = at ? `${viewers} viewer${viewers === 1 ? '' : 's'}${at.live ? '' : ' · waiting'}` : 'no local players';
     const g = s(
       'g',
-      { class: classes, transform: `translate(${x},${y})`, data: { node: n.id } },
+      { class: classes, transform: `translate(${x},${y})`, data: { node: n.id, parent: n.parent ? n.parent.id : '' } },
       s('title', { text: `${n.id}${isOwner ? ' (owner)' : ''}${n.orphan && !isOwner ? ' — parent unknown' : ''}` }),
       s('rect', { class: 'box', width: BOX_W, height: BOX_H, rx: 10, ry: 10 }),
       s('text', { class: 'title', x: 12, y: 21, text: clip(n.id, 17) }),
