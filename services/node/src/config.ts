@@ -129,6 +129,8 @@ export interface MeshConfig {
   rtmp_redirect: boolean;
   nats_auth: NatsAuthConfig;
   nats_tls: NatsTlsConfig;
+  /** Replicas of the mesh's KV buckets and event stream (1 for one NATS server; 3 on a 3-server JetStream cluster). */
+  nats_replicas: number;
 }
 
 export interface HlsConfig {
@@ -218,6 +220,7 @@ export function defaultConfig(): NodeConfig {
       rtmp_redirect: false,
       nats_auth: { user: '', pass: '', token: '', nkey_seed: '', nkey_file: '', creds_file: '' },
       nats_tls: { enabled: false, ca_file: '', cert_file: '', key_file: '', handshake_first: false },
+      nats_replicas: 1,
     },
     hls: {
       target_duration_s: 2,
@@ -303,6 +306,7 @@ const SCHEMA: Schema = {
     rtmp_redirect: 'boolean',
     nats_auth: { user: 'string', pass: 'string', token: 'string', nkey_seed: 'string', nkey_file: 'string', creds_file: 'string' },
     nats_tls: { enabled: 'boolean', ca_file: 'string', cert_file: 'string', key_file: 'string', handshake_first: 'boolean' },
+    nats_replicas: 'number',
   },
   hls: {
     target_duration_s: 'number',

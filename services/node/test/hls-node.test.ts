@@ -5,7 +5,7 @@
  */
 import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { MemoryBusNetwork } from '@meshcast/mesh';
 import type { MediaNode } from '../src/media-node.ts';
 import type { NodeMesh } from '../src/mesh/node-mesh.ts';
@@ -49,10 +49,14 @@ function hlsSessions(n: MediaNode): Array<{ id: string; stream: string | undefin
   return n.sessions.list().filter((s) => s.protocol === 'hls');
 }
 
-function ffprobeCodecs(url: string): string[] {
-  const r = spawnSync('ffprobe', ['-v', 'error', '-show_streams', '-of', 'json', url], { encoding: 'utf8', timeout: 30_000 });
-  assert.equal(r.status, 0, r.stderr);
-  return (JSON.parse(r.stdout) as { streams: Array<{ codec_name: string }> }).streams.map((s) => s.codec_name).sort();
+/** ffprobe in a child process, asynchronously: the node answering it runs in this process. */
+function ffprobeCodecs(url: string): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    execFile('ffprobe', ['-v', 'error', '-show_streams', '-of', 'json', url], { timeout: 30_000 }, (err, stdout, stderr) => {
+      if (err) return reject(new Error(`ffprobe ${url}: ${err.message} ${stderr}`));
+      resolve((JSON.parse(stdout) as { streams: Array<{ codec_name: string }> }).streams.map((s) => s.codec_name).sort());
+    });
+  });
 }
 
 test('the first playlist request waits for the first segment; segments are served with ETags', async () => {
@@ -150,9 +154,13 @@ test('the segmenter stops after the idle timeout: session gone, hub listener rem
   await until('segmenter stopped', () => hlsSessions(n).length === 0, 5000);
   assert.ok(Date.now() - t0 >= 500);
   assert.equal(hub.consumerCount, 0);
-  // The next request starts a fresh one.
-  assert.equal((await fetch(http(n, '/live/idle/index.m3u8'))).status, 200);
+  // The next request starts a fresh one, whose numbering continues the old one's.
+  const again = await fetch(http(n, '/live/idle/index.m3u8'));
+  assert.equal(again.status, 200);
   assert.equal(hlsSessions(n).length, 1);
+  const text = await again.text();
+  assert.ok(Number(/#EXT-X-MEDIA-SEQUENCE:(\d+)/.exec(text)?.[1]) > 0, text);
+  assert.match(text, /#EXT-X-MEDIA-SEQUENCE:\d+\n#EXT-X-DISCONTINUITY\n/);
 });
 
 test('a publisher reconnect puts a discontinuity in the playlist, the media sequence carries on', async () => {
@@ -179,7 +187,7 @@ test('an HEVC source is segmented as HEVC', async () => {
   const n = await node();
   const pub = await publishClip(rtmp(n, 'live/h265'), hevcClip());
   cleanups.push(pub.stop);
-  assert.deepEqual(ffprobeCodecs(http(n, '/live/h265/index.m3u8')), ['hevc']);
+  assert.deepEqual(await ffprobeCodecs(http(n, '/live/h265/index.m3u8')), ['hevc']);
 });
 
 test('HLS from a node that relays the stream: the segmenter keeps the relay, which lingers and goes after the idle stop', async () => {
@@ -191,7 +199,7 @@ test('HLS from a node that relays the stream: the segmenter keeps the relay, whi
   const pub = await publishClip(rtmp(a, 'live/far'), avcClip());
   cleanups.push(pub.stop);
   await until('owner known on n2', async () => (await meshOf(b).ownership.lookup('live', 'far'))?.record.owner === 'n1');
-  assert.deepEqual(ffprobeCodecs(http(b, '/live/far/index.m3u8')), ['aac', 'h264']);
+  assert.deepEqual(await ffprobeCodecs(http(b, '/live/far/index.m3u8')), ['aac', 'h264']);
   assert.equal(meshOf(b).relayStatus().length, 1, 'n2 pulls the stream from n1');
   assert.equal(b.registry.get('live', 'far')?.publisher?.kind, 'relay');
   await until('segmenter idle-stopped', () => hlsSessions(b).length === 0, 5000);

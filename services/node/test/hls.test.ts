@@ -268,3 +268,24 @@ test('segmenter: waitForSegment resolves when the first segment is cut, or false
   late.pushAll(withoutFirstKey);
   assert.equal(late.listed[0]!.startTs, firstKey(clip) + 1000);
 });
+
+test('segmenter: a restarted segmenter continues the media and discontinuity sequences', () => {
+  const clip = avcClip({ seconds: 4, fps: 10, gop: 10 });
+  const old = new HlsSegmenter({ targetDurationMs: 1000, windowLength: 3, maxBytes: 64 << 20 });
+  old.pushAll(clipFrames(clip, 1));
+  assert.deepEqual(old.continuation, { firstSeq: 3, discontinuitiesBefore: 0 });
+  const next = new HlsSegmenter({ targetDurationMs: 1000, windowLength: 3, maxBytes: 64 << 20, ...old.continuation });
+  next.pushAll(clipFrames(clip, 1, 60_000));
+  assert.deepEqual(
+    next.listed.map((s) => [s.seq, s.discontinuity]),
+    [
+      [3, true],
+      [4, false],
+      [5, false],
+    ],
+  );
+  assert.match(next.playlist(), /#EXT-X-MEDIA-SEQUENCE:3\n#EXT-X-DISCONTINUITY\n#EXTINF/);
+  const third = new HlsSegmenter({ targetDurationMs: 1000, windowLength: 3, maxBytes: 64 << 20, ...next.continuation });
+  third.pushAll(clipFrames(clip, 1, 120_000));
+  assert.match(third.playlist(), /#EXT-X-MEDIA-SEQUENCE:6\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n#EXT-X-DISCONTINUITY\n/);
+});

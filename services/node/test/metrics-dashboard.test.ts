@@ -121,10 +121,16 @@ describe('dashboard (server side)', () => {
         assert.equal(st.nodes['dash-a']?.viewers, 0, 'the relay pulling from A is not a viewer of A');
         assert.equal(st.nodes['dash-b']?.source, 'relay');
         assert.equal(st.nodes['dash-b']?.viewers, 1);
+        assert.deepEqual(st.nodes['dash-b']?.protocols, { rtmp: 1 });
+        assert.deepEqual(st.nodes['dash-a']?.protocols, {});
         assert.equal(st.viewers, 1);
         assert.deepEqual(st.video, { codec: 'H.264', width: 320, height: 240, fps: 30 });
         assert.equal(st.audio, 'AAC');
         assert.deepEqual(s.unreachable, []);
+        // What each node tells its peers' dashboards about itself.
+        const local = (await (await fetch(`${base(b)}/api/v1/dashboard/local`)).json()) as { node: string; streams: Array<{ stream: string; viewers: number; protocols: Record<string, number> }> };
+        assert.equal(local.node, 'dash-b');
+        assert.deepEqual(local.streams.map((r) => [r.stream, r.viewers, r.protocols]), [['dash', 1, { rtmp: 1 }]]);
         // B sees the same mesh from its side.
         const fromB = await snapshot(b);
         assert.equal(fromB.self, 'dash-b');

@@ -99,8 +99,9 @@ describe('/metrics', () => {
     assert.equal(value(s, 'meshcast_bus_status{kind="embedded",status="connected"}'), 1);
     assert.equal(value(s, 'meshcast_bus_status{kind="embedded",status="disconnected"}'), 0);
     assert.equal(value(s, 'meshcast_node_state{state="running"}'), 1);
-    // prom-client's default metrics, prefixed, event-loop lag among them.
+    // prom-client's default metrics, prefixed, event-loop lag among them: the process's, so without a node label.
     assert.ok(value(s, 'meshcast_nodejs_eventloop_lag_seconds') >= 0);
+    assert.match(s.text, /^meshcast_nodejs_eventloop_lag_seconds \S+$/m);
     assert.ok(value(s, 'meshcast_process_resident_memory_bytes') > 0);
     assert.equal(s.families.get('meshcast_media_bytes_out_total')?.type, 'counter');
     assert.equal(s.families.get('meshcast_viewers')?.type, 'gauge');

@@ -115,11 +115,13 @@ describe('connection limits under a half-open flood', () => {
     assert.equal(rec.length, FLOOD);
     assert.ok(rec.every((s) => s.connected), 'every flood connection was accepted by TCP');
     const lifetimes = rec.map((s) => s.closedAt! - s.openedAt);
-    const refused = lifetimes.filter((t) => t < 500).length;
-    const timedOut = lifetimes.filter((t) => t >= HANDSHAKE_TIMEOUT_MS - 50).length;
+    const refused = lifetimes.filter((t) => t < 1000).length;
+    const timedOut = lifetimes.filter((t) => t >= HANDSHAKE_TIMEOUT_MS - 100).length;
     const longest = Math.max(...lifetimes);
-    assert.ok(refused >= FLOOD - 2 * PER_IP, `${refused} refused at once by the per-address cap`);
-    assert.ok(timedOut >= PER_IP - 50 && timedOut <= 2 * PER_IP, `${timedOut} closed by the handshake timeout`);
+    // Each handshake timeout frees the cap for another PER_IP: a slower flood gets more admitted.
+    const admittable = PER_IP * (Math.ceil((floodEnd - floodStart) / HANDSHAKE_TIMEOUT_MS) + 1);
+    assert.ok(refused >= FLOOD - admittable, `${refused} refused at once by the per-address cap`);
+    assert.ok(timedOut >= PER_IP - 50 && timedOut <= admittable, `${timedOut} closed by the handshake timeout`);
     assert.equal(refused + timedOut, FLOOD, 'every connection was either refused or timed out');
     assert.ok(longest <= HANDSHAKE_TIMEOUT_MS + SLACK_MS, `longest-lived flood socket ${longest} ms (handshake timeout ${HANDSHAKE_TIMEOUT_MS} ms)`);
     assert.ok(peakSessions <= PER_IP + 5, `at most the cap held at once (peak ${peakSessions} sessions)`);

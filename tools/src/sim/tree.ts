@@ -67,7 +67,32 @@ export function buildTree(s: StreamRelays, fanout: number, alive: ReadonlySet<st
   return { depth, ownerChildren, fallbacks };
 }
 
-export function treeStats(streams: readonly StreamRelays[], fanout: number, alive: ReadonlySet<string>, bitrateMbps: number): TreeStats {
+/**
+ * Depth of the j-th relay of a stream (0-based, in start order) when the relays start one
+ * after the other with no failures. chooseRelayParent fills the shallowest level with room
+ * first, so this does not depend on the stream or the node names — only on j (tested).
+ * Computed by a real build of a reference tree, grown on demand.
+ */
+const profiles = new Map<number, Int32Array>();
+export function depthProfile(fanout: number, k: number): Int32Array {
+  const have = profiles.get(fanout);
+  if (have && have.length >= k) return have;
+  const size = Math.max(k, (have?.length ?? 0) * 2, 64);
+  const relays = Array.from({ length: size }, (_, i) => `ref-${i}`);
+  const alive = new Set(relays);
+  const t = buildTree({ token: 'ref.profile', owner: 'ref-owner', relays, viewers: [] }, fanout, alive);
+  const p = Int32Array.from(t.depth);
+  profiles.set(fanout, p);
+  return p;
+}
+
+/**
+ * Trees of all watched streams: streams with up to `exactUpTo` relays (almost all of
+ * them) are built one by one with the real chooseRelayParent; bigger ones take their
+ * depths from the depth profile (itself a real build), because building a k-relay tree
+ * costs O(k²) calls' worth of work.
+ */
+export function treeStats(streams: readonly StreamRelays[], fanout: number, alive: ReadonlySet<string>, bitrateMbps: number, exactUpTo = 4 * fanout): TreeStats {
   let owner = 0;
   let relays = 0;
   let maxOwner = 0;
@@ -77,18 +102,29 @@ export function treeStats(streams: readonly StreamRelays[], fanout: number, aliv
   let viewers = 0;
   const hist: number[] = [];
   for (const s of streams) {
-    const t = buildTree(s, fanout, alive);
-    owner += t.ownerChildren;
-    relays += s.relays.length;
-    maxOwner = Math.max(maxOwner, t.ownerChildren);
-    fallbacks += t.fallbacks;
-    t.depth.forEach((d, j) => {
+    const k = s.relays.length;
+    let depth: ArrayLike<number>;
+    let ownerChildren: number;
+    if (k <= exactUpTo) {
+      const t = buildTree(s, fanout, alive);
+      depth = t.depth;
+      ownerChildren = t.ownerChildren;
+      fallbacks += t.fallbacks;
+    } else {
+      depth = depthProfile(fanout, k);
+      ownerChildren = Math.min(k, fanout);
+    }
+    owner += ownerChildren;
+    relays += k;
+    maxOwner = Math.max(maxOwner, ownerChildren);
+    for (let j = 0; j < k; j++) {
+      const d = depth[j] as number;
       maxDepth = Math.max(maxDepth, d);
       hist[d - 1] = (hist[d - 1] ?? 0) + 1;
       const v = s.viewers[j] ?? 0;
       vDepth += v * d;
       viewers += v;
-    });
+    }
   }
   return {
     streams: streams.length,

@@ -20,12 +20,15 @@ import { HlsStreamSession, type HlsSessionOptions } from './hls-session.ts';
 
 const PLAYLIST_TYPE = 'application/vnd.apple.mpegurl';
 const SEGMENT_RE = /^(\d{1,15})\.ts$/;
+const MAX_CONTINUATIONS = 4096;
 
 type Opened = { ok: true; session: HlsStreamSession; query: string } | { ok: false; status: number; body: Record<string, unknown>; redirect?: string; retryAfter?: number };
 
 export class HlsService {
   private readonly streams = new Map<string, HlsStreamSession>();
   private readonly starting = new Map<string, Promise<Opened>>();
+  /** Numbering of stopped segmenters, so a restarted one continues it (bounded, oldest forgotten first). */
+  private readonly continuations = new Map<string, { firstSeq: number; discontinuitiesBefore: number }>();
   private closed = false;
 
   constructor(
@@ -138,10 +141,13 @@ export class HlsService {
       host.endPlay(admission.hub);
       return { ok: false, status: 503, body: { error: 'node is shutting down' } };
     }
-    const session = new HlsStreamSession(id, admission.hub, req, host, this.opts, (s) => {
+    const session = new HlsStreamSession(id, admission.hub, req, host, { ...this.opts, ...this.continuations.get(key) }, (s) => {
       host.sessions.remove(s);
       limiter.release(remote.ip);
       if (this.streams.get(key) === s) this.streams.delete(key);
+      this.continuations.delete(key);
+      this.continuations.set(key, s.segmenter.continuation);
+      if (this.continuations.size > MAX_CONTINUATIONS) this.continuations.delete(this.continuations.keys().next().value!);
     });
     this.streams.set(key, session);
     host.sessions.add(session);

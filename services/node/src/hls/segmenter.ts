@@ -29,6 +29,13 @@ export interface SegmenterOptions {
   maxBytes: number;
   /** A jump between video frames longer than this is a timeline gap (default max(10 s, 5 targets)). */
   gapMs?: number;
+  /**
+   * Where numbering starts (a segmenter restarted for the same stream continues the old one's
+   * media and discontinuity sequences, so a player never sees them go back). When above 0, the
+   * first segment is marked as a discontinuity.
+   */
+  firstSeq?: number;
+  discontinuitiesBefore?: number;
 }
 
 export interface HlsSegment extends PlaylistSegment {
@@ -81,8 +88,18 @@ export class HlsSegmenter {
     this.opts = {
       keepExtra: 2,
       gapMs: Math.max(10_000, 5 * opts.targetDurationMs),
+      firstSeq: 0,
+      discontinuitiesBefore: 0,
       ...opts,
     };
+    this.nextSeq = this.opts.firstSeq;
+    this.discontinuityTags = this.opts.discontinuitiesBefore;
+    this.pendingDiscontinuity = this.nextSeq > 0;
+  }
+
+  /** Numbering for a segmenter that takes over from this one (see `firstSeq`). */
+  get continuation(): { firstSeq: number; discontinuitiesBefore: number } {
+    return { firstSeq: this.nextSeq, discontinuitiesBefore: this.discontinuityTags };
   }
 
   /** Why this stream cannot be segmented (a video codec MPEG-TS HLS does not carry here), if so. */

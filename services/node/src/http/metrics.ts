@@ -1,6 +1,10 @@
 /**
  * Prometheus `/metrics`: one prom-client Registry per node (several nodes can share a
- * process in tests), labelled with the node id.
+ * process in tests), labelled with the node id, followed by prom-client's default process
+ * metrics (event-loop lag, CPU, memory, GC, handles), prefixed `meshcast_`. Those describe
+ * the process, so one registry per process collects them, unlabelled, whatever the number
+ * of nodes in it: prom-client starts an event-loop monitor and a GC observer per
+ * collection that it never stops.
  *
  * Nothing here runs per frame. Gauges and counters are brought up to date when scraped,
  * from what the node already counts: the session table, each hub's stats, the limiter and
@@ -25,16 +29,25 @@ export interface NodeMetrics {
   readonly registry: Registry;
   /** Brings every gauge and counter up to date (the route calls it before each scrape). */
   refresh(): void;
-  /** The exposition text, refreshed. */
+  /** The exposition text, refreshed: the node's metrics, then the process's. */
   scrape(): Promise<string>;
   close(): void;
+}
+
+let processRegistry: Registry | undefined;
+/** The process's default metrics, collected once per process. */
+export function processMetrics(): Registry {
+  if (!processRegistry) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry, prefix: 'meshcast_' });
+  }
+  return processRegistry;
 }
 
 export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
   const { host, registry: streams, limiter } = ctx;
   const registry = new Registry();
   registry.setDefaultLabels({ node: host.config.node_id });
-  collectDefaultMetrics({ register: registry, prefix: 'meshcast_' });
   const registers = [registry];
 
   const connections = new Gauge({ name: 'meshcast_connections', help: 'Open sessions by protocol and role (idle = handshaking or not yet publishing/playing).', labelNames: ['protocol', 'role'], registers });
@@ -187,7 +200,8 @@ export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
     refresh,
     async scrape() {
       refresh();
-      return registry.metrics();
+      const [own, proc] = await Promise.all([registry.metrics(), processMetrics().metrics()]);
+      return `${own}${own.endsWith('\n') ? '' : '\n'}${proc}`;
     },
     close() {
       streams.off('opened', onOpened);

@@ -68,7 +68,7 @@ export class NodeMesh implements MeshBinding {
     const log = node.log;
     const bus =
       m.nats.length > 0
-        ? await connectNatsBus({ servers: m.nats, name: cfg.node_id, prefix: m.subject_prefix, logger: log, pingIntervalMs: 5000, ...natsAuthOptions(m) })
+        ? await connectNatsBus({ servers: m.nats, name: cfg.node_id, prefix: m.subject_prefix, logger: log, pingIntervalMs: 5000, replicas: Math.max(1, Math.floor(m.nats_replicas)), ...natsAuthOptions(m) })
         : (network ?? embeddedNetwork()).connect(cfg.node_id);
     const events = new MeshEvents(bus, log);
     const selfRtmp = `rtmp://${cfg.public_host}:${node.rtmpPort}`;

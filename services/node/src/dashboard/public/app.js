@@ -32,7 +32,7 @@ const player = new Player({
 
 function connect() {
   const events = new EventSource('/api/v1/dashboard/events');
-  events.addEventListener('open', () => setConnection('live', 'live'));
+  // "live" is set by the first snapshot, not by the socket opening.
   events.addEventListener('error', () => setConnection('down', 'reconnecting…'));
   events.addEventListener('snapshot', (e) => {
     try {
@@ -99,7 +99,7 @@ function renderCards(snap) {
 function renderNodes(snap) {
   const rows = snap.nodes.map((n) => {
     const load = n.capacity > 0 ? n.viewers / n.capacity : 0;
-    const bar = h('div', { class: load > 0.85 ? 'bar hot' : 'bar' }, h('span'));
+    const bar = h('div', { class: ['bar', load > 0.85 ? 'hot' : '', n.viewers > 0 ? 'some' : ''].filter(Boolean).join(' ') }, h('span'));
     bar.firstChild.style.setProperty('--pct', `${Math.min(100, load * 100).toFixed(1)}%`);
     const unreachable = snap.unreachable.includes(n.id);
     return h(
@@ -129,13 +129,20 @@ function mediaSummary(s) {
   return parts.join(' · ') || '–';
 }
 
+const SOURCES = { rtmp: 'published here', relay: 'relayed', pull: 'pulled from outside', none: 'waiting for the stream' };
+
+function chipTitle(id, at) {
+  const protocols = Object.entries(at.protocols || {}).map(([p, n]) => `${p} ${n}`);
+  return `${id}: ${SOURCES[at.source] || at.source}${protocols.length ? ` · ${protocols.join(', ')}` : ''}`;
+}
+
 function renderStreams(snap) {
   const playing = player.current;
   const rows = snap.streams.map((s) => {
     const live = Object.values(s.nodes).some((n) => n.live);
     const perNode = Object.entries(s.nodes)
       .sort(([a], [b]) => (a === s.owner ? -1 : b === s.owner ? 1 : a < b ? -1 : 1))
-      .map(([id, at]) => h('span', { class: id === s.owner ? 'chip owner' : 'chip', title: `${id}: ${at.source}${at.live ? '' : ', waiting'}` }, `${id} · `, h('b', { text: String(at.viewers) })));
+      .map(([id, at]) => h('span', { class: id === s.owner ? 'chip owner' : 'chip', title: chipTitle(id, at) }, `${id} · `, h('b', { text: String(at.viewers) })));
     const playButton = (protocol, label) =>
       h('button', {
         type: 'button',

@@ -55,6 +55,7 @@ export class Player {
     this.current = target;
     const { ui } = this;
     ui.placeholder.hidden = true;
+    ui.video.controls = true;
     ui.stop.disabled = false;
     ui.title.textContent = `${target.key} · ${target.protocol === 'hls' ? 'HLS' : 'HTTP-FLV'} · from ${target.via}`;
     this.setStatus('loading player…');
@@ -128,6 +129,7 @@ export class Player {
     const { ui } = this;
     ui.video.removeAttribute('src');
     ui.video.load();
+    ui.video.controls = false;
     ui.placeholder.hidden = false;
     ui.stop.disabled = true;
     ui.title.textContent = 'nothing playing';

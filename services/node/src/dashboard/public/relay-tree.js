@@ -92,8 +92,8 @@ export function renderTree(stream, selfId) {
     'aria-label': `relay tree of ${stream.key}`,
   });
 
-  // Scale down to fit, never up: a lone owner stays box-sized.
-  svg.style.maxWidth = `${width}px`;
+  // Scale down to fit, and only a little up: a lone owner stays box-sized.
+  svg.style.maxWidth = `${Math.round(width * 1.3)}px`;
 
   const edges = s('g', { class: 'edges' });
   const boxes = s('g', { class: 'nodes' });
