@@ -6,3 +6,4 @@ export * from './media/frame.ts';
 export * from './media/stream-hub.ts';
 export * from './media/host.ts';
 export * from './sessions.ts';
+export * from './auth/token.ts';

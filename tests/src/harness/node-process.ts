@@ -70,11 +70,17 @@ export class NodeProcess {
     }
     const node = new NodeProcess(nodeId, host, rtmpPort, httpPort, dir, args, { MESHCAST_LOG_LEVEL: 'info', ...(opts.env ?? {}) });
     try {
+      let exited: Error | undefined;
       await waitFor(`node ${nodeId} /healthz`, async () => {
-        if (node.exitCode !== undefined) throw new Error(`node exited with ${node.exitCode}: ${node.logs().slice(-2000)}`);
+        // A node that died at start is reported at once, not after the whole wait.
+        if (node.exitCode !== undefined) {
+          exited = new Error(`node ${nodeId} exited with ${node.exitCode}: ${node.logs().slice(-2000)}`);
+          return true;
+        }
         const r = await fetch(`${node.httpUrl}/healthz`);
         return r.ok;
       }, 20_000, 100);
+      if (exited) throw exited;
     } catch (err) {
       await node.kill();
       throw err;

@@ -374,7 +374,9 @@ export async function computeRoute(
   const ring = new BoundedLoadRing({ c: opts.c ?? DEFAULT_LOAD_FACTOR });
   ring.updateFromTable(obs.views);
   const byId = new Map(obs.views.map((v) => [v.id, v]));
-  const ranked = ring.rank(streamToken(app, stream)).map((r) => ({ node: r.id, load: r.load, cap: r.cap, ...urlsOf(byId.get(r.id)!, app, stream), score: r.score, overCap: r.overCap }));
+  const ranked: Array<Candidate & { score: number; overCap: boolean; verdict?: string }> = ring
+    .rank(streamToken(app, stream))
+    .map((r) => ({ node: r.id, load: r.load, cap: r.cap, ...urlsOf(byId.get(r.id)!, app, stream), score: r.score, overCap: r.overCap }));
   const list: Candidate[] = ranked.map(({ node, load, cap, rtmp, flv, hls }) => ({ node, rtmp, flv, hls, load, cap }));
   if (opts.admit === false) {
     const first = list[0];
@@ -677,7 +679,9 @@ export async function runMeshctl(argv: string[], io: MeshctlIO): Promise<number>
   let values: Values;
   let positionals: string[];
   try {
-    ({ values, positionals } = parseArgs({ args: [...argv.slice(0, at), ...argv.slice(at + 1)], options: { ...GLOBAL, ...cmd.options }, allowPositionals: true, strict: true }));
+    const parsed = parseArgs({ args: [...argv.slice(0, at), ...argv.slice(at + 1)], options: { ...GLOBAL, ...cmd.options }, allowPositionals: true, strict: true });
+    values = parsed.values as Values;
+    positionals = parsed.positionals;
   } catch (err) {
     io.err(`meshctl ${name}: ${(err as Error).message}\n\n${commandUsage(name)}`);
     return 2;
