@@ -7,6 +7,7 @@
 //
 // Usage: node synthetic-publisher.mjs rtmp://ingest1:1935/live/demo [rtmp://ingest2:1935/live/demo …]
 //        (or MESHCAST_PUBLISH_URLS="url1,url2")
+import { setTimeout as sleep } from 'node:timers/promises';
 import { register } from 'tsx/esm/api';
 
 register();
@@ -44,5 +45,5 @@ for (let i = 0; !stopping; i++) {
   } catch (err) {
     log(`cannot publish to ${url}: ${err instanceof Error ? err.message : String(err)}`);
   }
-  await new Promise((r) => setTimeout(r, 1000));
+  await sleep(1000);
 }

@@ -550,6 +550,7 @@ function validate(cfg: NodeConfig): void {
   if (cfg.limits.max_chunk_size > 65536) throw new ConfigError('config key "limits.max_chunk_size": at most 65536');
   if (cfg.hls.target_duration_s <= 0) throw new ConfigError('config key "hls.target_duration_s": must be greater than 0');
   if (!Number.isInteger(cfg.hls.playlist_length) || cfg.hls.playlist_length < 1) throw new ConfigError('config key "hls.playlist_length": must be a whole number, at least 1');
+  if (cfg.hls.idle_timeout_s <= 0) throw new ConfigError('config key "hls.idle_timeout_s": must be greater than 0');
   for (const port of [cfg.rtmp_port, cfg.http_port]) {
     if (!Number.isInteger(port) || port > 65535) throw new ConfigError(`port ${port} out of range`);
   }

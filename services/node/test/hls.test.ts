@@ -8,6 +8,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { loadConfig } from '../src/config.ts';
 import { renderMediaPlaylist, targetDurationFor } from '../src/hls/playlist.ts';
 import { HlsSegmenter, type HlsSegment } from '../src/hls/segmenter.ts';
 import { FRAME_AUDIO, FRAME_VIDEO, MediaFrame } from '../src/media/frame.ts';
@@ -288,4 +289,17 @@ test('segmenter: a restarted segmenter continues the media and discontinuity seq
   const third = new HlsSegmenter({ targetDurationMs: 1000, windowLength: 3, maxBytes: 64 << 20, ...next.continuation });
   third.pushAll(clipFrames(clip, 1, 120_000));
   assert.match(third.playlist(), /#EXT-X-MEDIA-SEQUENCE:6\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n#EXT-X-DISCONTINUITY\n/);
+});
+
+test('config: hls defaults, overrides and bad values', () => {
+  const d = loadConfig({ flags: { 'node-id': 'a' } });
+  assert.deepEqual(d.hls, { target_duration_s: 2, playlist_length: 6, idle_timeout_s: 30, max_stream_bytes: 64 * 1024 * 1024 });
+  const c = loadConfig({ inline: { node_id: 'a', hls: { target_duration_s: 4, playlist_length: 3, idle_timeout_s: 0.5 } } });
+  assert.equal(c.hls.target_duration_s, 4);
+  assert.equal(c.hls.playlist_length, 3);
+  assert.equal(c.hls.idle_timeout_s, 0.5);
+  assert.throws(() => loadConfig({ inline: { node_id: 'a', hls: { target_duration_s: 0 } } }), /hls\.target_duration_s/);
+  assert.throws(() => loadConfig({ inline: { node_id: 'a', hls: { playlist_length: 0 } } }), /hls\.playlist_length/);
+  assert.throws(() => loadConfig({ inline: { node_id: 'a', hls: { idle_timeout_s: 0 } } }), /hls\.idle_timeout_s/);
+  assert.throws(() => loadConfig({ inline: { node_id: 'a', hls: { segment_count: 3 } } }), /"hls\.segment_count"/);
 });

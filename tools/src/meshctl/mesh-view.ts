@@ -76,7 +76,7 @@ export async function connectMesh(o: ConnectOptions): Promise<Bus> {
     ]);
   } catch (err) {
     if (timedOut) void connecting.then((b) => b.close()).catch(() => undefined);
-    const why = err instanceof Error ? err.message.replace(/^cannot connect to NATS [^:]*: /, '') : String(err);
+    const why = err instanceof Error ? err.message.replace(/^cannot connect to NATS \S+: /, '') : String(err);
     throw new MeshctlError(
       `meshctl: cannot reach NATS at ${where}: ${why}\n` +
         `  Is nats-server running there? Point meshctl at it with --nats nats://host:4222 or MESHCAST_NATS.`,

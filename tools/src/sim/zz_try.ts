@@ -8,7 +8,7 @@ const pool = makePool(sc);
 const orders = new HrwOrders(pool, sc.streams);
 for (const st of strategies) {
   const t = performance.now();
-  const r = runWorld(sc, st, { orders, pool, realDecisions: process.argv[5] === 'real' ? true : undefined });
+  const r = runWorld(sc, st, { orders, pool, realDecisions: process.argv[5] === 'real' });
   const { series, ...rest } = r.result;
   const { loads, ...ramp } = rest.ramp;
   console.log(st, Math.round(performance.now() - t), 'ms', JSON.stringify({ ...rest, ramp, end: rest.end ? { ...rest.end, loads: undefined } : undefined }));

@@ -217,7 +217,9 @@ export class RelayActor {
   /** Chooses a parent, claims our relay key, and opens the pull. Runs outside the actor; reports back by message. */
   private async openUpstream(seq: number): Promise<RelayMessage> {
     const { app, stream } = this.hub;
+    this.log.info({ seq }, 'DBG lookup');
     const info = await this.ctx.ownership.lookup(app, stream);
+    this.log.info({ seq, owner: info?.record.owner }, 'DBG looked up');
     if (!info || info.record.owner === this.ctx.nodeId) {
       this.ownerLive = false;
       return { type: 'connectFailed', seq, reason: 'no owner' };
@@ -226,6 +228,7 @@ export class RelayActor {
     const owner = info.record.owner;
     this.lastOwner = owner;
     const claims = await this.ctx.relays.list(app, stream);
+    this.log.info({ seq, claims: claims.length }, 'DBG listed');
     const now = Date.now();
     const alive = new Set<string>();
     for (const id of this.ctx.membership.aliveIds()) if ((this.avoid.get(id) ?? 0) < now) alive.add(id);
@@ -235,6 +238,7 @@ export class RelayActor {
     if (!base) return { type: 'connectFailed', seq, reason: `no address for parent ${parent}`, parent };
     if (this.lease?.held) await this.lease.update({ parent });
     else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
+    this.log.info({ seq, parent }, 'DBG claimed');
     const url = `${base}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
     const client = await RtmpClient.connect(url, {
       timeoutMs: 3000,

@@ -3,7 +3,8 @@
  * cluster), node processes with given timings, synthetic publishers, and small probes
  * (API with a timeout, open descriptors and RSS of a node process).
  */
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import net from 'node:net';
 import { startSyntheticPublisher, type SyntheticPublisher } from '@meshcast/node/client';
 import { startNatsCluster, startNatsServer, type NatsCluster, type NatsServer } from '../../harness/nats.ts';
@@ -107,6 +108,9 @@ export class ChaosMesh {
     this.closers.push(fn);
   }
 
+  /** Keep every node's log under `dir` (written at stop). */
+  keepLogsIn: string | undefined = process.env['CHAOS_LOG_DIR'];
+
   async stop(): Promise<void> {
     for (const p of this.pubs) p.stop();
     for (const c of this.closers.splice(0)) {
@@ -118,6 +122,10 @@ export class ChaosMesh {
     }
     // SIGKILL also ends a SIGSTOPped process.
     await Promise.all(this.nodes.map(async (n) => (n.exitCode === undefined ? n.kill() : undefined)));
+    if (this.keepLogsIn) {
+      mkdirSync(this.keepLogsIn, { recursive: true });
+      for (const n of this.nodes) writeFileSync(join(this.keepLogsIn, `${n.nodeId}.log`), n.logs());
+    }
     for (const n of this.nodes) n.cleanup();
     if (this.cluster) {
       for (const s of this.cluster.servers) if (s.running) process.kill(s.pid, 'SIGCONT');

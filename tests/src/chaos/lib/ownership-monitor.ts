@@ -77,6 +77,7 @@ class Stretch {
 
 export class OwnershipMonitor {
   private timer: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
   private running = false;
   private loop: Promise<void> | undefined;
   private rounds = 0;
@@ -103,6 +104,7 @@ export class OwnershipMonitor {
       await this.round();
       const wait = Math.max(0, every - (Date.now() - t0));
       await new Promise<void>((r) => {
+        this.wake = r;
         this.timer = setTimeout(r, wait);
       });
     }
@@ -143,6 +145,7 @@ export class OwnershipMonitor {
   async stop(): Promise<MonitorReport> {
     this.running = false;
     clearTimeout(this.timer);
+    this.wake?.();
     await this.loop;
     // One last look, so the final state is current.
     await this.round();

@@ -159,13 +159,17 @@ export function monotonic(v: RecordingViewer): MonotonicCheck {
 }
 
 /**
- * After the gap that starts at `faultAt`, the first coded video frame is a keyframe
- * (sequence headers may come first). True when nothing was received after the fault.
+ * After the gap that follows `faultAt`, the first coded video frame is a keyframe (sequence
+ * headers may come first). The gap is the first silence longer than `silenceMs` between coded
+ * video frames after the fault, so frames already in flight when the fault hit do not count.
+ * True when there was no such silence (no interruption) or nothing came after it.
  */
-export function resumesOnKeyframe(v: RecordingViewer, faultAt: number): boolean {
+export function resumesOnKeyframe(v: RecordingViewer, faultAt: number, silenceMs = 150): boolean {
+  let prevAt: number | undefined;
   for (const f of v.frames) {
-    if (f.at < faultAt || f.type !== 9 || f.seqHeader) continue;
-    return f.key;
+    if (f.type !== 9 || f.seqHeader) continue;
+    if (f.at >= faultAt && prevAt !== undefined && f.at - prevAt > silenceMs) return f.key;
+    prevAt = f.at;
   }
   return true;
 }

@@ -1,0 +1,358 @@
+/**
+ * The docker compose deployment (compose/), for real: build the images, `compose up`, wait for
+ * health, publish from this host into an ingest container through its published loopback port,
+ * play from a playback container through its loopback port, `compose kill` the owning ingest
+ * container, republish to the other ingest node and check the viewer keeps its connection and
+ * plays the new feed. Then `down -v --remove-orphans`, and check nothing of ours is left:
+ * containers, networks, volumes, the node image, host bridges and iptables rules.
+ *
+ * Needs a running Docker engine (DOCKER_HOST is honoured) and compose (`docker compose` or
+ * `docker-compose`). Without one the whole suite is skipped with the reason; scripts/compose-test.sh
+ * starts a private engine for it where it can. Env: MESHCAST_COMPOSE (the compose command),
+ * MESHCAST_COMPOSE_PROJECT (default meshcast-ct), MESHCAST_COMPOSE_KEEP_IMAGE=1 (keep meshcast-node).
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { RtmpClient, startSyntheticPublisher, syntheticFrameNumber, type SyntheticPublisher } from '@meshcast/node/client';
+import type { RtmpMessage } from '@meshcast/proto';
+import { sleep, waitFor } from '../harness/ports.ts';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const COMPOSE_FILE = join(ROOT, 'compose/docker-compose.yml');
+const PROJECT = process.env.MESHCAST_COMPOSE_PROJECT ?? 'meshcast-ct';
+const IMAGE = process.env.MESHCAST_IMAGE ?? 'meshcast-node:local';
+const LO = '127.0.0.1';
+/** Published loopback ports, as in compose/docker-compose.yml. */
+const PORTS = {
+  ingest1: { rtmp: 19351, http: 18071 },
+  ingest2: { rtmp: 19352, http: 18072 },
+  playback1: { rtmp: 19361, http: 18081 },
+  playback2: { rtmp: 19362, http: 18082 },
+  playback3: { rtmp: 19363, http: 18083 },
+  nats1: { http: 18221 },
+  nats2: { http: 18222 },
+  nats3: { http: 18223 },
+} as const;
+const NODE_SERVICES = ['ingest1', 'ingest2', 'playback1', 'playback2', 'playback3'] as const;
+const ALL_SERVICES = ['nats1', 'nats2', 'nats3', ...NODE_SERVICES, 'publisher'] as const;
+
+interface Run {
+  code: number;
+  out: string;
+  err: string;
+}
+
+/** Runs a command to completion (bounded by timeoutMs), capturing its output. */
+function run(cmd: string, args: string[], timeoutMs = 120_000): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: ROOT, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : 1), out, err });
+    });
+  });
+}
+
+async function must(cmd: string, args: string[], timeoutMs?: number): Promise<string> {
+  const r = await run(cmd, args, timeoutMs);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}\n${r.err.slice(-3000)}${r.out.slice(-2000)}`);
+  return r.out;
+}
+
+/** The compose command: $MESHCAST_COMPOSE, else the v2 plugin, else docker-compose v1. */
+function composeCommand(): string[] | undefined {
+  const env = process.env.MESHCAST_COMPOSE?.trim();
+  if (env) return env.split(/\s+/);
+  if (spawnSync('docker', ['compose', 'version'], { stdio: 'ignore' }).status === 0) return ['docker', 'compose'];
+  if (spawnSync('docker-compose', ['version'], { stdio: 'ignore' }).status === 0) return ['docker-compose'];
+  return undefined;
+}
+
+/** Why the suite cannot run here, or undefined when it can. */
+function unavailable(): string | undefined {
+  const info = spawnSync('docker', ['info', '--format', '{{.ServerVersion}}'], { encoding: 'utf8', timeout: 20_000 });
+  if (info.error) return `no docker CLI (${info.error.message})`;
+  if (info.status !== 0) return `no Docker engine answers at ${process.env.DOCKER_HOST ?? 'the default socket'} (${(info.stderr || '').trim().split('\n')[0]}); scripts/compose-test.sh starts one where it can`;
+  if (!composeCommand()) return 'neither `docker compose` nor `docker-compose` is installed';
+  return undefined;
+}
+
+const skipReason = unavailable();
+const COMPOSE = composeCommand() ?? ['docker-compose'];
+
+function compose(args: string[], timeoutMs?: number): Promise<string> {
+  return must(COMPOSE[0]!, [...COMPOSE.slice(1), '-f', COMPOSE_FILE, '-p', PROJECT, ...args], timeoutMs);
+}
+
+async function containerId(service: string): Promise<string> {
+  const out = await must('docker', ['ps', '-a', '-q', '--filter', `label=com.docker.compose.project=${PROJECT}`, '--filter', `label=com.docker.compose.service=${service}`]);
+  const id = out.trim().split('\n')[0];
+  if (!id) throw new Error(`no container for service ${service}`);
+  return id;
+}
+
+async function health(service: string): Promise<string> {
+  const out = await must('docker', ['inspect', '--format', '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}', await containerId(service)]);
+  return out.trim();
+}
+
+async function api<T>(port: number, path: string): Promise<T> {
+  const r = await fetch(`http://${LO}:${port}${path}`, { signal: AbortSignal.timeout(5000) });
+  if (!r.ok) throw new Error(`GET :${port}${path} → ${r.status}`);
+  return (await r.json()) as T;
+}
+
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, LO, () => srv.close(() => resolve(true)));
+  });
+}
+
+/** Host-side state that must look the same after `down`: iptables rules, bridges and veths. */
+function hostNetState(): string {
+  const parts: string[] = [];
+  const links = spawnSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' });
+  if (links.status === 0) {
+    const names = links.stdout.split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0] ?? '').filter((n) => /^(br-|veth|docker)/.test(n));
+    parts.push(`links: ${names.sort().join(' ')}`);
+  }
+  if (process.getuid?.() === 0) {
+    for (const tool of ['iptables-save', 'ip6tables-save', 'iptables-legacy-save']) {
+      const r = spawnSync(tool, [], { encoding: 'utf8' });
+      if (r.status !== 0) continue;
+      // Comments carry dates and counters move: compare the rules alone.
+      const rules = r.stdout.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]/g, ''));
+      parts.push(`${tool}:\n${rules.join('\n')}`);
+    }
+  }
+  return parts.join('\n');
+}
+
+interface Viewer {
+  client: RtmpClient;
+  frames: Array<{ n: number; at: number }>;
+  timestamps: number[];
+}
+
+async function rtmpView(url: string): Promise<Viewer> {
+  const v: Viewer = { client: undefined as unknown as RtmpClient, frames: [], timestamps: [] };
+  v.client = await RtmpClient.openPlayer(url, {
+    timeoutMs: 15_000,
+    onFrame: (m: RtmpMessage) => {
+      if (m.type === 8 || m.type === 9) v.timestamps.push(m.timestamp);
+      const n = syntheticFrameNumber(m.type, m.payload);
+      if (n !== undefined) v.frames.push({ n, at: Date.now() });
+    },
+  });
+  return v;
+}
+
+/** An HTTP-FLV viewer: parses tags as they arrive and records the synthetic frame numbers. */
+interface FlvViewer {
+  frames: Array<{ n: number; at: number }>;
+  headerOk: boolean;
+  ended: boolean;
+  stop(): void;
+}
+
+function flvView(url: string): FlvViewer {
+  const ac = new AbortController();
+  const v: FlvViewer = { frames: [], headerOk: false, ended: false, stop: () => ac.abort() };
+  void (async () => {
+    try {
+      const r = await fetch(url, { signal: ac.signal });
+      if (!r.ok || !r.body) throw new Error(`GET ${url} → ${r.status}`);
+      let buf = Buffer.alloc(0);
+      let pos = -1;
+      for await (const chunk of r.body) {
+        buf = Buffer.concat([buf, chunk as Uint8Array]);
+        if (pos < 0) {
+          if (buf.length < 13) continue;
+          v.headerOk = buf.subarray(0, 3).toString('latin1') === 'FLV';
+          pos = buf.readUInt32BE(5) + 4;
+        }
+        while (buf.length >= pos + 11) {
+          const type = buf[pos]! & 0x1f;
+          const size = buf.readUIntBE(pos + 1, 3);
+          if (buf.length < pos + 11 + size + 4) break;
+          const n = syntheticFrameNumber(type, buf.subarray(pos + 11, pos + 11 + size));
+          if (n !== undefined) v.frames.push({ n, at: Date.now() });
+          pos += 11 + size + 4;
+        }
+        buf = buf.subarray(pos);
+        pos = 0;
+      }
+    } catch {
+      /* aborted or closed */
+    } finally {
+      v.ended = true;
+    }
+  })();
+  return v;
+}
+
+describe('docker compose deployment', { skip: skipReason }, () => {
+  const pubs: SyntheticPublisher[] = [];
+  const viewers: Array<{ close(): void }> = [];
+  let netBefore = '';
+  let failed = false;
+  /** Marks the suite failed when fn throws, so `after` prints the containers' logs. */
+  const guard = (fn: () => Promise<void>) => async (): Promise<void> => {
+    try {
+      await fn();
+    } catch (err) {
+      failed = true;
+      throw err;
+    }
+  };
+  const t0 = Date.now();
+  const mark = (what: string): void => console.log(`# ${what} at +${((Date.now() - t0) / 1000).toFixed(1)} s`);
+
+  before(guard(async () => {
+    // Leftovers of an interrupted earlier run of this project.
+    await compose(['down', '-v', '--remove-orphans'], 120_000);
+    const busy = [];
+    for (const svc of Object.values(PORTS)) for (const p of Object.values(svc)) if (!(await portFree(p))) busy.push(p);
+    assert.deepEqual(busy, [], `loopback ports the compose file publishes are in use by something else: ${busy.join(', ')}`);
+    netBefore = hostNetState();
+    const build = await run('bash', [join(ROOT, 'compose/build-images.sh')], 600_000);
+    if (build.code !== 0) throw new Error(`compose/build-images.sh failed:\n${build.err.slice(-4000)}`);
+    console.log(`# ${build.out.trim().split('\n').join('\n# ')}`);
+    mark('images built');
+    await compose(['up', '-d', '--no-build'], 300_000);
+    mark('compose up returned');
+    await waitFor('every container healthy', async () => {
+      const states = await Promise.all(ALL_SERVICES.map(async (s) => [s, await health(s)] as const));
+      const bad = states.filter(([s, h]) => (s === 'publisher' ? !h.startsWith('running') : h !== 'running/healthy'));
+      if (bad.some(([, h]) => h.startsWith('exited') || h.includes('unhealthy'))) throw new Error(`not healthy: ${bad.map(([s, h]) => `${s}=${h}`).join(' ')}`);
+      return bad.length === 0;
+    }, 180_000, 1000);
+    mark('all containers healthy');
+  }));
+
+  after(async () => {
+    for (const p of pubs) p.stop();
+    for (const v of viewers) v.close();
+    if (process.env.MESHCAST_COMPOSE_LOGS === '1' || failed) {
+      const logs = await run(COMPOSE[0]!, [...COMPOSE.slice(1), '-f', COMPOSE_FILE, '-p', PROJECT, 'logs', '--no-color', '--tail', '40']);
+      console.log(logs.out.split('\n').map((l) => `# ${l}`).join('\n'));
+    }
+    const t = Date.now();
+    await compose(['down', '-v', '--remove-orphans', '--timeout', '20'], 180_000);
+    console.log(`# compose down took ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    if (process.env.MESHCAST_COMPOSE_KEEP_IMAGE !== '1') {
+      await run('docker', ['image', 'rm', IMAGE]);
+      await run('docker', ['image', 'prune', '-f', '--filter', 'label=io.meshcast.stage=build']);
+    }
+    const label = `label=com.docker.compose.project=${PROJECT}`;
+    assert.equal((await must('docker', ['ps', '-a', '-q', '--filter', label])).trim(), '', 'no containers of the project left');
+    assert.equal((await must('docker', ['network', 'ls', '-q', '--filter', label])).trim(), '', 'no networks of the project left');
+    assert.equal((await must('docker', ['volume', 'ls', '-q', '--filter', label])).trim(), '', 'no volumes of the project left');
+    if (process.env.MESHCAST_COMPOSE_KEEP_IMAGE !== '1') assert.equal((await run('docker', ['image', 'inspect', IMAGE])).code !== 0, true, `${IMAGE} removed`);
+    // Bridges and veths go a moment after their network.
+    let netAfter = hostNetState();
+    for (let i = 0; i < 20 && netAfter !== netBefore; i++) {
+      await sleep(500);
+      netAfter = hostNetState();
+    }
+    assert.equal(netAfter, netBefore, 'host bridges, veths and iptables rules are as before the test');
+    mark('torn down, nothing left');
+  });
+
+  test('3 NATS servers form one JetStream cluster and the 5 nodes see each other', guard(async () => {
+    for (const n of ['nats1', 'nats2', 'nats3'] as const) {
+      await waitFor(`${n} in a 3-server JetStream cluster with a leader`, async () => {
+        const jsz = await api<{ meta_cluster?: { cluster_size?: number; leader?: string } }>(PORTS[n].http, '/jsz');
+        return jsz.meta_cluster?.cluster_size === 3 && !!jsz.meta_cluster.leader;
+      }, 60_000, 500);
+    }
+    for (const svc of NODE_SERVICES) {
+      await waitFor(`${svc} sees 5 alive nodes`, async () => {
+        const r = await api<{ nodes: Array<{ id: string; state: string }> }>(PORTS[svc].http, '/api/v1/mesh/nodes');
+        return r.nodes.filter((x) => x.state === 'alive').length === 5;
+      }, 30_000, 500);
+    }
+    const nodes = await api<{ nodes: Array<{ id: string; roles: string[]; addresses: { rtmp: string } }> }>(PORTS.playback1.http, '/api/v1/mesh/nodes');
+    const ing = nodes.nodes.find((x) => x.id === 'ingest1')!;
+    assert.deepEqual(ing.roles, ['ingest']);
+    assert.equal(ing.addresses.rtmp, 'rtmp://ingest1:1935', 'nodes advertise their compose service names');
+    mark('cluster and mesh formed');
+  }));
+
+  test('the in-compose demo publisher is relayed to a playback node and plays over HTTP-FLV through its loopback port', guard(async () => {
+    const v = flvView(`http://${LO}:${PORTS.playback2.http}/live/demo.flv`);
+    viewers.push({ close: v.stop });
+    await waitFor('demo frames over HTTP-FLV on playback2', () => v.frames.length >= 30, 20_000, 100);
+    v.stop();
+    assert.ok(v.headerOk, 'FLV header');
+    const ns = v.frames.map((f) => f.n);
+    for (let i = 1; i < ns.length; i++) assert.ok(ns[i]! > ns[i - 1]!, `frame numbers increase: ${ns[i - 1]} → ${ns[i]}`);
+    mark('demo stream played');
+  }));
+
+  test('publish to ingest1, play from playback1 (RTMP) and playback3 (HTTP-FLV); kill ingest1; republish to ingest2; viewers keep playing', guard(async () => {
+    const key = `ct${Date.now().toString(36)}`;
+    const p1 = await startSyntheticPublisher(`rtmp://${LO}:${PORTS.ingest1.rtmp}/live/${key}`, { timeoutMs: 10_000 });
+    pubs.push(p1);
+    await waitFor('ingest1 owns the stream', async () => {
+      const r = await api<{ streams: Array<{ stream: string; owner: string }> }>(PORTS.playback1.http, '/api/v1/mesh/streams');
+      return r.streams.some((s) => s.stream === key && s.owner === 'ingest1');
+    }, 15_000, 200);
+    const openedAt = Date.now();
+    const v = await rtmpView(`rtmp://${LO}:${PORTS.playback1.rtmp}/live/${key}`);
+    viewers.push(v.client);
+    const hv = flvView(`http://${LO}:${PORTS.playback3.http}/live/${key}.flv`);
+    viewers.push({ close: hv.stop });
+    await waitFor('frames on playback1 (RTMP)', () => v.frames.length > 30, 15_000, 50);
+    await waitFor('frames on playback3 (HTTP-FLV)', () => hv.frames.length > 30, 15_000, 50);
+    console.log(`# first frame through the relay ${v.frames[0]!.at - openedAt} ms after play`);
+
+    const killedAt = Date.now();
+    await compose(['kill', 'ingest1'], 60_000);
+    mark('ingest1 killed');
+    assert.match(await health('ingest1'), /^exited/);
+    await waitFor('the publisher on ingest1 sees its connection end', () => p1.client.closed, 10_000, 50);
+    p1.stop();
+
+    // A new encoder session: frame numbers jump, and its timestamps start again at 0 (the node rebases them).
+    const p2 = await startSyntheticPublisher(`rtmp://${LO}:${PORTS.ingest2.rtmp}/live/${key}`, { timeoutMs: 10_000, firstFrame: 100_000 });
+    pubs.push(p2);
+    const publishedAt = Date.now();
+    await waitFor('playback1 plays the feed from ingest2', () => v.frames.some((f) => f.n >= 100_000), 20_000, 20);
+    const gap = v.frames.find((f) => f.n >= 100_000)!.at - publishedAt;
+    await waitFor('playback3 plays the feed from ingest2', () => hv.frames.some((f) => f.n >= 100_000), 20_000, 20);
+    const hgap = hv.frames.find((f) => f.n >= 100_000)!.at - publishedAt;
+    console.log(`# owner killed: RTMP viewer plays again ${gap} ms after the republish (${publishedAt - killedAt} ms after the kill); HTTP-FLV viewer ${hgap} ms`);
+    assert.equal(v.client.closed, false, 'the RTMP viewer kept its connection');
+    assert.equal(hv.ended, false, 'the HTTP-FLV viewer kept its connection');
+    await waitFor('more frames after the takeover', () => v.frames.filter((f) => f.n >= 100_000).length > 30, 10_000, 50);
+    for (let i = 1; i < v.timestamps.length; i++) assert.ok(v.timestamps[i]! >= v.timestamps[i - 1]!, `monotonic timestamps for the viewer: ${v.timestamps[i - 1]} → ${v.timestamps[i]}`);
+
+    const rec = (await api<{ streams: Array<{ stream: string; owner: string; epoch: number }> }>(PORTS.playback1.http, '/api/v1/mesh/streams')).streams.find((s) => s.stream === key);
+    assert.equal(rec?.owner, 'ingest2');
+    assert.ok(rec.epoch >= 2, 'a new ownership epoch');
+    await waitFor('ingest1 is dead to the mesh', async () => {
+      const r = await api<{ nodes: Array<{ id: string; state: string }> }>(PORTS.playback1.http, '/api/v1/mesh/nodes');
+      return !r.nodes.some((x) => x.id === 'ingest1' && x.state === 'alive');
+    }, 15_000, 500);
+    v.client.close();
+    hv.stop();
+    p2.stop();
+    mark('takeover checked');
+  }));
+});
