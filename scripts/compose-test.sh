@@ -54,8 +54,7 @@ fi
 if [[ $private == 1 ]]; then
   [[ $(id -u) -eq 0 ]] || skip "no Docker engine is running and starting one needs root"
   need=()
-  command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
-  command -v docker-proxy >/dev/null 2>&1 || [[ -x /usr/sbin/docker-proxy ]] || need+=(docker.io)
+  { command -v dockerd >/dev/null 2>&1 && [[ -x /usr/sbin/docker-proxy ]] || command -v docker-proxy >/dev/null 2>&1; } || need+=(docker.io)
   if ! { command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; } && ! command -v docker-compose >/dev/null 2>&1; then
     need+=(docker-compose)
   fi

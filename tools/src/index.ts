@@ -1,2 +1,11 @@
 export * from './load/index.ts';
 export { startNginx, startMeshcast, startNms, type ServerHandle, type ServerOptions } from './bench/servers.ts';
+export { runMeshctl, computeRoute, usage as meshctlUsage, type MeshctlIO } from './meshctl/cli.ts';
+export { decodeControlMessage, encodeControlMessage, CONTROL_VERBS, type ControlMessage, type ControlVerb, type StatsResult } from './meshctl/control-messages.ts';
+export { decodePayload, type Decoded } from './meshctl/decode.ts';
+export { observeMesh, connectMesh, MeshctlError, type ObservedMesh } from './meshctl/mesh-view.ts';
+export { runLoad, streamNames, framesInRange, type LoadReport, type LoadUi } from './load-cli/runner.ts';
+export { parseLoadArgs, isLoopbackHost, isLoopbackAddress, UsageError as LoadUsageError, type LoadOptions } from './load-cli/options.ts';
+export { HttpFlvSwarm } from './load-cli/http-flv-swarm.ts';
+export { LoadPart, type PartPlan, type PartReport } from './load-cli/part.ts';
+export { zipfWeights, apportion } from './load-cli/zipf.ts';

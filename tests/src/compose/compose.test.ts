@@ -3,7 +3,8 @@
  * health, publish from this host into an ingest container through its published loopback port,
  * play from a playback container through its loopback port, `compose kill` the owning ingest
  * container, republish to the other ingest node and check the viewer keeps its connection and
- * plays the new feed. Then `down -v --remove-orphans`, and check nothing of ours is left:
+ * plays the new feed. The load profile's meshcast-load runs once, briefly, inside the compose
+ * network. Then `down -v --remove-orphans`, and check nothing of ours is left:
  * containers, networks, volumes, the node image, host bridges and iptables rules.
  *
  * Needs a running Docker engine (DOCKER_HOST is honoured) and compose (`docker compose` or
@@ -14,6 +15,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
@@ -303,6 +305,16 @@ describe('docker compose deployment', { skip: skipReason }, () => {
     const ns = v.frames.map((f) => f.n);
     for (let i = 1; i < ns.length; i++) assert.ok(ns[i]! > ns[i - 1]!, `frame numbers increase: ${ns[i - 1]} → ${ns[i]}`);
     mark('demo stream played');
+  }));
+
+  test('the load profile: meshcast-load in a container, 20 viewers of the demo stream placed over the playback pool', { skip: existsSync(join(ROOT, 'tools/bin/meshcast-load.mjs')) ? false : 'tools/bin/meshcast-load.mjs is not there' }, guard(async () => {
+    const args = '--play-url rtmp://playback1:1935/live/demo --route http://playback1:8080 --viewers 20 --duration 4 --allow-remote --quiet';
+    const out = await compose(['--profile', 'load', 'run', '--rm', '-T', '-e', `MESHCAST_LOAD_ARGS=${args}`, 'load'], 120_000);
+    const lines = out.trim().split('\n');
+    console.log(lines.filter((l) => /viewers|placement|result/.test(l)).map((l) => `# ${l}`).join('\n'));
+    assert.match(out, /result: OK/);
+    assert.match(out, /placement .*playback\d/);
+    mark('load profile ran');
   }));
 
   test('publish to ingest1, play from playback1 (RTMP) and playback3 (HTTP-FLV); kill ingest1; republish to ingest2; viewers keep playing', guard(async () => {

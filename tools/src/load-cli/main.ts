@@ -20,12 +20,14 @@ async function main(argv: string[]): Promise<number> {
   }
   const ui = new ProgressUi(opts.quiet ? 'quiet' : process.stderr.isTTY ? 'tty' : 'lines');
   const abort = new AbortController();
-  let signals = 0;
+  let firstSignalAt = 0;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.on(sig, () => {
-      if (++signals > 1) process.exit(130);
-      ui.log('stopping (Ctrl-C again to quit at once)…');
-      abort.abort();
+      if (firstSignalAt === 0) {
+        firstSignalAt = Date.now();
+        ui.log('stopping (Ctrl-C again to quit at once)…');
+        abort.abort();
+      } else if (Date.now() - firstSignalAt > 1500) process.exit(130); // a relayed copy of the first one is not "again"
     });
   }
   try {

@@ -170,14 +170,15 @@ export async function runLoad(o: LoadOptions, ui: LoadUi, signal?: AbortSignal):
 
     // Ramp until every viewer plays video or failed (or gave up).
     ui.start(o.viewers);
-    let lastBytes = 0;
-    let lastAt = performance.now();
+    // Received Mbps over the last second or so (polls come every 250 ms).
+    const samples: Array<{ at: number; bytes: number }> = [];
     const poll = async (phase: string): Promise<PartProgress> => {
       const p = sum(await Promise.all(parts.map((x) => x.progress())));
       const now = performance.now();
-      const mbps = now > lastAt ? ((p.bytes - lastBytes) * 8) / ((now - lastAt) / 1000) / 1e6 : 0;
-      lastBytes = p.bytes;
-      lastAt = now;
+      samples.push({ at: now, bytes: p.bytes });
+      while (samples.length > 2 && now - samples[1]!.at >= 1000) samples.shift();
+      const first = samples[0]!;
+      const mbps = now - first.at > 100 ? ((p.bytes - first.bytes) * 8) / ((now - first.at) / 1000) / 1e6 : 0;
       ui.update(phase, p, mbps);
       return p;
     };

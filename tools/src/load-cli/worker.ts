@@ -70,7 +70,7 @@ export class WorkerPart implements PartHandle {
       cwd: REPO_ROOT,
       execArgv: ['--import', 'tsx', '--max-semi-space-size=32'],
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
-      env: { ...process.env, MESHCAST_LOAD_WORKER: String(index) },
+      env: { ...process.env, MESHCAST_LOAD_CLI_WORKER: String(index) },
     });
     let ready!: () => void;
     let failed!: (e: Error) => void;
@@ -146,7 +146,7 @@ export class WorkerPart implements PartHandle {
 
 // ------------------------------------------------------------------ worker side
 
-if (process.env['MESHCAST_LOAD_WORKER'] !== undefined && process.send) {
+if (process.env['MESHCAST_LOAD_CLI_WORKER'] !== undefined && process.send) {
   let part: LoadPart | undefined;
   const handle = async (req: Request): Promise<unknown> => {
     switch (req.cmd) {

@@ -244,7 +244,7 @@ async function startPublisher(url: string): Promise<Publisher> {
     warn(`(no ffmpeg test media: ${(err as Error).message.split('\n')[0]}; publishing a synthetic, undecodable source instead)`);
   }
   const loop = async (): Promise<void> => {
-    while (!stopped) {
+    while (!stopped && !shuttingDown) {
       try {
         if (media) {
           const p = await FlvLoopPublisher.start({ url, source: media, clockIntervalMs: 1000 });
@@ -255,11 +255,13 @@ async function startPublisher(url: string): Promise<Publisher> {
           current = p;
           await new Promise<void>((res) => p.client.once('close', () => res()));
         }
-        if (!stopped) warn(`[${stamp()}] [publisher] connection closed; reconnecting in 2 s`);
+        // A Ctrl-C reaches the nodes too: an ingest node closing us then is no news.
+        if (!stopped) await sleep(300);
+        if (!stopped && !shuttingDown) warn(`[${stamp()}] [publisher] connection closed; reconnecting in 2 s`);
       } catch (err) {
-        if (!stopped) warn(`[${stamp()}] [publisher] ${(err as Error).message}; retrying in 2 s`);
+        if (!stopped && !shuttingDown) warn(`[${stamp()}] [publisher] ${(err as Error).message}; retrying in 2 s`);
       }
-      if (!stopped) await sleep(2000);
+      if (!stopped && !shuttingDown) await sleep(2000);
     }
   };
   void loop();
@@ -333,19 +335,22 @@ async function main(): Promise<number> {
   dir = mkdtempSync(join(tmpdir(), 'meshcast-mesh-'));
   process.on('exit', killAllSync);
   let publisher: Publisher | undefined;
-  let interrupted = 0;
+  let firstSignalAt = 0;
   let resolveStop!: () => void;
   const stopRequested = new Promise<void>((r) => (resolveStop = r));
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(sig, () => {
-      interrupted++;
       shuttingDown = true;
-      if (interrupted === 1) resolveStop();
-      else {
-        warn('mesh: killing everything now');
-        killAllSync();
-        process.exit(130);
+      if (firstSignalAt === 0) {
+        firstSignalAt = Date.now();
+        resolveStop();
+        return;
       }
+      // One Ctrl-C can arrive twice (from the terminal and relayed by npm/tsx): only a later one forces.
+      if (Date.now() - firstSignalAt < 1500) return;
+      warn('mesh: killing everything now');
+      killAllSync();
+      process.exit(130);
     });
   }
 
@@ -400,7 +405,7 @@ async function main(): Promise<number> {
     await stopAll(5000);
     return 1;
   }
-  say(`[${stamp()}] stopping: draining the nodes, then NATS…`);
+  say(`[${stamp()}] stopping: draining the nodes, then NATS… (Ctrl-C again to kill at once)`);
   publisher?.stop();
   await stopAll();
   say(`[${stamp()}] stopped; removed ${dir}`);

@@ -526,7 +526,7 @@ async function cmdDecode(io: MeshctlIO, values: Values): Promise<number> {
   if (input !== 'raw' && input !== 'hex' && input !== 'base64') throw new MeshctlError('meshctl: --input is raw, hex or base64', 2);
   const data = readInput(await io.readStdin(), input);
   if (data instanceof Error) throw new MeshctlError(`meshctl decode: ${data.message}`);
-  const subject = (values['subject'] as string | undefined) ?? io.env['NATS_SUBJECT'];
+  const subject = values['subject'] as string | undefined;
   const r = decodePayload(data, subject || undefined);
   if (r instanceof Error) throw new MeshctlError(`meshctl decode: ${r.message}`);
   io.out(toJson(r, Boolean(values['pretty']) || (io.stdoutIsTTY ?? false)));

@@ -8,11 +8,13 @@ async function readStdin(): Promise<Buffer> {
 }
 
 const abort = new AbortController();
-let interrupted = 0;
+let firstSignalAt = 0;
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.on(sig, () => {
-    if (++interrupted > 1) process.exit(130);
-    abort.abort();
+    if (firstSignalAt === 0) {
+      firstSignalAt = Date.now();
+      abort.abort();
+    } else if (Date.now() - firstSignalAt > 1500) process.exit(130); // a relayed copy of the first one is not "again"
   });
 }
 

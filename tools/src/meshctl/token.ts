@@ -11,18 +11,6 @@ export interface MintedToken {
   query: string;
 }
 
-type MintFn = (input: { secret: string; action: 'publish' | 'play'; app: string; stream: string; ttlSeconds: number }) => MintedToken;
-
-/** The node package's mintToken (loaded on first use: it pulls in the whole node package). */
-export async function loadMintToken(): Promise<MintFn> {
-  const mod = (await import('@meshcast/node')) as Record<string, unknown>;
-  const fn = mod['mintToken'];
-  if (typeof fn !== 'function') {
-    throw new MeshctlError('meshctl token: this checkout\'s @meshcast/node does not export mintToken (services/node/src/auth/token.ts); add it to services/node/src/index.ts');
-  }
-  return fn as MintFn;
-}
-
 export function tokenSecret(env: NodeJS.ProcessEnv, secretFile: string | undefined): string {
   if (secretFile) {
     let s: string;
@@ -48,6 +36,7 @@ export async function mintStreamToken(o: {
   ttlSeconds: number;
 }): Promise<MintedToken> {
   const secret = tokenSecret(o.env, o.secretFile);
-  const mint = await loadMintToken();
-  return mint({ secret, action: o.action, app: o.app, stream: o.stream, ttlSeconds: o.ttlSeconds });
+  // Loaded on use: the node package is heavy, and no other command needs it.
+  const { mintToken } = await import('@meshcast/node');
+  return mintToken({ secret, action: o.action, app: o.app, stream: o.stream, ttlSeconds: o.ttlSeconds });
 }

@@ -5,7 +5,7 @@
 
 export type StrategySpec =
   /** bounded-load weighted HRW: the real `BoundedLoadRing` / `rankPlaybackNodes` with factor c */
-  | { kind: 'bl'; c: number }
+  | { kind: 'bl'; c: number; admitBound?: boolean }
   /** plain weighted HRW without the bound: the real `rankPlaybackNodes` with c = ∞ (only full nodes are skipped) */
   | { kind: 'hrw' }
   /** (smooth weighted) round robin over the nodes in the table, skipping full / suspect ones */
@@ -16,7 +16,7 @@ export type StrategySpec =
 export function strategyName(s: StrategySpec): string {
   switch (s.kind) {
     case 'bl':
-      return `bl-${s.c}`;
+      return `bl-${s.c}${s.admitBound ? '+adm' : ''}`;
     default:
       return s.kind;
   }
@@ -25,7 +25,7 @@ export function strategyName(s: StrategySpec): string {
 export function strategyLabel(s: StrategySpec): string {
   switch (s.kind) {
     case 'bl':
-      return `bounded-load HRW c=${s.c}`;
+      return s.admitBound ? `what-if: bounded-load HRW c=${s.c} + node enforces its bound at admission` : `bounded-load HRW c=${s.c}`;
     case 'hrw':
       return 'plain HRW (no bound)';
     case 'rr':
@@ -36,14 +36,14 @@ export function strategyLabel(s: StrategySpec): string {
 }
 
 export function parseStrategy(name: string): StrategySpec {
-  const m = /^bl-(\d+(?:\.\d+)?)$/.exec(name);
+  const m = /^bl-(\d+(?:\.\d+)?)(\+adm)?$/.exec(name);
   if (m) {
     const c = Number(m[1]);
     if (!(c > 1)) throw new Error(`strategy ${name}: c must be > 1`);
-    return { kind: 'bl', c };
+    return m[2] ? { kind: 'bl', c, admitBound: true } : { kind: 'bl', c };
   }
   if (name === 'hrw' || name === 'rr' || name === 'll') return { kind: name };
-  throw new Error(`unknown strategy ${name} (bl-<c>, hrw, rr, ll)`);
+  throw new Error(`unknown strategy ${name} (bl-<c>, bl-<c>+adm, hrw, rr, ll)`);
 }
 
 export interface ScenarioConfig {
@@ -115,8 +115,8 @@ export const BASE: Omit<ScenarioConfig, 'name' | 'title' | 'nodes' | 'strategies
   loads: false,
 };
 
-export const ALL_STRATEGIES = ['bl-1.1', 'bl-1.25', 'bl-1.5', 'bl-2', 'hrw', 'rr', 'll'];
-export const CORE_STRATEGIES = ['bl-1.25', 'hrw', 'rr', 'll'];
+export const ALL_STRATEGIES = ['bl-1.1', 'bl-1.25', 'bl-1.5', 'bl-2', 'hrw', 'rr', 'll', 'bl-1.25+adm'];
+export const CORE_STRATEGIES = ['bl-1.25', 'hrw', 'rr', 'll', 'bl-1.25+adm'];
 
 export interface Plan {
   scenarios: ScenarioConfig[];
@@ -139,7 +139,6 @@ export function fullPlan(seed = 1): Plan {
       joinAt: 60,
       strategies: ALL_STRATEGIES,
       moves: true,
-      realDecisions: ['bl-1.25'],
       series: true,
       loads: true,
     },
@@ -182,7 +181,7 @@ export function fullPlan(seed = 1): Plan {
         nodes: 100,
         staleK: k,
         rampTicks: ramp,
-        strategies: ['bl-1.25', 'll'],
+        strategies: ['bl-1.25', 'll', 'bl-1.25+adm'],
         verifyChecks: 1000,
       });
     }
@@ -227,7 +226,7 @@ export function quickPlan(seed = 1): Plan {
     ...sweep
       .filter((n) => n !== 20)
       .map((n): ScenarioConfig => ({ ...q, name: `sweep-${n}`, title: `${n} nodes, 20k viewers`, nodes: n, strategies: CORE_STRATEGIES })),
-    { ...q, name: 'stale-k2-r40', title: '20 nodes, K=2', nodes: 20, staleK: 2, strategies: ['bl-1.25', 'll'] },
+    { ...q, name: 'stale-k2-r40', title: '20 nodes, K=2', nodes: 20, staleK: 2, strategies: ['bl-1.25', 'll', 'bl-1.25+adm'] },
   ];
   return { scenarios, sweep };
 }

@@ -8,8 +8,11 @@
  *   table, exactly like the real `BoundedLoadRing` of each node: the gossiped load of
  *   every node plus the placements this router made since that node's last heartbeat.
  * - Gossip: the table used during tick t holds each node's viewer count at the end of
- *   tick t-1-K (K = `staleK`); a new heartbeat id resets the router's pending count
- *   for that node (that is what the real ring does). All strategies see the same view.
+ *   tick t-1-K (K = `staleK`). Pending placements follow the real ring: each router
+ *   keeps the times of its placements per node; a newer heartbeat absorbs as many of
+ *   the oldest as the node's viewer count rose; the rest expire after `pendingTtlMs`
+ *   (checked when the router ranks). Simulated time is tick × 1000 ms. All strategies
+ *   see the same view (the baselines use the same loads: view + own pending).
  * - The chosen node admits or refuses: it refuses when its TRUE load is at capacity, or
  *   when it is dead (killed but not yet suspected); the router then tries the next
  *   candidate of the same strategy.
@@ -158,7 +161,7 @@ export interface ChurnStats {
   victim: string;
   /** viewers on the killed node: they must move, under every strategy */
   forcedMoves: number;
-  /** reconnects that no node admitted */
+  /** reconnects that no node admitted (also counted in RunResult.rejected) */
   reconnectRejected: number;
   /** max/avg over the ticks after the kill */
   peakMaxOverAvgAfterFail: number;
@@ -175,7 +178,10 @@ export interface ChurnStats {
 export interface VerifyStats {
   /** decisions re-taken with the real BoundedLoadRing and compared */
   checks: number;
+  /** decisions that differed */
   mismatches: number;
+  /** pending-placement counts that differed (compared for every node at each check) */
+  pendingMismatches: number;
   /** true when every decision of this run came from the real rings */
   realDecisions: boolean;
   firstMismatch?: string;
@@ -190,7 +196,12 @@ export interface RunResult {
   /** max/avg at the end of every tick */
   series?: number[];
   verify: VerifyStats;
+  /** placements (arrivals and reconnects) that no asked node admitted */
   rejected: number;
+  /** what-if +adm: placements admitted over the bound after every asked node refused */
+  forcedOverBound: number;
+  /** what-if +adm: refusals "over my bound" (extra admission round trips) */
+  boundRefusals: number;
   placements: number;
   ms: number;
 }
@@ -200,8 +211,10 @@ export interface RunOptions {
   rampOnly?: boolean;
   /** pool variant: slot never present ('remove'), spare present from the start ('add') */
   variant?: 'base' | 'remove' | 'add';
-  /** routers: the initial nodes without the victim (moves replay) instead of every live node */
+  /** routers: the initial nodes without the victim instead of every live node */
   fixedRouters?: boolean;
+  /** one router only (a node that is never removed): with staleK 0 its table is exact */
+  singleRouter?: boolean;
   /** force real decisions on/off (default from the config) */
   realDecisions?: boolean;
   /** skip snapshots (moves replay) */
@@ -244,7 +257,18 @@ class World {
   readonly load: Int32Array;
   readonly present: Uint8Array;
   // routers
+  /** visible pending placements of router r on node i: pend[r*M+i] (= length of the stamp list) */
   readonly pend: Int32Array;
+  /** per router: node → times (ms) of placements not yet absorbed or expired, oldest first */
+  readonly placed: Map<number, number[]>[];
+  readonly pruneTick: Float64Array;
+  readonly prevView: Int32Array;
+  readonly prevInTable: Uint8Array;
+  readonly hbChanged: Uint8Array;
+  readonly ttlMs: number;
+  nowMs = 0;
+  Lbase = 0;
+  Wbase = 0;
   readonly Lr: Float64Array;
   readonly Wr: Float64Array;
   routers: number[] = [];
@@ -272,8 +296,12 @@ class World {
   aliveN = 0;
   rejected = 0;
   placements = 0;
+  forcedOverBound = 0;
+  boundRefusals = 0;
   readonly c: number;
   readonly askAtMost: number;
+  /** what-if: the node refuses above its own bound (strategy `bl-<c>+adm`) */
+  boundAtAdmission = false;
   readonly refused: number[] = [];
   t = 0;
 
@@ -290,6 +318,9 @@ class World {
     this.w = Float64Array.from(this.cap);
     this.c = strat.kind === 'bl' ? strat.c : Number.POSITIVE_INFINITY;
     this.askAtMost = cfg.askAtMost > 0 ? cfg.askAtMost : Number.POSITIVE_INFINITY;
+    this.boundAtAdmission = strat.kind === 'bl' && strat.admitBound === true;
+    // what-if: a refusal "over my bound" does not use up the router's 4 asks
+    if (this.boundAtAdmission) this.askAtMost = Number.POSITIVE_INFINITY;
     this.joinTick = new Float64Array(M).fill(BEFORE_START);
     this.failTick = new Float64Array(M).fill(NEVER);
     const variant = opts.variant ?? 'base';
@@ -310,6 +341,12 @@ class World {
     this.load = new Int32Array(M);
     this.present = new Uint8Array(M);
     this.pend = new Int32Array(M * M);
+    this.placed = Array.from({ length: M }, () => new Map<number, number[]>());
+    this.pruneTick = new Float64Array(M).fill(Number.NaN);
+    this.prevView = new Int32Array(M);
+    this.prevInTable = new Uint8Array(M);
+    this.hbChanged = new Uint8Array(M);
+    this.ttlMs = new BoundedLoadRing().pendingTtlMs;
     this.Lr = new Float64Array(M);
     this.Wr = new Float64Array(M);
     this.rrPtr = new Int32Array(M);
@@ -328,7 +365,7 @@ class World {
     const name = strategyName(strat);
     const verifiable = strat.kind === 'bl' || strat.kind === 'hrw';
     this.real = verifiable && (opts.realDecisions ?? cfg.realDecisions.includes(name));
-    this.verify = { checks: 0, mismatches: 0, realDecisions: this.real };
+    this.verify = { checks: 0, mismatches: 0, pendingMismatches: 0, realDecisions: this.real };
     if (verifiable) {
       if (this.real) {
         this.shadowCount = M;
@@ -340,7 +377,7 @@ class World {
         const through = (total * this.shadowCount) / cfg.nodes;
         this.verifyEvery = Math.max(1, Math.floor(through / cfg.verifyChecks));
       }
-      for (let r = 0; r < this.shadowCount; r++) this.rings.set(r, new BoundedLoadRing({ c: this.c }));
+      for (let r = 0; r < this.shadowCount; r++) this.rings.set(r, new BoundedLoadRing({ c: this.c, now: () => this.nowMs }));
     }
   }
 
@@ -390,7 +427,10 @@ class World {
           for (const v of moved) this.unassign(v);
           for (const v of moved) {
             const r = this.pickRouter(reconnect.next());
-            if (this.place(v, this.vStream[v] as number, r) < 0) reconnectRejected++;
+            if (this.place(v, this.vStream[v] as number, r) < 0) {
+              reconnectRejected++;
+              this.rejected++;
+            }
           }
         }
         for (let k = 0; k < perTickChurn; k++) this.arrive(arrivals);
@@ -444,20 +484,23 @@ class World {
       ...(cfg.series ? { series } : {}),
       verify: this.verify,
       rejected: this.rejected,
+      forcedOverBound: this.forcedOverBound,
+      boundRefusals: this.boundRefusals,
       placements: this.placements,
       ms: Math.round(performance.now() - this.t0),
     };
     return { result, viewerNode: this.vNode, viewerCount: this.vCount };
   }
 
-  /** Build the routers' table for tick t; reset pending counts whose heartbeat is new. */
+  /** Build the routers' table for tick t, then let each router absorb / drop its pending placements (the real ring's `update`). */
   refreshView(t: number): void {
     const { M, cfg } = this;
     const K = cfg.staleK;
     const s = t - 1 - K;
+    this.nowMs = t * 1000;
     let membershipChanged = false;
-    let allReset = true;
-    const newHb: number[] = [];
+    this.prevView.set(this.view);
+    this.prevInTable.set(this.inTable);
     for (let i = 0; i < M; i++) {
       const jt = this.joinTick[i] as number;
       const ft = this.failTick[i] as number;
@@ -485,24 +528,33 @@ class World {
         }
       }
       if (inTable !== this.inTable[i] || alive !== this.stAlive[i]) membershipChanged = true;
+      this.hbChanged[i] = inTable && this.prevInTable[i] && !Object.is(hb, this.hbId[i]) ? 1 : 0;
       this.inTable[i] = inTable;
       this.stAlive[i] = alive;
       this.view[i] = v;
-      if (inTable && !Object.is(hb, this.hbId[i])) newHb.push(i);
-      else if (inTable && alive) allReset = false;
-      this.hbId[i] = hb;
-      if (!inTable) this.hbId[i] = Number.NaN;
+      this.hbId[i] = inTable ? hb : Number.NaN;
     }
-    // pending counts: reset on a new heartbeat (and for nodes out of the table)
-    let inTableCount = 0;
-    for (let i = 0; i < M; i++) inTableCount += this.inTable[i] as number;
-    if (newHb.length === inTableCount) this.pend.fill(0);
-    else {
-      for (const i of newHb) for (let r = 0; r < M; r++) this.pend[r * M + i] = 0;
-      for (let i = 0; i < M; i++) if (!this.inTable[i]) for (let r = 0; r < M; r++) this.pend[r * M + i] = 0;
+    // each router's pending placements (BoundedLoadRing.update)
+    for (let r = 0; r < M; r++) {
+      const map = this.placed[r] as Map<number, number[]>;
+      if (map.size === 0) continue;
+      const ro = r * M;
+      for (const [i, list] of map) {
+        if (!this.inTable[i] || !this.prevInTable[i]) {
+          map.delete(i);
+          this.pend[ro + i] = 0;
+          continue;
+        }
+        if (this.hbChanged[i]) {
+          const arrived = Math.max(0, (this.view[i] as number) - (this.prevView[i] as number));
+          if (arrived > 0) list.splice(0, Math.min(arrived, list.length));
+          if (list.length === 0) map.delete(i);
+          this.pend[ro + i] = list.length;
+        }
+      }
     }
 
-    // base L and W (no pending)
+    // base L and W (no pending); routers recompute theirs when they first rank in this tick
     let L = 0;
     let W = 0;
     for (let i = 0; i < M; i++) {
@@ -511,30 +563,14 @@ class World {
         W += this.w[i] as number;
       }
     }
+    this.Lbase = L;
+    this.Wbase = W;
     // routers
     this.routers = [];
-    if (this.opts.fixedRouters) {
+    if (this.opts.singleRouter) this.routers.push(this.pool.victim === 0 ? 1 : 0);
+    else if (this.opts.fixedRouters) {
       for (let i = 0; i < cfg.nodes; i++) if (i !== this.pool.victim) this.routers.push(i);
     } else for (let i = 0; i < M; i++) if (this.present[i]) this.routers.push(i);
-    for (const r of this.routers) {
-      if (allReset) {
-        this.Lr[r] = L;
-        this.Wr[r] = W;
-      } else {
-        let l = 0;
-        let ww = 0;
-        const ro = r * M;
-        for (let i = 0; i < M; i++) {
-          const ld = (this.view[i] as number) + (this.pend[ro + i] as number);
-          if (this.inTable[i] && this.stAlive[i] && ld < (this.cap[i] as number)) {
-            l += ld;
-            ww += this.w[i] as number;
-          }
-        }
-        this.Lr[r] = l;
-        this.Wr[r] = ww;
-      }
-    }
     // real rings (shadow routers)
     if (this.rings.size > 0) {
       const inputs: RingNodeInput[] = [];
@@ -602,7 +638,7 @@ class World {
     this.vStream[v] = s;
     this.vNode[v] = -1;
     this.alive[this.aliveN++] = v;
-    this.sv[s]++;
+    this.sv[s] = (this.sv[s] as number) + 1;
     if (this.place(v, s, r) < 0) this.rejected++;
   }
 
@@ -622,30 +658,56 @@ class World {
     const v = this.alive[p] as number;
     this.alive[p] = this.alive[--this.aliveN] as number;
     this.unassign(v);
-    this.sv[this.vStream[v] as number]--;
+    const s = this.vStream[v] as number;
+    this.sv[s] = (this.sv[s] as number) - 1;
   }
 
   unassign(v: number): void {
     const i = this.vNode[v] as number;
     if (i < 0) return;
     const s = this.vStream[v] as number;
-    this.load[i]--;
+    this.load[i] = (this.load[i] as number) - 1;
     const k = s * this.M + i;
-    if (--this.sn[k] === 0) this.relays[s]--;
+    const left = (this.sn[k] as number) - 1;
+    this.sn[k] = left;
+    if (left === 0) this.relays[s] = (this.relays[s] as number) - 1;
     this.vNode[v] = -1;
   }
 
+  /**
+   * The chosen node's admission (services/node: refuses at capacity or when dead). With the
+   * what-if `+adm` strategy it also refuses at its own bound, computed from its table with
+   * its EXACT load: ceil(c·(L+1)·w/W).
+   */
   admits(i: number): boolean {
-    return this.present[i] === 1 && (this.load[i] as number) < (this.cap[i] as number);
+    if (this.present[i] !== 1) return false;
+    const ld = this.load[i] as number;
+    if (ld >= (this.cap[i] as number)) return false;
+    if (!this.boundAtAdmission) return true;
+    const v = this.view[i] as number;
+    const counted = this.inTable[i] && this.stAlive[i] && v < (this.cap[i] as number);
+    const L = this.Lbase - (counted ? v : 0) + ld;
+    const W = this.Wbase + (counted ? 0 : (this.w[i] as number));
+    if (ld < Math.ceil((this.c * (L + 1) * (this.w[i] as number)) / W)) return true;
+    this.boundRefusals++;
+    return false;
   }
 
   /** Ask router r where viewer v (of stream s) goes; assign it. Returns the node or -1. */
   place(v: number, s: number, r: number): number {
+    this.beginRank(r);
     let i: number;
     switch (this.strat.kind) {
       case 'bl':
       case 'hrw':
         i = this.placeHrw(s, r);
+        if (i < 0 && this.boundAtAdmission) {
+          // every node asked was at its bound: ask again, admitting up to capacity
+          this.boundAtAdmission = false;
+          i = this.placeHrw(s, r);
+          this.boundAtAdmission = true;
+          if (i >= 0) this.forcedOverBound++;
+        }
         break;
       case 'rr':
         i = this.placeRoundRobin(r);
@@ -657,22 +719,66 @@ class World {
     if (i < 0) return -1;
     this.placements++;
     this.record(r, i);
-    this.load[i]++;
+    this.load[i] = (this.load[i] as number) + 1;
     this.vNode[v] = i;
     const k = s * this.M + i;
-    if (this.sn[k]++ === 0) {
-      this.relays[s]++;
+    const had = this.sn[k] as number;
+    this.sn[k] = had + 1;
+    if (had === 0) {
+      this.relays[s] = (this.relays[s] as number) + 1;
       this.snFirst[k] = this.seq;
     }
     this.seq++;
     return i;
   }
 
+  /**
+   * Router r is about to rank (the real ring's `nodes()` → `pending()` for every node):
+   * drop its placements older than the TTL; on its first rank in a tick, recompute its
+   * L (Σ eligible load incl. pending) and Σw from the base table.
+   */
+  beginRank(r: number): void {
+    if (this.pruneTick[r] === this.t) return;
+    this.pruneTick[r] = this.t;
+    const { M } = this;
+    const ro = r * M;
+    const cutoff = this.nowMs - this.ttlMs;
+    const map = this.placed[r] as Map<number, number[]>;
+    let L = this.Lbase;
+    let W = this.Wbase;
+    for (const [i, list] of map) {
+      let expired = 0;
+      while (expired < list.length && (list[expired] as number) < cutoff) expired++;
+      if (expired > 0) list.splice(0, expired);
+      const p = list.length;
+      this.pend[ro + i] = p;
+      if (p === 0) {
+        map.delete(i);
+        continue;
+      }
+      const v = this.view[i] as number;
+      if (this.inTable[i] && this.stAlive[i] && v < (this.cap[i] as number)) {
+        if (v + p >= (this.cap[i] as number)) {
+          L -= v;
+          W -= this.w[i] as number;
+        } else L += p;
+      }
+    }
+    this.Lr[r] = L;
+    this.Wr[r] = W;
+    // keep the shadow ring's lazy expiry in step (it prunes whenever it ranks)
+    this.rings.get(r)?.nodes();
+  }
+
   /** Count a placement in router r's table (the real ring's `recordPlacement`), keeping L and W exact. */
   record(r: number, i: number): void {
     const k = r * this.M + i;
     const before = (this.view[i] as number) + (this.pend[k] as number);
-    this.pend[k]++;
+    this.pend[k] = (this.pend[k] as number) + 1;
+    const map = this.placed[r] as Map<number, number[]>;
+    const list = map.get(i);
+    if (list) list.push(this.nowMs);
+    else map.set(i, [this.nowMs]);
     if (before + 1 >= (this.cap[i] as number)) {
       // now full: leaves the eligible set
       this.Lr[r] = (this.Lr[r] as number) - before;
@@ -687,7 +793,7 @@ class World {
 
   /** Exact replica of rankPlaybackNodes + the router's admission walk, on the cached HRW order. */
   fastHrw(s: number, r: number): number {
-    const { M, view, pend, cap, w, c } = this;
+    const { M, view, pend, w, c } = this;
     this.orders.ensure(s);
     const order = this.orders.order;
     const base = s * M;
@@ -740,6 +846,16 @@ class World {
         this.#sinceCheck = 0;
         const real = this.realHrw(s, r);
         this.verify.checks++;
+        const ring = this.rings.get(r) as BoundedLoadRing;
+        const ro = r * this.M;
+        for (let i = 0; i < this.M; i++) {
+          if (!this.inTable[i]) continue;
+          const rp = ring.pending(this.pool.ids[i] as string);
+          if (rp !== this.pend[ro + i]) {
+            this.verify.pendingMismatches++;
+            this.verify.firstMismatch ??= `tick ${this.t} router ${this.pool.ids[r]} node ${this.pool.ids[i]}: real pending ${rp} vs replica ${this.pend[ro + i]}`;
+          }
+        }
         if (real !== fast) {
           this.verify.mismatches++;
           this.verify.firstMismatch ??= `tick ${this.t} stream ${streamToken(s)} router ${this.pool.ids[r]}: real ${real < 0 ? '-' : this.pool.ids[real]} vs replica ${fast < 0 ? '-' : this.pool.ids[fast]}`;
@@ -938,14 +1054,18 @@ export interface MovesResult {
 }
 
 /**
- * Viewers moved per node change: replay the same arrival sequence (ramp only, through the
- * same routers) on the pool, on the pool without one node, and on the pool with one more
- * node, and compare where each viewer lands.
+ * Viewers moved per node change, as a property of the placement function: place the same
+ * arrival sequence (ramp only) with exact information — one router, load table K=0, so
+ * the router's table plus its pending placements is the true load — on the pool, on the
+ * pool without one node, and on the pool with one more node, and compare where each
+ * viewer lands. (In the live runs nobody moves unless their node dies; see ChurnStats.)
  */
 export function runMoves(cfg: ScenarioConfig, strategy: string, orders: HrwOrders, onProgress?: (f: number) => void): MovesResult {
   const t0 = performance.now();
   const pool = orders.pool;
-  const common: RunOptions = { rampOnly: true, fixedRouters: true, noSnapshots: true, realDecisions: false, orders, pool };
+  const exact: ScenarioConfig = { ...cfg, staleK: 0, series: false, loads: false, verifyChecks: 0, realDecisions: [] };
+  cfg = exact;
+  const common: RunOptions = { rampOnly: true, singleRouter: true, noSnapshots: true, realDecisions: false, orders, pool };
   const base = runWorld(cfg, strategy, { ...common, variant: 'base', onProgress: (f) => onProgress?.(f / 3) });
   const rem = runWorld(cfg, strategy, { ...common, variant: 'remove', onProgress: (f) => onProgress?.((1 + f) / 3) });
   const add = runWorld(cfg, strategy, { ...common, variant: 'add', onProgress: (f) => onProgress?.((2 + f) / 3) });
