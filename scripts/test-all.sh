@@ -8,4 +8,4 @@ if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json
 fi
 echo "== type check" && npx tsc -p tsconfig.json
 echo "== lint" && npx eslint .
-echo "== tests" && npx turbo run test --concurrency=1 --output-logs=full
+echo "== tests" && npx turbo run test --concurrency=1 --continue --output-logs=full
