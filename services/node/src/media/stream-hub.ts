@@ -88,6 +88,12 @@ export class StreamHub extends EventEmitter {
   private lastTs: number | undefined;
   private tsOffset = 0;
   private rebase = true;
+  /**
+   * Set by the mesh around a publisher whose ownership must be re-confirmed (the process was paused): while it
+   * returns false, published frames are dropped; afterwards media resumes at the next keyframe.
+   */
+  inputGate: (() => boolean) | undefined;
+  private skipToKeyframe = false;
   readonly stats: HubStats = { framesIn: 0, bytesIn: 0, bytesOut: 0, droppedFrames: 0, evictedSinks: 0, publishedAt: undefined };
 
   constructor(
@@ -173,6 +179,7 @@ export class StreamHub extends EventEmitter {
   }
 
   private resetMediaState(): void {
+    this.skipToKeyframe = false;
     this.metadataFrame = undefined;
     this.metadataValue = undefined;
     this.videoHeader = undefined;
@@ -195,6 +202,19 @@ export class StreamHub extends EventEmitter {
 
   /** A media or data message from the publisher, on the publisher's own timeline. */
   ingest(type: FrameType, timestamp: number, payload: Buffer): void {
+    if (this.inputGate !== undefined && !this.inputGate()) {
+      this.skipToKeyframe = true;
+      return;
+    }
+    if (this.skipToKeyframe && type !== FRAME_DATA && payload.length > 0) {
+      // Frames were dropped: a decoder needs a keyframe first (sequence headers still pass; audio-only streams resume at once).
+      const header = type === FRAME_VIDEO ? isVideoSequenceHeader(payload) : isAudioSequenceHeader(payload);
+      if (!header) {
+        if (type === FRAME_VIDEO && isVideoKeyframe(payload)) this.skipToKeyframe = false;
+        else if (type === FRAME_VIDEO || this.videoHeader !== undefined) return;
+        else this.skipToKeyframe = false;
+      }
+    }
     this.stats.framesIn++;
     this.stats.bytesIn += payload.length;
     const ts = this.timeline(timestamp);

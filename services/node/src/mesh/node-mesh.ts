@@ -6,6 +6,8 @@
  */
 import type { FastifyInstance } from 'fastify';
 import {
+  BusNoRespondersError,
+  BusTimeoutError,
   BusUnavailableError,
   Membership,
   MemoryBusNetwork,
@@ -26,6 +28,7 @@ import type { PlayAdmission, PublishAdmission, StreamRequest } from '../media/ho
 import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import type { MediaNode, MeshBinding } from '../media-node.ts';
 import { RelayActor } from './relay-actor.ts';
+import { startNodeControl, type NodeControl } from './node-control.ts';
 import { natsAuthOptions } from '../auth/nats-auth.ts';
 import { NoPlaybackCapacityError, ViewerRouter } from './viewer-router.ts';
 
@@ -40,6 +43,14 @@ interface HeldLease {
   publisher: PublisherHandle;
 }
 
+/** The mesh cannot be reached right now (closed, reconnecting, or not answering): publish locally and announce later. */
+function meshUnreachable(err: unknown): boolean {
+  return err instanceof BusUnavailableError || err instanceof BusTimeoutError || err instanceof BusNoRespondersError;
+}
+
+/** An event-loop gap this long means the process was paused (SIGSTOP, VM freeze): it cannot know what the mesh did meanwhile. */
+const FREEZE_MS = 1500;
+
 export class NodeMesh implements MeshBinding {
   private readonly leases = new Map<string, HeldLease>();
   private readonly relays = new Map<string, RelayActor>();
@@ -47,6 +58,13 @@ export class NodeMesh implements MeshBinding {
   private readonly log: Logger;
   private stopped = false;
   readonly router: ViewerRouter;
+  /** Operator RPCs (kick, drain, stats) for meshctl. */
+  private control: NodeControl | undefined;
+  private lastTickAt = Date.now();
+  private lastFreezeEndedAt = 0;
+  private readonly freezeTimer: NodeJS.Timeout;
+  /** Publishers whose ownership is being re-confirmed after a pause: their frames are held back meanwhile. */
+  private readonly unconfirmed = new Set<string>();
 
   private constructor(
     private readonly node: MediaNode,
@@ -60,6 +78,8 @@ export class NodeMesh implements MeshBinding {
   ) {
     this.log = log.child({ component: 'mesh' });
     this.router = new ViewerRouter(cfg.node_id, bus, membership, () => node.admitViewerHere(), cfg.mesh.placement_load_factor, this.log);
+    this.freezeTimer = setInterval(() => this.checkPaused(), 250);
+    this.freezeTimer.unref();
   }
 
   static async start(node: MediaNode, network?: MemoryBusNetwork): Promise<NodeMesh> {
@@ -86,6 +106,7 @@ export class NodeMesh implements MeshBinding {
     const relayClaims = new RelayClaims({ bus, nodeId: cfg.node_id, maxAgeMs: m.lease_ms, renewMs: m.renew_ms, logger: log });
     const mesh = new NodeMesh(node, cfg, bus, membership, ownership, relayClaims, events, log);
     await membership.start();
+    mesh.control = startNodeControl({ bus, nodeId: cfg.node_id, node, log });
     // KV may be briefly unavailable (NATS restarting): the node still serves local streams meanwhile.
     await Promise.all([ownership.start(), relayClaims.start()]).catch((err: unknown) => log.warn({ err: String(err) }, 'mesh registries not ready yet; will retry on use'));
     mesh.unwatchOwners = ownership.watch((c) => mesh.onOwnerChange(c.app, c.stream, c.kind === 'owner' ? c.record?.owner : undefined));
@@ -123,10 +144,11 @@ export class NodeMesh implements MeshBinding {
       if (err instanceof StreamOwnedError) {
         return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published on node ${err.owner}` };
       }
-      if (err instanceof BusUnavailableError) {
-        // Cut off from the mesh: publish locally (viewers here keep working) and announce when the bus returns.
-        this.log.warn({ app: req.app, stream: req.stream }, 'mesh unavailable; publishing locally without an ownership lease');
-        this.retryAnnounce(req, hub, publisher);
+      if (meshUnreachable(err)) {
+        // Cut off from the mesh (bus down, or NATS not answering before the client notices): publish locally
+        // (viewers here keep working) and announce when the bus returns.
+        this.log.warn({ app: req.app, stream: req.stream, err: String(err) }, 'mesh unavailable; publishing locally without an ownership lease');
+        this.retryAnnounce(req, hub, publisher, { takeover: app.duplicate_publish !== 'reject' });
         return { ok: true, hub };
       }
       throw err;
@@ -138,47 +160,126 @@ export class NodeMesh implements MeshBinding {
     return { ok: true, hub };
   }
 
+  /**
+   * Notices that the process was paused, either on the timer or on the first published frame after the pause
+   * (after SIGCONT the event loop handles socket data before timers). Every held lease is then re-confirmed by a
+   * CAS write before its publisher's frames flow again: another node may have taken the stream over meanwhile,
+   * and frames that waited in our socket during the pause must not be served by a stale owner.
+   */
+  private checkPaused(): void {
+    const now = Date.now();
+    if (now - this.lastTickAt > FREEZE_MS) {
+      this.lastFreezeEndedAt = now;
+      this.log.warn({ pausedMs: now - this.lastTickAt, leases: this.leases.size }, 'process was paused; re-confirming stream ownership before serving');
+      for (const held of this.leases.values()) this.reconfirm(held);
+    }
+    this.lastTickAt = now;
+  }
+
+  private reconfirm(held: HeldLease): void {
+    const id = held.publisher.id;
+    if (this.unconfirmed.has(id)) return;
+    this.unconfirmed.add(id);
+    const attempt = (): void => {
+      if (this.stopped || !held.lease.held || this.leases.get(id) !== held) {
+        this.unconfirmed.delete(id);
+        return;
+      }
+      held.lease.updateTracks(held.lease.record.tracks).then(
+        () => {
+          this.unconfirmed.delete(id);
+          this.log.info({ stream: held.lease.key }, 'stream ownership confirmed after the pause');
+        },
+        // A CAS failure loses the lease (onLost fences the publisher); a bus error is retried.
+        () => setTimeout(attempt, 250).unref(),
+      );
+    };
+    attempt();
+  }
+
   private holdLease(hub: StreamHub, publisher: PublisherHandle, lease: OwnershipLease): void {
-    this.leases.set(publisher.id, { lease, publisher });
+    const held: HeldLease = { lease, publisher };
+    this.leases.set(publisher.id, held);
+    const gate = (): boolean => {
+      if (hub.publisher !== publisher) return true;
+      this.checkPaused();
+      return !this.unconfirmed.has(publisher.id);
+    };
+    hub.inputGate = gate;
     lease.onLost((reason) => {
-      this.leases.delete(publisher.id);
+      if (this.leases.get(publisher.id) === held) this.leases.delete(publisher.id);
+      this.unconfirmed.delete(publisher.id);
       if (hub.publisher !== publisher) return;
-      // Fence: another node owns the stream now (or we could not renew); never serve it as a stale owner.
+      if (reason.code === 'EXPIRED_LOCALLY' && !this.wasPaused() && !this.stopped) {
+        // Renewals went unanswered while this process ran and the publisher kept sending here: the mesh is
+        // unreachable, not taken over (a takeover would have failed our CAS or shown on the watch). Keep serving
+        // locally and announce again when the mesh answers; a record written meanwhile by another node wins.
+        this.log.warn({ app: hub.app, stream: hub.stream, detail: reason.message }, 'ownership lease expired while the mesh was unreachable; publishing locally until it returns');
+        this.retryAnnounce({ app: hub.app, stream: hub.stream }, hub, publisher, { takeover: false });
+        return;
+      }
+      // Fence: another node owns the stream now (or we could not renew, or were paused); never serve it as a stale owner.
       this.log.warn({ app: hub.app, stream: hub.stream, reason: reason.code, detail: reason.message }, 'ownership lease lost; dropping the publisher');
       publisher.evict(`ownership lease lost (${reason.code})`);
+      if (hub.inputGate === gate) hub.inputGate = undefined;
+      // Viewers here stay: play the stream from whoever owns it now (the watch may not report it, e.g. after a pause).
+      if (!this.stopped && !hub.isLive && hub.sinkCount > 0) this.ensureRelay(hub).handle({ type: 'start' });
     });
   }
 
-  private retryAnnounce(req: StreamRequest, hub: StreamHub, publisher: PublisherHandle): void {
+  /** True while the process is (or just was) paused: its view of the mesh is stale, so it must fence rather than carry on. */
+  private wasPaused(): boolean {
+    const now = Date.now();
+    return now - this.lastTickAt > FREEZE_MS || now - this.lastFreezeEndedAt < FREEZE_MS;
+  }
+
+  /**
+   * Announce a stream published here without a lease, once the mesh answers. `takeover: false` (re-announcing after
+   * a lease expired during an outage) only takes a free or stale record, or our own: a live record of another node
+   * means the stream moved meanwhile, and the local publisher is fenced. One attempt at a time.
+   */
+  private retryAnnounce(req: Pick<StreamRequest, 'app' | 'stream'>, hub: StreamHub, publisher: PublisherHandle, opts: { takeover: boolean }): void {
+    let inFlight = false;
     const timer = setInterval(() => {
       if (this.stopped || hub.publisher !== publisher) {
         clearInterval(timer);
         return;
       }
-      if (this.bus.status !== 'connected') return;
-      const app = appConfig(this.cfg, req.app);
-      this.ownership.acquire(req.app, req.stream, { rtmp: this.selfRtmp }, { takeover: app.duplicate_publish !== 'reject' }).then(
-        (lease) => {
-          clearInterval(timer);
-          if (hub.publisher !== publisher) {
-            void lease.release();
-            return;
-          }
-          this.log.info({ app: req.app, stream: req.stream }, 'mesh back; stream ownership announced');
-          this.holdLease(hub, publisher, lease);
-        },
-        (err: unknown) => {
-          if (err instanceof StreamOwnedError) {
+      if (inFlight || this.bus.status !== 'connected') return;
+      inFlight = true;
+      const attempt = (takeover: boolean): Promise<OwnershipLease> => this.ownership.acquire(req.app, req.stream, { rtmp: this.selfRtmp }, { takeover });
+      attempt(opts.takeover)
+        .catch((err: unknown) => {
+          // Our own record from before the outage, not yet stale: nobody wrote the key since, so taking it is safe.
+          if (err instanceof StreamOwnedError && err.owner === this.cfg.node_id) return attempt(true);
+          throw err;
+        })
+        .then(
+          (lease) => {
             clearInterval(timer);
-            publisher.evict(`stream is owned by ${err.owner} in the mesh`);
-          }
-        },
-      );
+            if (hub.publisher !== publisher || this.stopped) {
+              void lease.release();
+              return;
+            }
+            this.log.info({ app: req.app, stream: req.stream }, 'mesh back; stream ownership announced');
+            this.holdLease(hub, publisher, lease);
+          },
+          (err: unknown) => {
+            if (err instanceof StreamOwnedError) {
+              clearInterval(timer);
+              if (hub.publisher === publisher) publisher.evict(`stream is owned by ${err.owner} in the mesh`);
+            }
+          },
+        )
+        .finally(() => {
+          inFlight = false;
+        });
     }, 1000);
     timer.unref();
   }
 
   releasePublish(hub: StreamHub, publisher: PublisherHandle): void {
+    this.unconfirmed.delete(publisher.id);
     const held = this.leases.get(publisher.id);
     if (!held) return;
     this.leases.delete(publisher.id);
@@ -313,8 +414,10 @@ export class NodeMesh implements MeshBinding {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    clearInterval(this.freezeTimer);
     for (const r of [...this.relays.values()]) r.handle({ type: 'stop', reason: 'node stopping' });
     this.unwatchOwners?.();
+    this.control?.stop();
     this.router.stop();
     const leases = [...this.leases.values()];
     this.leases.clear();

@@ -31,7 +31,7 @@ export interface RelayContext {
 type RelayState =
   | { kind: 'idle' }
   | { kind: 'awaitingOwner' }
-  | { kind: 'connecting'; seq: number }
+  | { kind: 'connecting'; seq: number; since: number }
   | { kind: 'pulling'; parent: string; client: RtmpClient; since: number }
   | { kind: 'backoff'; until: number }
   | { kind: 'stopped' };
@@ -49,6 +49,16 @@ export type RelayMessage =
 const TICK_MS = 250;
 const BACKOFF_MS = 500;
 const AVOID_MS = 5000;
+/**
+ * Listing the relay claims is only an optimisation (which parent to pull from); nats.js
+ * `kv.keys()` can stall for its 30 s idle heartbeat while claims change under it (every relay
+ * of a stream rewrites its claim when the owner dies). Past this, pull from the owner.
+ */
+const LIST_CLAIMS_MS = 500;
+/** A parent the membership calls dead is left once no media came from it for this long. */
+const DEAD_PARENT_SILENCE_MS = 500;
+/** A connect attempt (KV lookups, RTMP connect and play) that has not reported back by then is abandoned. */
+const CONNECT_WATCHDOG_MS = 12_000;
 
 export interface RelayStatus {
   app: string;
@@ -116,6 +126,8 @@ export class RelayActor {
         // Our parent is the old owner (or we have none): move now. A relay parent re-parents itself.
         if (this.state.kind === 'pulling' && this.state.parent !== msg.owner && this.isOwnerParent()) this.reparent('stream owner changed');
         else if (this.state.kind === 'awaitingOwner' || this.state.kind === 'backoff') this.connect();
+        // An attempt under way may have looked up the old owner: if it fails, try again at once rather than after the backoff.
+        else if (this.state.kind === 'connecting') this.ownerMovedWhileConnecting = true;
         return;
       case 'connected':
         if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) {
@@ -128,6 +140,10 @@ export class RelayActor {
         if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) return;
         if (msg.parent) this.avoid.set(msg.parent, Date.now() + AVOID_MS);
         this.log.info({ reason: msg.reason, parent: msg.parent }, 'relay upstream connect failed; retrying');
+        if (this.ownerMovedWhileConnecting && msg.reason !== 'no owner') {
+          this.connect();
+          return;
+        }
         this.state = msg.reason === 'no owner' ? { kind: 'awaitingOwner' } : { kind: 'backoff', until: Date.now() + BACKOFF_MS };
         return;
       case 'upstreamClosed':
@@ -168,13 +184,15 @@ export class RelayActor {
     }
     switch (this.state.kind) {
       case 'pulling': {
+        const silentFor = now - Math.max(this.lastFrameAt, this.state.since);
         const parentView = this.ctx.membership.get(this.state.parent);
-        if (parentView && parentView.state === 'dead') {
+        // Membership is the control plane's view: when NATS is unreachable every peer looks dead. A parent whose
+        // media still arrives is alive; leave it only once it has also gone quiet.
+        if (parentView && parentView.state === 'dead' && silentFor > DEAD_PARENT_SILENCE_MS) {
           this.avoid.set(this.state.parent, now + AVOID_MS);
           this.reparent('parent node is dead');
           return;
         }
-        const silentFor = now - Math.max(this.lastFrameAt, this.state.since);
         if (this.ownerLive && silentFor > this.ctx.stallMs) {
           this.avoid.set(this.state.parent, now + AVOID_MS);
           this.reparent(`parent stalled (${silentFor} ms without media)`);
@@ -188,8 +206,14 @@ export class RelayActor {
         // Ownership changes arrive on the watch; this poll only covers a missed one.
         if (now % 2000 < TICK_MS) this.connect();
         return;
-      case 'idle':
       case 'connecting':
+        // A hung step (a KV call that never answers) must not leave the relay stuck: start over.
+        if (now - this.state.since > CONNECT_WATCHDOG_MS) {
+          this.log.warn({ seq: this.state.seq, ms: now - this.state.since }, 'relay connect attempt hung; retrying');
+          this.connect();
+        }
+        return;
+      case 'idle':
       case 'stopped':
         return;
     }
@@ -205,9 +229,12 @@ export class RelayActor {
     this.connect();
   }
 
+  private ownerMovedWhileConnecting = false;
+
   private connect(): void {
+    this.ownerMovedWhileConnecting = false;
     const seq = ++this.seq;
-    this.state = { kind: 'connecting', seq };
+    this.state = { kind: 'connecting', seq, since: Date.now() };
     void this.openUpstream(seq).then(
       (r) => this.handle(r),
       (err: unknown) => this.handle({ type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err) }),
@@ -217,9 +244,7 @@ export class RelayActor {
   /** Chooses a parent, claims our relay key, and opens the pull. Runs outside the actor; reports back by message. */
   private async openUpstream(seq: number): Promise<RelayMessage> {
     const { app, stream } = this.hub;
-    this.log.info({ seq }, 'DBG lookup');
     const info = await this.ctx.ownership.lookup(app, stream);
-    this.log.info({ seq, owner: info?.record.owner }, 'DBG looked up');
     if (!info || info.record.owner === this.ctx.nodeId) {
       this.ownerLive = false;
       return { type: 'connectFailed', seq, reason: 'no owner' };
@@ -227,8 +252,10 @@ export class RelayActor {
     this.ownerLive = true;
     const owner = info.record.owner;
     this.lastOwner = owner;
-    const claims = await this.ctx.relays.list(app, stream);
-    this.log.info({ seq, claims: claims.length }, 'DBG listed');
+    const claims = await withTimeout(this.ctx.relays.list(app, stream), LIST_CLAIMS_MS).catch((err: unknown) => {
+      this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cannot list relay claims in time; pulling from the owner');
+      return [];
+    });
     const now = Date.now();
     const alive = new Set<string>();
     for (const id of this.ctx.membership.aliveIds()) if ((this.avoid.get(id) ?? 0) < now) alive.add(id);
@@ -238,7 +265,6 @@ export class RelayActor {
     if (!base) return { type: 'connectFailed', seq, reason: `no address for parent ${parent}`, parent };
     if (this.lease?.held) await this.lease.update({ parent });
     else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
-    this.log.info({ seq, parent }, 'DBG claimed');
     const url = `${base}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
     const client = await RtmpClient.connect(url, {
       timeoutMs: 3000,
@@ -313,4 +339,21 @@ export class RelayActor {
       .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append relayStopped'));
     this.onStopped(this);
   }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms);
+    t.unref();
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(t);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  });
 }

@@ -1,9 +1,11 @@
 /**
  * Measured figures of the chaos suite. Each scenario (a test file, run in its own process)
  * writes its rows as JSON into the results directory (`CHAOS_RESULTS_DIR`, default
- * `tests/.chaos-results/`); `report.ts` turns them into `tests/chaos-results.md` and `.json`.
+ * `$TMPDIR/meshcast-chaos-results/`); `report.ts` merges them into `tests/chaos-results.json`
+ * and renders `tests/chaos-results.md`.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 export interface ResultRow {
@@ -32,7 +34,7 @@ export interface ScenarioResult {
   durationMs: number;
 }
 
-export const RESULTS_DIR = resolve(process.env['CHAOS_RESULTS_DIR'] ?? join(import.meta.dirname, '../../../.chaos-results'));
+export const RESULTS_DIR = resolve(process.env['CHAOS_RESULTS_DIR'] ?? join(tmpdir(), 'meshcast-chaos-results'));
 
 /** Collects rows for one scenario; `write()` persists them (call it in a finally block so failures are recorded too). */
 export class ScenarioRecorder {

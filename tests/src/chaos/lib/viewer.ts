@@ -159,45 +159,36 @@ export function monotonic(v: RecordingViewer): MonotonicCheck {
 }
 
 /**
- * After the gap that follows `faultAt`, the first coded video frame is a keyframe (sequence
- * headers may come first). The gap is the first silence longer than `silenceMs` between coded
- * video frames after the fault, so frames already in flight when the fault hit do not count.
- * True when there was no such silence (no interruption) or nothing came after it.
+ * After the fault, every discontinuity in the frame numbering (a frame whose predecessor was
+ * not received: frames were skipped, or a new publisher's numbering starts) is a keyframe, so a
+ * decoder never gets a frame whose references it lacks. Sequence headers may come first.
+ * True when there was no discontinuity.
  */
-export function resumesOnKeyframe(v: RecordingViewer, faultAt: number, silenceMs = 150): boolean {
-  let prevAt: number | undefined;
+export function resumesOnKeyframe(v: RecordingViewer, faultAt: number): boolean {
+  let prev: number | undefined;
   for (const f of v.frames) {
-    if (f.type !== 9 || f.seqHeader) continue;
-    if (f.at >= faultAt && prevAt !== undefined && f.at - prevAt > silenceMs) return f.key;
-    prevAt = f.at;
+    if (f.type !== 9 || f.seqHeader || f.n === undefined) continue;
+    if (f.at >= faultAt && prev !== undefined && f.n !== prev + 1 && !f.key) return false;
+    prev = f.n;
   }
   return true;
 }
 
-/** Every resume after a silence longer than `silenceMs` starts on a keyframe. Returns the number of resumes that did not. */
-export function badResumes(v: RecordingViewer, silenceMs = 250): number {
-  let lastVideoAt: number | undefined;
-  let bad = 0;
-  for (const f of v.frames) {
-    if (f.type !== 9 || f.seqHeader) continue;
-    if (lastVideoAt === undefined || f.at - lastVideoAt > silenceMs) {
-      if (!f.key && lastVideoAt !== undefined) bad++;
-    }
-    lastVideoAt = f.at;
-  }
-  return bad;
-}
-
-/** Largest wall-clock gap between consecutive numbered video frames received within [from, to]. */
+/**
+ * Largest wall-clock gap between consecutive numbered video frames within [from, to], counting
+ * the silences at both edges (from `from` to the first frame, from the last frame to `to`), so a
+ * viewer that stopped receiving shows the whole silence.
+ */
 export function maxInterFrameGap(v: RecordingViewer, from: number, to: number): number {
-  let prev: number | undefined;
+  // A viewer that started playing inside the window is judged from its first frame.
+  let prev = v.firstFrameAt !== undefined ? Math.max(from, v.firstFrameAt) : from;
   let max = 0;
   for (const f of v.frames) {
     if (f.n === undefined || f.at < from || f.at > to) continue;
-    if (prev !== undefined) max = Math.max(max, f.at - prev);
+    max = Math.max(max, f.at - prev);
     prev = f.at;
   }
-  return max;
+  return Math.max(max, to - prev);
 }
 
 /** Frame numbers received in [from, to] that repeat or skip: a glitch-free viewer has none. */
@@ -224,4 +215,13 @@ export function percentile(xs: readonly number[], p: number): number {
 
 export function max(xs: readonly number[]): number {
   return xs.length === 0 ? NaN : Math.max(...xs);
+}
+
+/** Compact dump of the video frames a viewer received around `t` (for failure messages). */
+export function framesAround(v: RecordingViewer, t: number, beforeMs = 150, count = 10): string {
+  return v.frames
+    .filter((f) => f.type === 9 && f.at >= t - beforeMs)
+    .slice(0, count)
+    .map((f) => `${f.seqHeader ? 'SH' : f.key ? 'K' : 'P'}${f.n ?? ''}@${f.at - t}ms/ts${f.timestamp}`)
+    .join(' ');
 }
