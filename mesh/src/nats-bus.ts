@@ -463,10 +463,16 @@ class NatsKvBucket implements KvBucket {
     if (!isValidKvFilter(filter)) throw new KvError(`invalid key filter: ${filter}`);
     this.bus.assertUp();
     try {
-      const out: string[] = [];
-      const it = await this.kv.keys(filter);
-      for await (const k of it) out.push(k);
-      return out;
+      // One stream-info request with a subject filter, not nats.js kv.keys(): that one reads the
+      // keys through an ordered consumer which, while records are rewritten or a cluster member
+      // is down, can wait out its 30 s idle timeout before it ends (measured by the chaos suite).
+      const jsm = await this.bus.jsm();
+      const prefix = `$KV.${this.name}.`;
+      const info = await jsm.streams.info(`KV_${this.name}`, { subjects_filter: `${prefix}${filter}` });
+      const subjects = Object.keys(info.state.subjects ?? {}).map((s) => s.slice(prefix.length));
+      // The last message of a deleted key is its delete marker: keep only keys with a live value.
+      const live = await Promise.all(subjects.map(async (k) => ((await this.get(k)) ? k : undefined)));
+      return live.filter((k): k is string => k !== undefined).sort();
     } catch (err) {
       throw mapErr(err, `KV ${this.name} keys`, this.bus.timeoutMs);
     }

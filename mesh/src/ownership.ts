@@ -106,6 +106,8 @@ interface Cached {
   epoch: number;
   revision: number;
   createdAt: number;
+  /** Whether listeners were told of this owner (a record first seen stale is not). */
+  reported: boolean;
 }
 
 const MAX_ATTEMPTS = 8;
@@ -381,7 +383,7 @@ export class OwnershipRegistry {
     if (prev && e.revision <= prev.revision) return;
     if (e.operation !== 'PUT') {
       this.#cache.delete(e.key);
-      if (prev) this.#emitChange(e.key, { kind: 'gone', revision: e.revision, previous: { owner: prev.owner, epoch: prev.epoch }, reason: 'deleted' });
+      if (prev?.reported) this.#emitChange(e.key, { kind: 'gone', revision: e.revision, previous: { owner: prev.owner, epoch: prev.epoch }, reason: 'deleted' });
       return;
     }
     const r = decodeOwnershipRecord(e.value);
@@ -389,9 +391,11 @@ export class OwnershipRegistry {
       this.#once.warn(e.key, r.message, {}, 'ignoring undecodable ownership record');
       return;
     }
-    this.#cache.set(e.key, { owner: r.owner, epoch: r.epoch, revision: e.revision, createdAt: e.createdAt });
-    if (this.#isStale(e.createdAt)) return; // an initial value about to expire
-    if (!prev || prev.owner !== r.owner || prev.epoch !== r.epoch) {
+    const stale = this.#isStale(e.createdAt); // e.g. an initial value about to expire, or a backlog after a pause
+    // A record first seen stale was never reported: its next (fresh) renewal must be, even with the same owner and epoch.
+    this.#cache.set(e.key, { owner: r.owner, epoch: r.epoch, revision: e.revision, createdAt: e.createdAt, reported: !stale });
+    if (stale) return;
+    if (!prev || !prev.reported || prev.owner !== r.owner || prev.epoch !== r.epoch) {
       this.#emitChange(e.key, {
         kind: 'owner',
         record: r,
@@ -405,7 +409,7 @@ export class OwnershipRegistry {
     for (const [key, c] of this.#cache) {
       if (!this.#isStale(c.createdAt)) continue;
       this.#cache.delete(key);
-      this.#emitChange(key, { kind: 'gone', revision: c.revision, previous: { owner: c.owner, epoch: c.epoch }, reason: 'expired' });
+      if (c.reported) this.#emitChange(key, { kind: 'gone', revision: c.revision, previous: { owner: c.owner, epoch: c.epoch }, reason: 'expired' });
     }
   }
 
