@@ -359,34 +359,24 @@ export class RtmpClient extends EventEmitter {
    * says should not serve this viewer answers NetConnection.Connect.Rejected with ex.redirect).
    */
   static async openPlayer(url: string, opts: RtmpClientOptions & { onFrame?: (m: RtmpMessage) => void } = {}): Promise<RtmpClient> {
-    let target = url;
-    const max = opts.maxRedirects ?? 3;
-    for (let hop = 0; ; hop++) {
-      const client = await RtmpClient.connect(target, opts);
+    return RtmpClient.openFollowing(url, opts, async (client) => {
       if (opts.onFrame) client.onFrame = opts.onFrame;
-      try {
-        await client.play();
-        return client;
-      } catch (err) {
-        client.close();
-        const redirect = err instanceof RtmpClientError ? redirectOf(err.info) : undefined;
-        if (redirect && hop < max) {
-          target = joinRedirect(redirect, parseRtmpUrl(target));
-          continue;
-        }
-        throw err;
-      }
-    }
+      await client.play();
+    });
   }
 
   /** Like openPlayer, for publishers: follows a draining or full ingest node's redirect. */
   static async openPublisher(url: string, opts: RtmpClientOptions = {}): Promise<RtmpClient> {
+    return RtmpClient.openFollowing(url, opts, (client) => client.publish());
+  }
+
+  private static async openFollowing(url: string, opts: RtmpClientOptions, start: (c: RtmpClient) => Promise<unknown>): Promise<RtmpClient> {
     let target = url;
     const max = opts.maxRedirects ?? 3;
     for (let hop = 0; ; hop++) {
       const client = await RtmpClient.connect(target, opts);
       try {
-        await client.publish();
+        await start(client);
         return client;
       } catch (err) {
         client.close();
