@@ -7,6 +7,7 @@ command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 # The dashboard's browser test drives the system's Chromium through playwright-core (which never downloads one).
 [[ -x "${MESHCAST_CHROMIUM:-/usr/bin/chromium}" ]] || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # nginx-rtmp is a real peer in the interop tests and a baseline in the benchmark.
 [[ -x /usr/sbin/nginx ]] || need+=(nginx)
 [[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]] || need+=(libnginx-mod-rtmp)

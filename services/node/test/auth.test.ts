@@ -76,13 +76,12 @@ test('mintToken rejects bad input', () => {
   assert.throws(() => mintToken({ secret: 'x', action: 'play', app: 'a', stream: 'b', ttlSeconds: 0 }), /ttlSeconds/);
 });
 
-test('the documented openssl one-liner gives the same signature', (t) => {
+test('the documented openssl one-liner gives the same signature', () => {
   let out: string;
   try {
     out = execFileSync('sh', ['-c', `printf '%s' "play:live/cam:1700000060" | openssl dgst -sha256 -hmac "s3cret" | awk '{print $NF}'`], { encoding: 'utf8' });
-  } catch {
-    t.skip('openssl not available');
-    return;
+  } catch (err) {
+    assert.fail(`openssl is needed for the documented recipe: ${String(err)}`);
   }
   assert.equal(out.trim(), signToken('s3cret', 'play', 'live', 'cam', 1_700_000_060));
 });
