@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-system.sh
+# npm install rather than npm ci: npm 11 rejects this lock in ci mode because turbo's
+# other-platform binaries (darwin, windows) are never written to it; install keeps to the lock.
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  npm ci --no-audit --no-fund
+  npm install --no-audit --no-fund
 fi
 echo "== type check" && npx tsc -p tsconfig.json
 echo "== lint" && npx eslint .
