@@ -59,16 +59,6 @@ interface Group {
   swarm: AnySwarm;
 }
 
-/** The load library's ViewerSwarm keeps per-viewer byte counters but does not expose their sum. */
-function swarmBytes(s: AnySwarm): number {
-  if (s instanceof HttpFlvSwarm) return s.bytes();
-  const viewers = (s as unknown as { viewers?: Array<{ bytes?: number }> }).viewers;
-  if (!Array.isArray(viewers)) return 0;
-  let b = 0;
-  for (const v of viewers) b += v.bytes ?? 0;
-  return b;
-}
-
 interface RouteAnswer {
   node: string;
   rtmp: string;
@@ -179,7 +169,7 @@ export class LoadPart {
       p.receiving += s.receiving;
       p.failed += s.failed;
       p.settled += s.settled;
-      p.bytes += swarmBytes(g.swarm);
+      p.bytes += g.swarm.bytes();
     }
     p.started += this.routeFailed;
     return p;

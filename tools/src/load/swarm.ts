@@ -64,9 +64,13 @@ export function failureCause(stage: string, err: unknown): string {
   return `${stage}:${msg.split(':')[0]!.slice(0, 60)}`;
 }
 
-class Viewer {
+/**
+ * One viewer's counters (never payloads), fed every audio, video and data message whatever
+ * the transport: time to first keyframe, bytes and frames in the window, timestamp
+ * regressions and jumps, lag behind the wall clock, clock-stamp and frame latency.
+ */
+export class ViewerTally {
   state: ViewerState = 'connecting';
-  client: RtmpClient | undefined;
   t0 = 0;
   ttff = -1;
   bytes = 0;
@@ -80,47 +84,45 @@ class Viewer {
   tsBackwards = 0;
   tsJumps = 0;
 
-  constructor(private readonly swarm: ViewerSwarm) {}
+  constructor(private readonly swarm: SwarmCore<ViewerTally>) {}
 
-  readonly onFrame = (m: RtmpMessage): void => {
-    const type = m.type;
+  onMedia(type: number, ts: number, payload: Buffer): void {
+    const sw = this.swarm;
     if (type === 9 || type === 8) {
-      const len = m.payload.length;
-      const ts = m.timestamp;
-      const sw = this.swarm;
+      const len = payload.length;
       this.bytes += len;
       this.frames++;
       if (ts > sw.winTs0 && ts <= sw.winTs1) {
         this.winBytes += len;
         this.winFrames++;
       }
-      if (type !== 9 || isVideoSequenceHeader(m.payload)) return;
+      if (type !== 9 || isVideoSequenceHeader(payload)) return;
       const now = performance.now();
       if (this.ttff < 0) {
         // The first picture a player can show: a keyframe (servers without a GOP cache make us wait for one).
-        if (!isVideoKeyframe(m.payload)) return;
+        if (!isVideoKeyframe(payload)) return;
         this.ttff = now - this.t0;
-        this.swarm.onFirstFrame(this.ttff);
+        sw.onFirstFrame(this.ttff);
       }
       const last = this.lastVideoTs;
-      if (last >= 0 && this.swarm.inWindow) {
+      if (last >= 0 && sw.inWindow) {
         if (ts < last) this.tsBackwards++;
-        else if (ts - last > this.swarm.tsJumpMs) this.tsJumps++;
+        else if (ts - last > sw.tsJumpMs) this.tsJumps++;
       }
       this.lastVideoTs = ts;
       this.lastVideoAt = now;
       const offset = ts - now;
       if (offset > this.bestOffset) this.bestOffset = offset;
-      else if (this.swarm.inWindow) {
+      else if (sw.inWindow) {
         const lag = this.bestOffset - offset;
         if (lag > this.maxLag) this.maxLag = lag;
       }
-      if (this.swarm.inWindow && this.swarm.perfEpoch !== undefined) this.swarm.onFrameLatency(now - this.swarm.perfEpoch - ts);
-    } else if (type === 18 && this.swarm.inWindow) {
-      const stamp = readClockStamp(m.payload);
-      if (stamp >= 0) this.swarm.onClock(Date.now() - stamp);
+      if (sw.inWindow && sw.perfEpoch !== undefined) sw.onFrameLatency(now - sw.perfEpoch - ts);
+    } else if (type === 18 && sw.inWindow) {
+      const stamp = readClockStamp(payload);
+      if (stamp >= 0) sw.onClock(Date.now() - stamp);
     }
-  };
+  }
 
   /** Largest lag in the window, counting the time since the last video frame (a stalled viewer keeps falling behind). */
   lagAt(now: number): number {
@@ -129,7 +131,11 @@ class Viewer {
   }
 }
 
-export class ViewerSwarm {
+/**
+ * What every swarm shares whatever its transport: the ramp, failure accounting, histograms
+ * and the measurement window. A transport opens a viewer (`open`) and closes one (`close`).
+ */
+export abstract class SwarmCore<V extends ViewerTally> {
   readonly tsJumpMs: number;
   /** The publisher's epoch on this process's performance.now() clock. */
   readonly perfEpoch: number | undefined;
@@ -137,7 +143,7 @@ export class ViewerSwarm {
   /** Media-time window for bytes/frames (exclusive, inclusive); empty until mark(). */
   winTs0 = Infinity;
   winTs1 = -Infinity;
-  private readonly viewers: Viewer[] = [];
+  protected readonly viewers: V[] = [];
   private readonly failures: Record<string, number> = {};
   private ttff: Histogram = newHistogram();
   private latency: Histogram = newHistogram();
@@ -145,7 +151,7 @@ export class ViewerSwarm {
   private earlyFrames = 0;
   private rampTimer: NodeJS.Timeout | undefined;
   private started = 0;
-  private playing = 0;
+  protected playing = 0;
   private receiving = 0;
   private failed = 0;
   private winStart = 0;
@@ -153,12 +159,17 @@ export class ViewerSwarm {
   private cpuWindow: NodeJS.CpuUsage | undefined;
   private byArrival = false;
   private cpu0: NodeJS.CpuUsage = process.cpuUsage();
-  private stopping = false;
+  protected stopping = false;
 
   constructor(readonly opts: SwarmOptions) {
     this.tsJumpMs = opts.tsJumpMs ?? 1000;
     this.perfEpoch = opts.epochMs !== undefined ? opts.epochMs - performance.timeOrigin : undefined;
   }
+
+  /** Opens viewer number `i` (already pushed to `viewers`, with `t0` set). */
+  protected abstract open(v: V, i: number): void;
+  protected abstract newViewer(): V;
+  protected abstract close(v: V): void;
 
   /** Starts ramping; returns immediately. */
   start(): void {
@@ -169,49 +180,25 @@ export class ViewerSwarm {
       this.rampTimer = undefined;
       if (this.stopping) return;
       const due = rate === Infinity ? total : Math.min(total, Math.floor(((performance.now() - t0) / 1000) * rate) + 1);
-      let n = 0;
-      while (this.started < due && n < 50) {
-        this.open(this.started++);
-        n++;
+      for (let n = 0; this.started < due && n < 50; n++) {
+        const i = this.started++;
+        const v = this.newViewer();
+        this.viewers.push(v);
+        v.t0 = performance.now();
+        this.open(v, i);
       }
       if (this.started < total) this.rampTimer = setTimeout(step, 10);
     };
     step();
   }
 
-  private open(i: number): void {
-    const v = new Viewer(this);
-    this.viewers.push(v);
-    v.t0 = performance.now();
+  /** The source address for viewer `i`, round-robin over `localAddresses`. */
+  protected localAddress(i: number): string | undefined {
     const addrs = this.opts.localAddresses;
-    const localAddress = addrs && addrs.length > 0 ? addrs[i % addrs.length] : undefined;
-    const timeoutMs = this.opts.timeoutMs ?? 10_000;
-    let stage = 'connect';
-    RtmpClient.connect(this.opts.url, { timeoutMs, ...(localAddress ? { localAddress } : {}) })
-      .then(async (c) => {
-        v.client = c;
-        if (this.stopping) {
-          c.close();
-          return;
-        }
-        c.onFrame = v.onFrame;
-        c.on('close', (reason: string) => {
-          if (v.state === 'playing' && !this.stopping) this.fail(v, failureCause('closed', new Error(reason)));
-        });
-        stage = 'play';
-        await c.play(undefined, timeoutMs);
-        if (v.state !== 'connecting') return;
-        v.state = 'playing';
-        this.playing++;
-      })
-      .catch((err: unknown) => {
-        if (this.stopping) return;
-        this.fail(v, failureCause(stage, err));
-        v.client?.close();
-      });
+    return addrs && addrs.length > 0 ? addrs[i % addrs.length] : undefined;
   }
 
-  private fail(v: Viewer, cause: string): void {
+  protected fail(v: V, cause: string): void {
     if (v.state === 'failed' || v.state === 'stopped') return;
     v.state = 'failed';
     this.failed++;
@@ -233,6 +220,13 @@ export class ViewerSwarm {
   onFrameLatency(ms: number): void {
     if (ms < 0) this.earlyFrames++;
     this.frameLatency.recordValue(Math.max(1, Math.round(ms)));
+  }
+
+  /** Audio+video payload bytes received so far by all viewers. */
+  bytes(): number {
+    let b = 0;
+    for (const v of this.viewers) b += v.bytes;
+    return b;
   }
 
   progress(): SwarmProgress {
@@ -343,7 +337,51 @@ export class ViewerSwarm {
     if (this.rampTimer) clearTimeout(this.rampTimer);
     for (const v of this.viewers) {
       if (v.state !== 'failed') v.state = 'stopped';
-      v.client?.close('swarm stopped');
+      this.close(v);
     }
+  }
+}
+
+class RtmpViewer extends ViewerTally {
+  client: RtmpClient | undefined;
+  readonly onFrame = (m: RtmpMessage): void => this.onMedia(m.type, m.timestamp, m.payload);
+}
+
+/** RTMP viewers with the project's client. */
+export class ViewerSwarm extends SwarmCore<RtmpViewer> {
+  protected newViewer(): RtmpViewer {
+    return new RtmpViewer(this);
+  }
+
+  protected open(v: RtmpViewer, i: number): void {
+    const localAddress = this.localAddress(i);
+    const timeoutMs = this.opts.timeoutMs ?? 10_000;
+    let stage = 'connect';
+    RtmpClient.connect(this.opts.url, { timeoutMs, ...(localAddress ? { localAddress } : {}) })
+      .then(async (c) => {
+        v.client = c;
+        if (this.stopping) {
+          c.close();
+          return;
+        }
+        c.onFrame = v.onFrame;
+        c.on('close', (reason: string) => {
+          if (v.state === 'playing' && !this.stopping) this.fail(v, failureCause('closed', new Error(reason)));
+        });
+        stage = 'play';
+        await c.play(undefined, timeoutMs);
+        if (v.state !== 'connecting') return;
+        v.state = 'playing';
+        this.playing++;
+      })
+      .catch((err: unknown) => {
+        if (this.stopping) return;
+        this.fail(v, failureCause(stage, err));
+        v.client?.close();
+      });
+  }
+
+  protected close(v: RtmpViewer): void {
+    v.client?.close('swarm stopped');
   }
 }
