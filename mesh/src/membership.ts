@@ -63,19 +63,11 @@ export interface MembershipChange {
 }
 
 /** What the node reports about itself in each heartbeat. */
-export interface LoadSample {
-  viewers: number;
-  publishers: number;
-  egressBps: number;
-  ingressBps: number;
-  cpu: number;
-  streamsOwned: number;
-  relaysHeld: number;
-  draining: boolean;
+export type LoadSample = Pick<Heartbeat, 'viewers' | 'publishers' | 'egressBps' | 'ingressBps' | 'cpu' | 'streamsOwned' | 'relaysHeld' | 'draining'> & {
   placementsSinceLastHb?: number;
   /** Overrides `self.capacity` when present. */
   capacity?: number;
-}
+};
 
 export interface MembershipOptions {
   bus: Bus;
