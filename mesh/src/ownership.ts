@@ -27,7 +27,7 @@ import {
   type TracksSummary,
 } from '@meshcast/proto';
 import type { Bus, KvBucket, KvEntry, KvWatcher } from './bus.ts';
-import { KvError, KvKeyExistsError, KvRevisionMismatchError, MeshConfigError, StreamOwnedError } from './errors.ts';
+import { BusTimeoutError, BusUnavailableError, KvError, KvKeyExistsError, KvRevisionMismatchError, MeshConfigError, StreamOwnedError } from './errors.ts';
 import type { MeshEvents } from './events.ts';
 import { KvLease, type LeaseLostReason } from './lease.ts';
 import { errMessage, LogOnce, silentLogger, type Logger } from './log.ts';
@@ -45,6 +45,8 @@ export interface OwnershipRegistryOptions {
   bucket?: string;
   /** Append `ownershipMoved` on takeovers. */
   events?: MeshEvents;
+  /** How long `list()` waits for the bucket before it answers from its watch, default 1000 ms. */
+  listTimeoutMs?: number;
   logger?: Logger;
   now?: () => number;
 }
@@ -59,6 +61,8 @@ export interface OwnershipInfo {
   revision: number;
   /** Server time of the latest write, ms. */
   createdAt: number;
+  /** `kv`: read from the bucket now; `watch`: the registry's own copy, kept by its watch (the bucket did not answer in time). */
+  from: 'kv' | 'watch';
 }
 
 export interface OwnerChange {
@@ -102,6 +106,7 @@ export interface OwnershipLease {
 }
 
 interface Cached {
+  record: OwnershipRecord;
   owner: string;
   epoch: number;
   revision: number;
@@ -122,6 +127,7 @@ export class OwnershipRegistry {
   readonly #once: LogOnce;
   readonly #now: () => number;
   readonly #events: MeshEvents | undefined;
+  readonly #listTimeoutMs: number;
   #bucket: Promise<KvBucket> | undefined;
   #watcher: KvWatcher | undefined;
   #started: Promise<void> | undefined;
@@ -145,6 +151,7 @@ export class OwnershipRegistry {
     this.#once = new LogOnce(this.#log);
     this.#now = opts.now ?? Date.now;
     this.#events = opts.events;
+    this.#listTimeoutMs = opts.listTimeoutMs ?? 1000;
   }
 
   /**
@@ -256,13 +263,56 @@ export class OwnershipRegistry {
     return e ? this.#info(e) : null;
   }
 
-  /** All live owners. */
-  async list(): Promise<OwnershipInfo[]> {
-    const b = await this.#kv();
+  /**
+   * All live owners, read from the bucket. Reading needs the bucket's stream leader: when a
+   * NATS server dies, nats-server takes seconds to elect another, and meanwhile requests time
+   * out. So a registry whose watch runs answers from the watch's copy when the bucket has not
+   * answered within `timeoutMs` (default `listTimeoutMs`): nothing changes ownership
+   * while no leader accepts writes, so that copy is the current state. Records in it still age
+   * out at max age. Without a running watch (meshctl's one-shot registry) the timeout is thrown.
+   */
+  async list(opts: { timeoutMs?: number } = {}): Promise<OwnershipInfo[]> {
+    const read = (async () => {
+      const b = await this.#kv();
+      const out: OwnershipInfo[] = [];
+      for (const e of await b.entries()) {
+        const i = this.#info(e);
+        if (i) out.push(i);
+      }
+      return out;
+    })();
+    if (!this.#watcher) return read;
+    const budget = opts.timeoutMs ?? this.#listTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => resolve('late'), budget);
+    });
+    try {
+      const got = await Promise.race([read, late]);
+      if (got !== 'late') return got;
+      read.catch((err: unknown) => this.#log.debug({ err: errMessage(err) }, 'late ownership listing failed'));
+      this.#log.debug({ budgetMs: budget }, 'ownership listing: the bucket did not answer in time; answering from the watch');
+    } catch (err) {
+      // Timed out, or the connection is between servers: the watch's copy is the best answer there is.
+      if (!(err instanceof BusTimeoutError || err instanceof BusUnavailableError)) throw err;
+      this.#log.debug({ err: errMessage(err) }, 'ownership listing failed; answering from the watch');
+    } finally {
+      clearTimeout(timer);
+    }
+    return this.#fromWatch();
+  }
+
+  #fromWatch(): OwnershipInfo[] {
     const out: OwnershipInfo[] = [];
-    for (const e of await b.entries()) {
-      const i = this.#info(e);
-      if (i) out.push(i);
+    for (const [key, c] of this.#cache) {
+      if (!c.reported || this.#isStale(c.createdAt)) continue;
+      let names: { app: string; stream: string };
+      try {
+        names = decodeStreamToken(key);
+      } catch {
+        continue; // logged once by the watch
+      }
+      out.push({ ...names, key, record: c.record, revision: c.revision, createdAt: c.createdAt, from: 'watch' });
     }
     return out;
   }
@@ -323,7 +373,7 @@ export class OwnershipRegistry {
       return null;
     }
     if (this.#isStale(e.createdAt)) return null;
-    return { ...names, key: e.key, record: r, revision: e.revision, createdAt: e.createdAt };
+    return { ...names, key: e.key, record: r, revision: e.revision, createdAt: e.createdAt, from: 'kv' };
   }
 
   #makeLease(b: KvBucket, app: string, stream: string, key: string, record: OwnershipRecord, rev: number, sentAt: number): OwnershipLease {
@@ -393,7 +443,7 @@ export class OwnershipRegistry {
     }
     const stale = this.#isStale(e.createdAt); // e.g. an initial value about to expire, or a backlog after a pause
     // A record first seen stale was never reported: its next (fresh) renewal must be, even with the same owner and epoch.
-    this.#cache.set(e.key, { owner: r.owner, epoch: r.epoch, revision: e.revision, createdAt: e.createdAt, reported: !stale });
+    this.#cache.set(e.key, { record: r, owner: r.owner, epoch: r.epoch, revision: e.revision, createdAt: e.createdAt, reported: !stale });
     if (stale) return;
     if (!prev || !prev.reported || prev.owner !== r.owner || prev.epoch !== r.epoch) {
       this.#emitChange(e.key, {

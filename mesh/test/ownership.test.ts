@@ -267,3 +267,55 @@ test('watch() started while the bus is down keeps retrying and works once it is 
   await a.reg.acquire('live', 'late', rec('n1'), { takeover: false });
   await waitFor(() => changes.some((c) => c.kind === 'owner' && c.record?.owner === 'n1'), 3000, 'watch after recovery');
 });
+
+test('list() answers from the watch when the bucket does not answer in time (a stream-leader election), and from the bucket otherwise', async (t) => {
+  const net = new MemoryBusNetwork();
+  const busA = net.connect('n1');
+  const real = net.connect('n2');
+  // n2's bucket reads hang while `stalled` is set, as JetStream requests do while a stream has no leader;
+  // its watch keeps delivering, as the watch's consumer did before the leader died.
+  let stalled = false;
+  const never = new Promise<never>(() => undefined);
+  const delegate = <T extends object>(target: T, own: Partial<T>): T =>
+    new Proxy(target, {
+      get(o, prop) {
+        if (prop in own) return own[prop as keyof T];
+        const v: unknown = Reflect.get(o, prop, o);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(o) : v;
+      },
+    });
+  const busB = delegate(real, {
+    kv: async (name, opts) => {
+      const bucket = await real.kv(name, opts);
+      return delegate(bucket, { entries: (filter?: string) => (stalled ? never : bucket.entries(filter)) });
+    },
+  });
+  const a = new OwnershipRegistry({ bus: busA, nodeId: 'n1', ...T });
+  const b = new OwnershipRegistry({ bus: busB, nodeId: 'n2', ...T, listTimeoutMs: 150 });
+  const oneShot = new OwnershipRegistry({ bus: busB, nodeId: 'n3', ...T });
+  t.after(async () => {
+    await Promise.all([a.close(), b.close(), oneShot.close()]);
+    await net.close();
+  });
+  await b.start();
+  const lease = await a.acquire('live', 'cam', rec('n1'), { takeover: false });
+  await waitFor(async () => (await b.list()).length === 1, 2000, 'n2 lists the stream');
+  assert.deepStrictEqual((await b.list()).map((i) => [i.stream, i.record.owner, i.from]), [['cam', 'n1', 'kv']]);
+
+  stalled = true;
+  const t0 = Date.now();
+  const during = await b.list();
+  const took = Date.now() - t0;
+  assert.ok(took >= 140 && took < 1000, `answered after the 150 ms budget, not later (${took} ms)`);
+  assert.deepStrictEqual(during.map((i) => [i.stream, i.record.owner, i.record.rtmp, i.from]), [['cam', 'n1', 'rtmp://n1:1935', 'watch']]);
+  assert.ok(during[0]!.revision >= lease.acquiredRevision, 'the watch copy carries the fencing revision');
+  // Renewals reach the watch, so the copy stays live past max age; a release removes the stream from it.
+  await sleep(T.maxAgeMs * 1.5);
+  assert.deepStrictEqual((await b.list()).map((i) => i.from), ['watch']);
+  await lease.release();
+  await waitFor(async () => (await b.list()).length === 0, 2000, 'released stream leaves the watch copy');
+  // A registry without a running watch (meshctl's) has no copy to answer from: it waits for the bucket.
+  const raced = await Promise.race([oneShot.list().then(() => 'answered'), sleep(400).then(() => 'still waiting')]);
+  assert.equal(raced, 'still waiting');
+  stalled = false;
+});

@@ -454,8 +454,16 @@ test('3-server JetStream cluster: SIGKILL the server a node is connected to — 
     const revBefore = lease.revision;
     const kvOwner = await ownerBus.kv(`${prefix}-streams`, { maxAgeMs: 10_000 });
     assert.equal((await watcher.lookup('live', 'cam'))?.record.owner, 'owner');
+    await watcher.start(); // its ownership watch: the copy a listing falls back on
     const killedAt = Date.now();
     await victim.kill('SIGKILL');
+    // No stream leader now, so bucket reads time out; the listing answers from the watch within its 1 s budget.
+    const t0 = Date.now();
+    const listed = await watcher.list();
+    const listMs = Date.now() - t0;
+    console.log(`cluster: ownership listing during the election answered in ${listMs} ms from ${listed.map((i) => i.from).join(',') || 'nothing'}`);
+    assert.deepStrictEqual(listed.map((i) => `${i.app}/${i.stream}@${i.record.owner}`), ['live/cam@owner']);
+    assert.ok(listMs < 1600, `listing answered within its budget (${listMs} ms)`);
     await waitFor(async () => {
       await kvOwner.put('probe.owner', enc(String(Date.now())), { timeoutMs: 1000 });
       return true;
@@ -492,8 +500,16 @@ test('3-server JetStream cluster: SIGKILL the KV stream leader — KV works agai
     const revBefore = lease.revision;
     const kvWatcher = await watcherBus.kv(`${prefix}-streams`, { maxAgeMs: 15_000 });
     assert.equal((await watcher.lookup('live', 'cam'))?.record.owner, 'owner');
+    await watcher.start(); // its ownership watch: the copy a listing falls back on
     const killedAt = Date.now();
     await victim.kill('SIGKILL');
+    // No stream leader now, so bucket reads time out; the listing answers from the watch within its 1 s budget.
+    const t0 = Date.now();
+    const listed = await watcher.list();
+    const listMs = Date.now() - t0;
+    console.log(`cluster: ownership listing during the election answered in ${listMs} ms from ${listed.map((i) => i.from).join(',') || 'nothing'}`);
+    assert.deepStrictEqual(listed.map((i) => `${i.app}/${i.stream}@${i.record.owner}`), ['live/cam@owner']);
+    assert.ok(listMs < 1600, `listing answered within its budget (${listMs} ms)`);
     await waitFor(async () => {
       await kvWatcher.put('probe.watcher', enc(String(Date.now())), { timeoutMs: 1000 });
       return true;

@@ -404,7 +404,7 @@ export class NodeMesh implements MeshBinding {
       nodes: this.membership.table().map((n) => ({ id: n.id, state: n.state, self: n.self, ...n.heartbeat })),
     }));
     app.get('/api/v1/mesh/streams', async () => ({
-      streams: (await this.ownership.list()).map((o) => ({ app: o.app, stream: o.stream, ...o.record, revision: o.revision })),
+      streams: (await this.ownership.list()).map((o) => ({ app: o.app, stream: o.stream, ...o.record, revision: o.revision, from: o.from })),
     }));
     app.get<{ Params: { app: string; stream: string } }>('/api/v1/mesh/relays/:app/:stream', async (req) => ({
       relays: (await this.relayClaims.list(req.params.app, req.params.stream)).map((r) => ({ ...r.claim, revision: r.revision })),
