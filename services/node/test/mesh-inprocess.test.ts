@@ -222,3 +222,24 @@ test('RTMP redirect: a node that is not the chosen one sends the player on, and 
   assert.equal(c.url.port, all.find((n) => n.config.node_id === chosen)!.rtmpPort, 'ended on the chosen node');
   await until('frames after redirect', () => frames.filter((t) => t === 9).length > 10, 6000);
 });
+
+test('a relay whose claim expired while it was cut off from the bus claims again when the bus returns, without re-parenting', async () => {
+  const { net, nodes: [a, b] } = await mesh(2);
+  const pub = await syntheticPublisher(rtmpUrl(a!, 'live/reclaim'));
+  cleanups.push(pub.stop);
+  await until('owner announced', async () => (await meshOf(b!).ownership.lookup('live', 'reclaim'))?.record.owner === 'n1');
+  const v = await recordingViewer(rtmpUrl(b!, 'live/reclaim'));
+  cleanups.push(() => v.client.close());
+  await until('relay claimed', async () => (await meshOf(a!).relayClaims.list('live', 'reclaim')).some((c) => c.claim.node === 'n2'));
+  net.partition(meshOf(b!).bus);
+  await until('the claim expired in the KV', async () => !(await meshOf(a!).relayClaims.list('live', 'reclaim')).some((c) => c.claim.node === 'n2'), 6000);
+  const during = frameNumbers(v.frames).length;
+  await sleep(300);
+  assert.ok(frameNumbers(v.frames).length > during, 'the relay keeps pulling while cut off (media does not ride the bus)');
+  net.heal(meshOf(b!).bus);
+  await until('the relay claims again', async () => (await meshOf(a!).relayClaims.list('live', 'reclaim')).some((c) => c.claim.node === 'n2' && c.claim.parent === 'n1'), 5000);
+  const status = meshOf(b!).relayStatus();
+  assert.equal(status.length, 1);
+  assert.equal(status[0]!.upstreams, 1, 'the same upstream all along: claimed again, not re-parented');
+  assert.equal(v.client.closed, false);
+});

@@ -43,6 +43,7 @@ export type RelayMessage =
   | { type: 'connectFailed'; seq: number; reason: string; parent?: string }
   | { type: 'upstreamClosed'; client: RtmpClient; reason: string }
   | { type: 'tick' }
+  | { type: 'reclaimed'; seq: number; lost: RelayLease; lease: RelayLease | undefined; error?: string }
   | { type: 'evicted'; reason: string }
   | { type: 'stop'; reason: string };
 
@@ -59,6 +60,8 @@ const LIST_CLAIMS_MS = 500;
 const DEAD_PARENT_SILENCE_MS = 500;
 /** A connect attempt (KV lookups, RTMP connect and play) that has not reported back by then is abandoned. */
 const CONNECT_WATCHDOG_MS = 12_000;
+/** A claim lost while the pull went on (renewals failed through a NATS outage) is claimed again, retried this often. */
+const RECLAIM_RETRY_MS = 1000;
 
 export interface RelayStatus {
   app: string;
@@ -80,6 +83,7 @@ export class RelayActor {
   private ownerLive = false;
   private upstreams = 0;
   private readonly avoid = new Map<string, number>();
+  private reclaim: { inFlight: boolean; retryAt: number } = { inFlight: false, retryAt: 0 };
   private readonly timer: NodeJS.Timeout;
   private readonly log: Logger;
   private readonly handle_: PublisherHandle;
@@ -114,6 +118,7 @@ export class RelayActor {
   handle(msg: RelayMessage): void {
     if (this.state.kind === 'stopped') {
       if (msg.type === 'connected') msg.client.close('relay stopped');
+      if (msg.type === 'reclaimed') msg.lease?.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'relay claim release failed'));
       return;
     }
     switch (msg.type) {
@@ -153,6 +158,9 @@ export class RelayActor {
         return;
       case 'tick':
         this.onTick();
+        return;
+      case 'reclaimed':
+        this.onReclaimed(msg);
         return;
       case 'evicted':
         // A local publisher took the hub over: this node is now the source.
@@ -196,7 +204,10 @@ export class RelayActor {
         if (this.ownerLive && silentFor > this.ctx.stallMs) {
           this.avoid.set(this.state.parent, now + AVOID_MS);
           this.reparent(`parent stalled (${silentFor} ms without media)`);
+          return;
         }
+        // Still pulling, but the claim is gone: parent choice elsewhere would no longer count this relay.
+        if (this.lease && !this.lease.held && !this.reclaim.inFlight && now >= this.reclaim.retryAt) this.claimAgain(this.lease, this.state.parent);
         return;
       }
       case 'backoff':
@@ -217,6 +228,31 @@ export class RelayActor {
       case 'stopped':
         return;
     }
+  }
+
+  private claimAgain(lost: RelayLease, parent: string): void {
+    const seq = this.seq;
+    this.reclaim.inFlight = true;
+    this.ctx.relays.claim(this.hub.app, this.hub.stream, { parent, rtmp: this.ctx.selfRtmp }).then(
+      (lease) => this.handle({ type: 'reclaimed', seq, lost, lease }),
+      (err: unknown) => this.handle({ type: 'reclaimed', seq, lost, lease: undefined, error: err instanceof Error ? err.message : String(err) }),
+    );
+  }
+
+  private onReclaimed(msg: Extract<RelayMessage, { type: 'reclaimed' }>): void {
+    this.reclaim.inFlight = false;
+    if (!msg.lease) {
+      this.reclaim.retryAt = Date.now() + RECLAIM_RETRY_MS;
+      this.log.debug({ err: msg.error }, 'relay claim lost; claiming again failed, will retry');
+      return;
+    }
+    // A re-parent since then made (or is making) its own claim: this one is not needed.
+    if (this.state.kind !== 'pulling' || msg.seq !== this.seq || this.lease !== msg.lost) {
+      msg.lease.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'relay claim release failed'));
+      return;
+    }
+    this.lease = msg.lease;
+    this.log.info({ parent: this.state.parent, lostReason: msg.lost.lostReason }, 'relay claim lost while pulling; claimed again');
   }
 
   private reparent(reason: string): void {
