@@ -243,3 +243,22 @@ test('a relay whose claim expired while it was cut off from the bus claims again
   assert.equal(status[0]!.upstreams, 1, 'the same upstream all along: claimed again, not re-parented');
   assert.equal(v.client.closed, false);
 });
+
+test('a node that has not heard the other relays yet still counts their live claims: it does not attach to a full owner', async () => {
+  // Slow heartbeats, so the new node starts its relay before it has heard b's first heartbeat.
+  const timing = { relay_fanout: 1, heartbeat_ms: 2000, suspect_ms: 6000, dead_ms: 10_000 };
+  const { net, nodes: [a, b] } = await mesh(2, { mesh: timing });
+  const pub = await syntheticPublisher(rtmpUrl(a!, 'live/fresh'));
+  cleanups.push(pub.stop);
+  await until('owner announced', async () => (await meshOf(b!).ownership.lookup('live', 'fresh'))?.record.owner === 'n1');
+  const vb = await recordingViewer(rtmpUrl(b!, 'live/fresh'));
+  cleanups.push(() => vb.client.close());
+  await until('b relays from the owner', () => meshOf(b!).relayStatus()[0]?.parent === 'n1' && frameNumbers(vb.frames).length > 5);
+  const c = await inProcessNode(net, 'n3', { mesh: timing });
+  nodes.push(c);
+  const vc = await recordingViewer(rtmpUrl(c, 'live/fresh'));
+  cleanups.push(() => vc.client.close());
+  await until('c plays', () => frameNumbers(vc.frames).length > 5, 6000);
+  assert.equal(meshOf(c).relayStatus()[0]?.parent, 'n2', 'the owner has its F = 1 child already: c attaches to b');
+  assert.equal(a!.sessions.list().filter((s) => s.role === 'relay-pull').length, 1, 'the owner still feeds one relay');
+});

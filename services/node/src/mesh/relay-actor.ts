@@ -295,6 +295,9 @@ export class RelayActor {
     const now = Date.now();
     const alive = new Set<string>();
     for (const id of this.ctx.membership.aliveIds()) if ((this.avoid.get(id) ?? 0) < now) alive.add(id);
+    // A live claim of a node not heard from yet (this node just started) counts too: leaving it out would
+    // undercount its parent's children and attach this relay above the fan-out cap. Suspect and dead nodes do not.
+    for (const c of claims) if (this.ctx.membership.get(c.claim.node) === undefined && (this.avoid.get(c.claim.node) ?? 0) < now) alive.add(c.claim.node);
     const parent =
       chooseRelayParent({ streamToken: encodeStreamToken(app, stream), selfId: this.ctx.nodeId, owner, claims: claims.map((c) => c.claim), fanout: this.ctx.fanout, alive }) ?? owner;
     const base = parent === owner ? info.record.rtmp : claims.find((c) => c.claim.node === parent)?.claim.rtmp;
