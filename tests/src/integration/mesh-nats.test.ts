@@ -435,6 +435,18 @@ async function withCluster(fn: (cluster: Awaited<ReturnType<typeof startNatsClus
   }
 }
 
+/** Resolves once the registry's ownership watch has delivered live/cam's owner (the watch's first values arrive asynchronously). */
+function watchHasOwner(watcher: OwnershipRegistry): Promise<void> {
+  return new Promise((resolve) => {
+    const off = watcher.watch((c) => {
+      if (c.kind === 'owner' && c.app === 'live' && c.stream === 'cam') {
+        off();
+        resolve();
+      }
+    });
+  });
+}
+
 /** A watcher's ownership listing right after a NATS server died names the owner within its 1 s budget; returns where each row came from. */
 async function listsOwnerWithinBudget(watcher: OwnershipRegistry, when: string): Promise<string[]> {
   const t0 = Date.now();
@@ -465,7 +477,7 @@ test('3-server JetStream cluster: SIGKILL the server a node is connected to — 
     const revBefore = lease.revision;
     const kvOwner = await ownerBus.kv(`${prefix}-streams`, { maxAgeMs: 10_000 });
     assert.equal((await watcher.lookup('live', 'cam'))?.record.owner, 'owner');
-    await watcher.start(); // its ownership watch: the copy a listing falls back on
+    await watchHasOwner(watcher); // the copy a listing falls back on
     const killedAt = Date.now();
     await victim.kill('SIGKILL');
     await listsOwnerWithinBudget(watcher, 'after a non-leader died');
@@ -505,7 +517,7 @@ test('3-server JetStream cluster: SIGKILL the KV stream leader — KV works agai
     const revBefore = lease.revision;
     const kvWatcher = await watcherBus.kv(`${prefix}-streams`, { maxAgeMs: 15_000 });
     assert.equal((await watcher.lookup('live', 'cam'))?.record.owner, 'owner');
-    await watcher.start(); // its ownership watch: the copy a listing falls back on
+    await watchHasOwner(watcher); // the copy a listing falls back on
     const killedAt = Date.now();
     await victim.kill('SIGKILL');
     // No stream leader now, so bucket reads time out: the listing answers from the watch.
