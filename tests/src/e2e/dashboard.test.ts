@@ -155,8 +155,9 @@ describe('dashboard in headless Chromium', () => {
       return ['edge-1 · 2', 'edge-2 · 1', 'edge-3 · 3'].every((c) => chips.includes(c)) ? chips : undefined;
     }, 10_000, 200);
 
-    // The relay tree drawn in the page is the one the mesh reports.
-    await row.click();
+    // The relay tree drawn in the page is the one the mesh reports. Live updates may redraw the row
+    // (detaching the handle above), so click by selector: Playwright re-finds it.
+    await page.click('#streams-table tbody tr[data-key="live/cam"]');
     const expected = await claims();
     const drawn = await waitFor('tree with all nodes', async () => {
       const boxes = await page.$$eval('#tree svg g[data-node]', (els) => els.map((e) => [(e as unknown as Dataset).dataset.node, (e as unknown as Dataset).dataset.parent]));
