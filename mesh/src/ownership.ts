@@ -107,8 +107,6 @@ export interface OwnershipLease {
 
 interface Cached {
   record: OwnershipRecord;
-  owner: string;
-  epoch: number;
   revision: number;
   createdAt: number;
   /** Whether listeners were told of this owner (a record first seen stale is not). */
@@ -433,7 +431,7 @@ export class OwnershipRegistry {
     if (prev && e.revision <= prev.revision) return;
     if (e.operation !== 'PUT') {
       this.#cache.delete(e.key);
-      if (prev?.reported) this.#emitChange(e.key, { kind: 'gone', revision: e.revision, previous: { owner: prev.owner, epoch: prev.epoch }, reason: 'deleted' });
+      if (prev?.reported) this.#emitChange(e.key, { kind: 'gone', revision: e.revision, previous: { owner: prev.record.owner, epoch: prev.record.epoch }, reason: 'deleted' });
       return;
     }
     const r = decodeOwnershipRecord(e.value);
@@ -443,14 +441,14 @@ export class OwnershipRegistry {
     }
     const stale = this.#isStale(e.createdAt); // e.g. an initial value about to expire, or a backlog after a pause
     // A record first seen stale was never reported: its next (fresh) renewal must be, even with the same owner and epoch.
-    this.#cache.set(e.key, { record: r, owner: r.owner, epoch: r.epoch, revision: e.revision, createdAt: e.createdAt, reported: !stale });
+    this.#cache.set(e.key, { record: r, revision: e.revision, createdAt: e.createdAt, reported: !stale });
     if (stale) return;
-    if (!prev || !prev.reported || prev.owner !== r.owner || prev.epoch !== r.epoch) {
+    if (!prev || !prev.reported || prev.record.owner !== r.owner || prev.record.epoch !== r.epoch) {
       this.#emitChange(e.key, {
         kind: 'owner',
         record: r,
         revision: e.revision,
-        ...(prev ? { previous: { owner: prev.owner, epoch: prev.epoch } } : {}),
+        ...(prev ? { previous: { owner: prev.record.owner, epoch: prev.record.epoch } } : {}),
       });
     }
   }
@@ -459,7 +457,7 @@ export class OwnershipRegistry {
     for (const [key, c] of this.#cache) {
       if (!this.#isStale(c.createdAt)) continue;
       this.#cache.delete(key);
-      if (c.reported) this.#emitChange(key, { kind: 'gone', revision: c.revision, previous: { owner: c.owner, epoch: c.epoch }, reason: 'expired' });
+      if (c.reported) this.#emitChange(key, { kind: 'gone', revision: c.revision, previous: { owner: c.record.owner, epoch: c.record.epoch }, reason: 'expired' });
     }
   }
 
