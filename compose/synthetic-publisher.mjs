@@ -3,7 +3,7 @@
 // video with numbered frames + audio) to the first RTMP URL given; when that connection closes
 // or cannot be opened it moves on to the next URL, continuing frame numbers and timestamps.
 // That is what a real encoder with backup ingest URLs does, and in the mesh the republish on
-// another ingest node takes the stream over (DESIGN.md §4 "publisher reconnect = takeover").
+// another ingest node takes the stream over (docs/design.md, "publisher reconnect = takeover").
 //
 // Usage: node synthetic-publisher.mjs rtmp://ingest1:1935/live/demo [rtmp://ingest2:1935/live/demo …]
 //        (or MESHCAST_PUBLISH_URLS="url1,url2")

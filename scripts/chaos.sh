@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The chaos suite (tests/src/chaos, design §7): real nats-server and node processes on loopback,
+# The chaos suite (tests/src/chaos, docs/design.md): real nats-server and node processes on loopback,
 # faults injected with signals, figures measured. Writes tests/chaos-results.md and .json.
 #   npm run chaos                                   # every scenario (~7-8 min on 2 cores)
 #   npm run chaos -- tests/src/chaos/drain.test.ts  # some scenarios; their rows replace the old ones

@@ -1,5 +1,5 @@
 /**
- * Typed mesh events on top of the bus's event log (design §4: JetStream
+ * Typed mesh events on top of the bus's event log (docs/design.md: JetStream
  * stream `MESHCAST_EVENTS`, subjects `<prefix>.events.<type>`, kept 24 h).
  * Payloads are the `MeshEvent` msgpack schema from @meshcast/proto.
  * Entries that do not decode (someone else wrote to the subject) are skipped

@@ -1,5 +1,5 @@
 /**
- * @meshcast/mesh — the control plane of a meshcast node (design §4–§7).
+ * @meshcast/mesh — the control plane of a meshcast node (docs/design.md).
  * Knows nothing of RTMP: streams are (app, stream) strings.
  */
 export type {

@@ -1,5 +1,5 @@
 /**
- * A lease on one KV key, kept alive by compare-and-set renewals (design §4).
+ * A lease on one KV key, kept alive by compare-and-set renewals (docs/design.md).
  * Shared by stream ownership and relay claims.
  *
  * - Renewal: every `renewMs`, `update(key, value, lastRevision)`; after a

@@ -1,5 +1,5 @@
 /**
- * Membership and load gossip (design §4): every node publishes a heartbeat
+ * Membership and load gossip (docs/design.md): every node publishes a heartbeat
  * on `<prefix>.node.<id>.hb` every second and listens to everybody's, so each
  * node holds the same live table of nodes, their state and their load.
  *

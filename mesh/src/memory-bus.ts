@@ -1,5 +1,5 @@
 /**
- * In-process bus ("embedded mode", design §4): a `MemoryBusNetwork` plays the
+ * In-process bus ("embedded mode", docs/design.md): a `MemoryBusNetwork` plays the
  * NATS server, every `connect(name)` is one node's connection. Same
  * semantics as the NATS bus (see bus.ts), including KV max-age expiry that
  * does NOT notify watches, and partitions for tests:

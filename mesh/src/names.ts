@@ -1,5 +1,5 @@
 /**
- * Subject, bucket and stream names of the control plane (design §4), all
+ * Subject, bucket and stream names of the control plane (docs/design.md), all
  * derived from one configurable prefix (default `meshcast`).
  */
 import { NODE_ID_PATTERN } from '@meshcast/proto';

@@ -1,5 +1,5 @@
 /**
- * Stream ownership registry (design §4): KV bucket `meshcast-streams`, key
+ * Stream ownership registry (docs/design.md): KV bucket `meshcast-streams`, key
  * `<app>.<stream>` (stream tokens), value an `OwnershipRecord`. Exactly one
  * node owns a live stream; the KV revision is the fencing token.
  *

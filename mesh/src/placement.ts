@@ -1,5 +1,5 @@
 /**
- * Placement of viewers on playback nodes (design §6): bounded-load weighted
+ * Placement of viewers on playback nodes (docs/design.md): bounded-load weighted
  * rendezvous hashing. Pure — no I/O, no clock — and deterministic: every node
  * computes the same ranking from the same table.
  *

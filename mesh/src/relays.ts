@@ -1,5 +1,5 @@
 /**
- * Relay claims and the relay tree (design §5). A playback node that pulls a
+ * Relay claims and the relay tree (docs/design.md). A playback node that pulls a
  * stream it does not own claims `meshcast-relays/<app>.<stream>.<node>`
  * (value: parent, child count, RTMP address) with the same lease mechanics
  * as ownership (renew by CAS every 3 s, bucket max age 10 s, self-fence when

@@ -1,5 +1,5 @@
 /**
- * Stream keys are user input (design §4): app and stream names are encoded
+ * Stream keys are user input (docs/design.md): app and stream names are encoded
  * into tokens that are safe both as NATS subject tokens and as JetStream KV
  * key tokens, reversibly, and readable in `nats kv ls`.
  *

@@ -1,5 +1,5 @@
 /**
- * Mesh control-plane wire schemas (design §4).
+ * Mesh control-plane wire schemas (docs/design.md).
  *
  * Every payload on the control plane is one msgpack map (msgpackr, plain maps —
  * no records/structures, so any msgpack tool can read it) carrying a schema

@@ -144,6 +144,17 @@ export interface HlsConfig {
   max_stream_bytes: number;
 }
 
+/**
+ * The admin listener: kick, drain, session and stream lists, the mesh API, metrics and the
+ * dashboard. Loopback-only by default; a token is required before it may bind anything wider.
+ */
+export interface AdminConfig {
+  host: string;
+  port: number;
+  /** Bearer token every admin request must carry (`Authorization: Bearer …`); "" = none (loopback only). */
+  token: string;
+}
+
 export interface NodeConfig {
   node_id: string;
   host: string;
@@ -153,6 +164,7 @@ export interface NodeConfig {
   http_port: number;
   roles: Role[];
   log_level: string;
+  admin: AdminConfig;
   limits: LimitsConfig;
   media: MediaConfig;
   mesh: MeshConfig;
@@ -182,6 +194,7 @@ export function defaultConfig(): NodeConfig {
     http_port: 8080,
     roles: ['ingest', 'playback'],
     log_level: 'info',
+    admin: { host: '127.0.0.1', port: 8081, token: '' },
     limits: {
       max_connections: 20000,
       max_connections_per_ip: 5000,
@@ -268,6 +281,7 @@ const SCHEMA: Schema = {
   http_port: 'number',
   roles: 'roles',
   log_level: 'string',
+  admin: { host: 'string', port: 'number', token: 'string' },
   limits: {
     max_connections: 'number',
     max_connections_per_ip: 'number',
@@ -461,6 +475,9 @@ const OVERRIDES: Array<{ flag: string; env: string; path: string }> = [
   { flag: 'mesh-secret', env: 'MESHCAST_MESH_SECRET', path: 'mesh.mesh_secret' },
   { flag: 'relay-fanout', env: 'MESHCAST_RELAY_FANOUT', path: 'mesh.relay_fanout' },
   { flag: 'capacity', env: 'MESHCAST_CAPACITY', path: 'mesh.capacity' },
+  { flag: 'nats-replicas', env: 'MESHCAST_NATS_REPLICAS', path: 'mesh.nats_replicas' },
+  { flag: 'admin-host', env: 'MESHCAST_ADMIN_HOST', path: 'admin.host' },
+  { flag: 'admin-port', env: 'MESHCAST_ADMIN_PORT', path: 'admin.port' },
 ];
 
 export const CONFIG_FLAGS = OVERRIDES.map((o) => o.flag);
@@ -468,6 +485,7 @@ export const CONFIG_FLAGS = OVERRIDES.map((o) => o.flag);
 /** Secrets come from the environment (or the file), never from flags that show up in `ps`. */
 const ENV_ONLY: Array<{ env: string; path: string }> = [
   { env: 'MESHCAST_TOKEN_SECRET', path: 'auth.token_secret' },
+  { env: 'MESHCAST_ADMIN_TOKEN', path: 'admin.token' },
   { env: 'MESHCAST_WEBHOOK_SECRET', path: 'webhooks.secret' },
   { env: 'MESHCAST_NATS_USER', path: 'mesh.nats_auth.user' },
   { env: 'MESHCAST_NATS_PASS', path: 'mesh.nats_auth.pass' },
@@ -551,7 +569,7 @@ function validate(cfg: NodeConfig): void {
   if (cfg.hls.target_duration_s <= 0) throw new ConfigError('config key "hls.target_duration_s": must be greater than 0');
   if (!Number.isInteger(cfg.hls.playlist_length) || cfg.hls.playlist_length < 1) throw new ConfigError('config key "hls.playlist_length": must be a whole number, at least 1');
   if (cfg.hls.idle_timeout_s <= 0) throw new ConfigError('config key "hls.idle_timeout_s": must be greater than 0');
-  for (const port of [cfg.rtmp_port, cfg.http_port]) {
+  for (const port of [cfg.rtmp_port, cfg.http_port, cfg.admin.port]) {
     if (!Number.isInteger(port) || port > 65535) throw new ConfigError(`port ${port} out of range`);
   }
   validateSecurity(cfg);

@@ -1,5 +1,5 @@
 /**
- * Chaos: a loaded playback node is drained with SIGTERM. Expected (design §7): it stops
+ * Chaos: a loaded playback node is drained with SIGTERM. Expected (docs/design.md): it stops
  * admitting, says `bye` (the others drop it from their tables at once, without waiting for the
  * dead timeout), its viewers' connections close cleanly (and they can re-route elsewhere), it
  * exits with code 0; viewers on other nodes are unaffected.

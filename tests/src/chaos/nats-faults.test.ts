@@ -3,7 +3,7 @@
  *
  * 1. One server of a 3-server JetStream cluster is SIGKILLed (the one the owner node is
  *    connected to). Nodes were given all three URLs, KV buckets and the event stream have 3
- *    replicas (`mesh.nats_replicas: 3`). Expected (design §7): no media interruption at all on
+ *    replicas (`mesh.nats_replicas: 3`). Expected (docs/design.md): no media interruption at all on
  *    existing relays; control (route answers, ownership lookups, lease renewals) consistent
  *    again within 5 s.
  * 2. Then NATS becomes wholly unreachable for 10 s (every remaining server SIGSTOPped) and

@@ -1,6 +1,6 @@
 /**
  * Chaos: the owner node is SIGKILLed; the publisher reconnects to another ingest node.
- * Expected (design §7): the lease is taken over at once, edges re-parent, viewers keep their
+ * Expected (docs/design.md): the lease is taken over at once, edges re-parent, viewers keep their
  * connections and play again within 2 s of the new publish.
  */
 import { after, test } from 'node:test';

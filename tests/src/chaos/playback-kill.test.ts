@@ -2,7 +2,7 @@
  * Chaos: a playback node is SIGKILLed under its viewers. Each viewer, when its connection
  * dies, asks another node's route API (`GET /api/v1/route/:app/:stream`) where to go, and
  * plays there (trying the answer's `next` candidates if the first does not take it).
- * Expected (design §7): its viewers play again within 1 s of asking; viewers elsewhere
+ * Expected (docs/design.md): its viewers play again within 1 s of asking; viewers elsewhere
  * are unaffected.
  */
 import { after, test } from 'node:test';

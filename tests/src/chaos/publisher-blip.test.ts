@@ -3,7 +3,7 @@
  * Two kinds of blip: a silent one (a TCP proxy drops the publisher's side; the node's side stays
  * open and silent, so the node still thinks the old publisher is there: the nginx-rtmp
  * "already publishing" case) and a reset (the publisher's socket is destroyed with RST, no
- * unpublish). Expected (design §7): takeover, no "already publishing", viewers do not reconnect.
+ * unpublish). Expected (docs/design.md): takeover, no "already publishing", viewers do not reconnect.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -1,6 +1,6 @@
 /**
  * Chaos: a mid-tier relay (an edge that other edges pull from) is SIGKILLed. Fan-out is capped
- * at 2 so the relay tree has a second tier. Expected (design §5, §7): its child relays
+ * at 2 so the relay tree has a second tier. Expected (docs/design.md): its child relays
  * re-parent within 2 s and their viewers keep playing without reconnecting; viewers elsewhere
  * in the tree see nothing.
  */

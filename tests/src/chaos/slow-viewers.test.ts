@@ -1,6 +1,6 @@
 /**
  * Chaos: a slow viewer (reads about a third of the stream's rate) and a stalled viewer (never
- * reads again) beside 100 healthy ones on one node. Expected (design §3, §7): the healthy
+ * reads again) beside 100 healthy ones on one node. Expected (docs/design.md): the healthy
  * viewers see no extra gap (max inter-frame gap ≈ the frame interval, as before the bad ones
  * arrived); the bad ones have frames dropped (counted); the stalled one is closed once it has
  * stayed behind longer than the limit; the node's memory stays bounded.

@@ -1,5 +1,5 @@
 /**
- * `npm run sim`: the placement simulation (design §5–§6) — bounded-load weighted HRW
+ * `npm run sim`: the placement simulation (docs/design.md) — bounded-load weighted HRW
  * (the real BoundedLoadRing / rankPlaybackNodes / hrwScore / chooseRelayParent, no
  * sockets) against plain HRW, round robin and least-loaded, from 10 to 1,000 nodes and
  * up to 1,000,000 viewers. Writes docs/sim/results.{md,json} and PNG charts, and the

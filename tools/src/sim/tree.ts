@@ -1,5 +1,5 @@
 /**
- * Relay trees (design §5) built with the real `chooseRelayParent`: for each watched
+ * Relay trees (docs/design.md) built with the real `chooseRelayParent`: for each watched
  * stream, its serving nodes start their relays in the order their first viewer arrived;
  * each asks chooseRelayParent for a parent given the claims made so far (children
  * counted from the parent pointers and the claims' own child counts). The owner is the

@@ -11,7 +11,7 @@ import { startNatsCluster, startNatsServer, type NatsCluster, type NatsServer } 
 import { NodeProcess } from '../../harness/node-process.ts';
 import { waitFor } from '../../harness/ports.ts';
 
-/** Production defaults (design §4): heartbeat 1 s, suspect 3 s, dead 5 s, lease 10 s, renew 3 s. */
+/** Production defaults (docs/design.md): heartbeat 1 s, suspect 3 s, dead 5 s, lease 10 s, renew 3 s. */
 export const PRODUCTION_TIMINGS = {
   heartbeat_ms: 1000,
   suspect_ms: 3000,
