@@ -5,13 +5,14 @@
 // That is what a real encoder with backup ingest URLs does, and in the mesh the republish on
 // another ingest node takes the stream over (docs/design.md, "publisher reconnect = takeover").
 //
-// Usage: node synthetic-publisher.mjs rtmp://ingest1:1935/live/demo [rtmp://ingest2:1935/live/demo …]
+// It is a build input (`npm run build` bundles it into tools/dist/synthetic-publisher.mjs,
+// which the image runs): @meshcast/node/client exports TypeScript sources. From a checkout,
+// `node --import tsx compose/synthetic-publisher.mjs URL…` runs it directly.
+//
+// Usage: node tools/dist/synthetic-publisher.mjs rtmp://ingest1:1935/live/demo [rtmp://ingest2:1935/live/demo …]
 //        (or MESHCAST_PUBLISH_URLS="url1,url2")
 import { setTimeout as sleep } from 'node:timers/promises';
-import { register } from 'tsx/esm/api';
-
-register();
-const { startSyntheticPublisher } = await import('@meshcast/node/client');
+import { startSyntheticPublisher } from '@meshcast/node/client';
 
 const urls = process.argv.slice(2).length > 0 ? process.argv.slice(2) : (process.env.MESHCAST_PUBLISH_URLS ?? '').split(',').filter(Boolean);
 if (urls.length === 0) {

@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
-# Installs npm packages if needed and runs one node on the in-process bus (no NATS needed).
+# Runs one node on the in-process bus (no NATS needed) from a fresh checkout: gets a supported
+# Node.js if the system's is too old (scripts/setup-system.sh --node-only; a node needs no other
+# system package), installs npm packages, builds if the build is missing or older than a
+# source, then runs the built bin. Arguments go to `meshcast node`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ ! -d node_modules ]]; then npm install --no-audit --no-fund; fi
-exec npx meshcast node "$@"
+bash scripts/setup-system.sh --node-only
+hash -r # setup may have put a newer node in /usr/local/bin
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  npm install --no-audit --no-fund
+fi
+built=services/node/dist/meshcast.mjs
+if [[ ! -f $built || -n $(find proto/src mesh/src services/node/src scripts/build.mjs package-lock.json -newer "$built" -print -quit) ]]; then
+  npm run build --silent >&2
+fi
+exec node services/node/bin/meshcast.mjs node "$@"

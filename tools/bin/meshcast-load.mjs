@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources directly (no build step).
-import { register } from 'tsx/esm/api';
-register();
-await import('../src/load-cli/main.ts');
+// Runs tools/dist/meshcast-load.mjs (npm run build); from a checkout without a build: node --import tsx tools/src/load-cli/main.ts
+import { runBuilt } from './run-built.mjs';
+
+await runBuilt('meshcast-load');

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources directly (no build step).
-import { register } from 'tsx/esm/api';
-register();
-await import('../src/meshctl/main.ts');
+// Runs tools/dist/meshctl.mjs (npm run build); from a checkout without a build: node --import tsx tools/src/meshctl/main.ts
+import { runBuilt } from './run-built.mjs';
+
+await runBuilt('meshctl');

@@ -4,8 +4,9 @@
  * its parent disconnects, so it never outlives the run.
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { REPO_ROOT } from '../load/index.ts';
+import { FROM_SOURCE, REPO_ROOT, TOOLS_DIST } from '../load/index.ts';
 import { LoadPart, type PartPlan, type PartProgress, type PartReport } from './part.ts';
 
 type Cmd = 'start' | 'progress' | 'mark' | 'end' | 'report' | 'stop';
@@ -66,9 +67,11 @@ export class WorkerPart implements PartHandle {
   readonly ready: Promise<void>;
 
   constructor(index: number) {
-    this.proc = fork(fileURLToPath(import.meta.url), [], {
+    // From the build, this module is inside dist/meshcast-load.mjs: fork its own bundle instead.
+    const [script, loader] = FROM_SOURCE ? [fileURLToPath(import.meta.url), ['--import', 'tsx']] : [join(TOOLS_DIST, 'load-cli-worker.mjs'), ['--enable-source-maps']];
+    this.proc = fork(script, [], {
       cwd: REPO_ROOT,
-      execArgv: ['--import', 'tsx', '--max-semi-space-size=32'],
+      execArgv: [...loader, '--max-semi-space-size=32'],
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
       env: { ...process.env, MESHCAST_LOAD_CLI_WORKER: String(index) },
     });

@@ -19,8 +19,17 @@ import {
   type FlvTag,
 } from '@meshcast/proto';
 
-/** Repository root (tools/src/load → ../../..). */
-export const REPO_ROOT = resolve(import.meta.dirname, '../../..');
+/**
+ * Whether the tools run from their TypeScript sources (tests, development: through tsx) or
+ * from the production build (tools/dist/*.mjs, where every module of an entry point shares
+ * the bundle's import.meta). Child processes follow suit: sources fork sources through tsx,
+ * the build forks built entry points.
+ */
+export const FROM_SOURCE = import.meta.url.endsWith('.ts');
+/** Repository root (tools/src/load → ../../.., or tools/dist → ../..). */
+export const REPO_ROOT = resolve(import.meta.dirname, FROM_SOURCE ? '../../..' : '../..');
+/** Where `npm run build` puts the tools' entry points. */
+export const TOOLS_DIST = join(REPO_ROOT, 'tools/dist');
 /** Default cache directory for generated media (git-ignored). */
 export const DEFAULT_CACHE_DIR = join(REPO_ROOT, 'bench-results/.cache');
 

@@ -5,12 +5,13 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { REPO_ROOT } from './flv-source.ts';
+import { FROM_SOURCE, REPO_ROOT, TOOLS_DIST } from './flv-source.ts';
 import type { SwarmPartReport } from './stats.ts';
 import type { SwarmOptions, SwarmProgress } from './swarm.ts';
 import type { WorkerReply, WorkerRequest } from './worker-main.ts';
 
-const WORKER = join(import.meta.dirname, 'worker-main.ts');
+const WORKER = FROM_SOURCE ? join(import.meta.dirname, 'worker-main.ts') : join(TOOLS_DIST, 'load-worker.mjs');
+const LOADER = FROM_SOURCE ? ['--import', 'tsx'] : ['--enable-source-maps'];
 
 interface Pending {
   resolve: (v: unknown) => void;
@@ -106,7 +107,7 @@ export class SwarmWorkers {
     for (let i = 0; i < k; i++) {
       const proc = fork(WORKER, [], {
         cwd: REPO_ROOT,
-        execArgv: ['--import', 'tsx', ...(opts.nodeArgs ?? ['--max-semi-space-size=32'])],
+        execArgv: [...LOADER, ...(opts.nodeArgs ?? ['--max-semi-space-size=32'])],
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
         env: { ...process.env, MESHCAST_LOAD_WORKER: String(i) },
       });
