@@ -12,9 +12,10 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { startSyntheticPublisher } from '@meshcast/node/client';
-import { FlvLoopPublisher, REPO_ROOT, TEST_MEDIA, ensureTestMedia, loadFlvSource } from '../load/index.ts';
+import { FROM_SOURCE, FlvLoopPublisher, REPO_ROOT, TEST_MEDIA, ensureTestMedia, loadFlvSource } from '../load/index.ts';
 
-const CLI = join(REPO_ROOT, 'services/node/src/cli.ts');
+// The built launcher (npm run mesh) starts built nodes; from the sources (tests) it starts sources through tsx.
+const NODE_CMD = FROM_SOURCE ? ['--import', 'tsx', join(REPO_ROOT, 'services/node/src/cli.ts')] : ['--enable-source-maps', join(REPO_ROOT, 'services/node/dist/meshcast.mjs')];
 
 const USAGE = `usage: npm run mesh [-- options]
 
@@ -161,7 +162,7 @@ async function startNats(port: number | 'auto'): Promise<{ url: string; child: C
 
 function startNode(spec: NodeSpec, natsUrl: string, secret: string, logLevel: string): Child {
   const args = [
-    '--import', 'tsx', CLI, 'node',
+    ...NODE_CMD, 'node',
     '--node-id', spec.id, '--host', spec.host, '--roles', spec.roles,
     '--rtmp-port', String(spec.rtmpPort), '--http-port', String(spec.httpPort),
     '--nats', natsUrl, '--mesh-secret', secret, '--log-level', logLevel,
