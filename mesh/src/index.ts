@@ -81,3 +81,13 @@ export {
 } from './placement.ts';
 export { hash01, hash53, hrwScore } from './hash.ts';
 export { MeshEvents, type MeshEventRecord } from './events.ts';
+export {
+  Backoff,
+  DEFAULT_BACKOFF_BASE_MS,
+  DEFAULT_BACKOFF_CAP_MS,
+  DEFAULT_FAILURE_LOG_INTERVAL_MS,
+  FailureLogLimiter,
+  type BackoffOptions,
+  type FailureLogDecision,
+  type FailureLogOptions,
+} from './backoff.ts';

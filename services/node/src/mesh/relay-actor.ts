@@ -9,7 +9,7 @@
  */
 import { RtmpClient } from '../client/rtmp-client.ts';
 import { decodeAmf0, asAmfObject, type AmfValue, type RtmpMessage } from '@meshcast/proto';
-import { chooseRelayParent, encodeStreamToken, type Membership, type MeshEvents, type OwnershipRegistry, type RelayClaims, type RelayLease } from '@meshcast/mesh';
+import { Backoff, FailureLogLimiter, chooseRelayParent, encodeStreamToken, type BackoffOptions, type Membership, type MeshEvents, type OwnershipRegistry, type RelayClaims, type RelayLease } from '@meshcast/mesh';
 import type { Logger } from '../log.ts';
 import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import { signCredential } from './mesh-credential.ts';
@@ -26,6 +26,8 @@ export interface RelayContext {
   membership: Membership;
   events: MeshEvents;
   log: Logger;
+  /** Retry pacing (tests inject their random source); defaults to the shared backoff's. */
+  backoff?: BackoffOptions;
 }
 
 type RelayState =
@@ -48,7 +50,6 @@ export type RelayMessage =
   | { type: 'stop'; reason: string };
 
 const TICK_MS = 250;
-const BACKOFF_MS = 500;
 const AVOID_MS = 5000;
 /**
  * Listing the relay claims is only an optimisation (which parent to pull from); nats.js
@@ -60,8 +61,6 @@ const LIST_CLAIMS_MS = 500;
 const DEAD_PARENT_SILENCE_MS = 500;
 /** A connect attempt (KV lookups, RTMP connect and play) that has not reported back by then is abandoned. */
 const CONNECT_WATCHDOG_MS = 12_000;
-/** A claim lost while the pull went on (renewals failed through a NATS outage) is claimed again, retried this often. */
-const RECLAIM_RETRY_MS = 1000;
 
 export interface RelayStatus {
   app: string;
@@ -84,6 +83,15 @@ export class RelayActor {
   private upstreams = 0;
   private readonly avoid = new Map<string, number>();
   private reclaim: { inFlight: boolean; retryAt: number } = { inFlight: false, retryAt: 0 };
+  /**
+   * Failed pulls (parent unreachable, refused, no address) and failed re-claims are retried after a jittered,
+   * growing delay, so the relays of a stream that all lost one parent do not retry it in lockstep, and a parent
+   * that keeps refusing is asked less and less often. Their failures are logged at warn once, then rarely.
+   */
+  private readonly pullRetry: Backoff;
+  private readonly pullFailures = new FailureLogLimiter();
+  private readonly reclaimRetry: Backoff;
+  private readonly reclaimFailures = new FailureLogLimiter();
   private readonly timer: NodeJS.Timeout;
   private readonly log: Logger;
   private readonly handle_: PublisherHandle;
@@ -94,6 +102,8 @@ export class RelayActor {
     private readonly onStopped: (a: RelayActor) => void,
   ) {
     this.log = ctx.log.child({ app: hub.app, stream: hub.stream, component: 'relay' });
+    this.pullRetry = new Backoff(ctx.backoff);
+    this.reclaimRetry = new Backoff(ctx.backoff);
     this.handle_ = { id: `relay:${ctx.nodeId}`, kind: 'relay', evict: (reason) => this.handle({ type: 'evicted', reason }) };
     this.timer = setInterval(() => this.handle({ type: 'tick' }), TICK_MS);
     this.timer.unref();
@@ -144,12 +154,18 @@ export class RelayActor {
       case 'connectFailed':
         if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) return;
         if (msg.parent) this.avoid.set(msg.parent, Date.now() + AVOID_MS);
-        this.log.info({ reason: msg.reason, parent: msg.parent }, 'relay upstream connect failed; retrying');
-        if (this.ownerMovedWhileConnecting && msg.reason !== 'no owner') {
+        if (msg.reason === 'no owner') {
+          // Not a failure: nobody publishes the stream (yet, or any more). The ownership watch wakes us.
+          if (this.state.kind === 'connecting') this.log.debug('relay waiting for a stream owner');
+          this.state = { kind: 'awaitingOwner' };
+          return;
+        }
+        if (this.ownerMovedWhileConnecting) {
+          this.log.info({ reason: msg.reason, parent: msg.parent }, 'relay upstream connect failed; owner moved meanwhile, retrying at once');
           this.connect();
           return;
         }
-        this.state = msg.reason === 'no owner' ? { kind: 'awaitingOwner' } : { kind: 'backoff', until: Date.now() + BACKOFF_MS };
+        this.retryLater(msg.reason, msg.parent);
         return;
       case 'upstreamClosed':
         if (this.state.kind !== 'pulling' || this.state.client !== msg.client) return;
@@ -220,7 +236,7 @@ export class RelayActor {
       case 'connecting':
         // A hung step (a KV call that never answers) must not leave the relay stuck: start over.
         if (now - this.state.since > CONNECT_WATCHDOG_MS) {
-          this.log.warn({ seq: this.state.seq, ms: now - this.state.since }, 'relay connect attempt hung; retrying');
+          this.logPullFailure(`connect attempt hung for ${now - this.state.since} ms`, undefined, 0);
           this.connect();
         }
         return;
@@ -242,17 +258,36 @@ export class RelayActor {
   private onReclaimed(msg: Extract<RelayMessage, { type: 'reclaimed' }>): void {
     this.reclaim.inFlight = false;
     if (!msg.lease) {
-      this.reclaim.retryAt = Date.now() + RECLAIM_RETRY_MS;
-      this.log.debug({ err: msg.error }, 'relay claim lost; claiming again failed, will retry');
+      const delay = this.reclaimRetry.next();
+      this.reclaim.retryAt = Date.now() + delay;
+      const d = this.reclaimFailures.failure();
+      if (d.level === 'warn') this.log.warn({ err: msg.error, retryInMs: delay, failures: d.streak, suppressed: d.suppressed }, 'relay claim lost; claiming again failed, will retry');
+      else this.log.debug({ err: msg.error, retryInMs: delay, failures: d.streak }, 'relay claim lost; claiming again failed, will retry');
       return;
     }
+    this.reclaimRetry.reset();
+    const failed = this.reclaimFailures.success();
     // A re-parent since then made (or is making) its own claim: this one is not needed.
     if (this.state.kind !== 'pulling' || msg.seq !== this.seq || this.lease !== msg.lost) {
       msg.lease.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'relay claim release failed'));
       return;
     }
     this.lease = msg.lease;
-    this.log.info({ parent: this.state.parent, lostReason: msg.lost.lostReason }, 'relay claim lost while pulling; claimed again');
+    this.log.info({ parent: this.state.parent, lostReason: msg.lost.lostReason, failedAttempts: failed }, 'relay claim lost while pulling; claimed again');
+  }
+
+  /** A pull attempt failed: wait a jittered, growing delay before the next one. */
+  private retryLater(reason: string, parent: string | undefined): void {
+    const delay = this.pullRetry.next();
+    this.logPullFailure(reason, parent, delay);
+    this.state = { kind: 'backoff', until: Date.now() + delay };
+  }
+
+  private logPullFailure(reason: string, parent: string | undefined, retryInMs: number): void {
+    const d = this.pullFailures.failure();
+    const fields = { reason, parent, retryInMs, failures: d.streak };
+    if (d.level === 'warn') this.log.warn({ ...fields, suppressed: d.suppressed }, 'relay upstream connect failed; retrying');
+    else this.log.debug(fields, 'relay upstream connect failed; retrying');
   }
 
   private reparent(reason: string): void {
@@ -305,10 +340,16 @@ export class RelayActor {
     if (this.lease?.held) await this.lease.update({ parent });
     else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
     const url = `${base}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
-    const client = await RtmpClient.connect(url, {
-      timeoutMs: 3000,
-      connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId) } },
-    });
+    let client: RtmpClient;
+    try {
+      client = await RtmpClient.connect(url, {
+        timeoutMs: 3000,
+        connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId) } },
+      });
+    } catch (err) {
+      // Unreachable, or refused ("mesh pull refused: …"): avoid this parent for a while and back off.
+      return { type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err), parent };
+    }
     // The parent sends headers and its GOP right after Play.Start, before play() resolves: keep them.
     const early: RtmpMessage[] = [];
     client.onFrame = (m) => early.push(m);
@@ -323,6 +364,8 @@ export class RelayActor {
 
   private onConnected(client: RtmpClient, parent: string, early: RtmpMessage[]): void {
     this.upstreams++;
+    this.pullRetry.reset();
+    const failedAttempts = this.pullFailures.success();
     this.state = { kind: 'pulling', parent, client, since: Date.now() };
     if (!this.attached) {
       this.hub.attachPublisher(this.handle_);
@@ -333,7 +376,7 @@ export class RelayActor {
     for (const m of early) this.onFrame(m);
     client.onFrame = (m) => this.onFrame(m);
     client.once('close', (reason: string) => this.handle({ type: 'upstreamClosed', client, reason }));
-    this.log.info({ parent }, 'relay pulling');
+    this.log.info({ parent, ...(failedAttempts > 0 ? { failedAttempts } : {}) }, 'relay pulling');
     this.ctx.events
       .append({ type: 'relayStarted', at: Date.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, parent })
       .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append relayStarted'));
