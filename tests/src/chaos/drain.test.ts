@@ -95,7 +95,7 @@ test('SIGTERM drain of a loaded playback node: stops admitting, bye, viewers clo
     rec.row('exit code / time to exit', `${code} / ${exitMs} ms`, { target: '0', meets: code === 0 });
     rec.row('route API after the drain answers', routeAfter?.node ?? 'no answer', { target: 'not DR-P', meets: routeAfter !== undefined && routeAfter.node !== 'DR-P' });
     rec.row('viewers on the other node: max inter-frame gap during the drain', qGap, { unit: 'ms', target: 'no extra gap', meets: qGap <= qBaseline + 50, note: `before: ${qBaseline} ms; connections survived ${onQ.filter((v) => v.survived).length}/${onQ.length}` });
-    rec.row('ownership invariants', describeMonitor(report), { meets: report.maxDualMs === 0 && report.maxOrphanMs === 0 });
+    rec.row('ownership invariants', describeMonitor(report), { target: 'no dual owner, no orphan', meets: report.maxDualMs === 0 && report.maxOrphanMs === 0 });
 
     assert.ok(admission.startsWith('refused'), admission);
     assert.equal(code, 0, 'exit code 0');

@@ -176,7 +176,7 @@ test('NATS faults: one of three servers killed (no media gap, control back ≤ 5
       meets: lastOwnerBad - killAt <= 5000,
       note: `${ownerBadRounds}/${rounds} rounds failed (${[...ownerProblems].slice(0, 3).join('; ') || 'none'}); before the kill ${baselineOwner}/${baselineRounds}. Keys are listed with one stream-info request (nats.js kv.keys() could stall 30 s here; see docs/chaos.md)`,
     });
-    rec.row('publisher kept its connection and the lease', `${!pub.client.closed} / leases ${aLeases}`, { meets: !pub.client.closed && aLeases === 1 });
+    rec.row('publisher kept its connection and the lease', `${!pub.client.closed} / leases ${aLeases}`, { target: 'true / leases 1', meets: !pub.client.closed && aLeases === 1 });
     assert.equal(pub.client.closed, false, 'publisher survived the NATS server kill');
     for (const v of all) assert.equal(v.survived, true, `${v.label} survived`);
     assert.ok(skipped === 0, 'no frame lost');
@@ -244,9 +244,9 @@ test('NATS faults: one of three servers killed (no media gap, control back ≤ 5
     const since = (t: number | undefined): number | string => (t !== undefined ? t - contAt : 'never (30 s)');
     const writable = await jsWritable;
     rec.row('after NATS returns: JetStream accepts a KV write again (probe client, R3 bucket)', writable ?? 'never (30 s)', { unit: writable !== undefined ? 'ms' : undefined, note: 'after a whole-cluster freeze the raft groups elect leaders again; the nodes cannot announce before this' });
-    rec.row('after NATS returns: every node sees 4 alive members', since(rejoined), { unit: rejoined !== undefined ? 'ms' : undefined, meets: rejoined !== undefined });
-    rec.row('after NATS returns: both publishing nodes hold their ownership lease again', since(reannounced), { unit: reannounced !== undefined ? 'ms' : undefined, meets: reannounced !== undefined, note: 're-announce retried every 1 s' });
-    rec.row('after NATS returns: another node lists both owners', since(seenByOthers), { unit: seenByOthers !== undefined ? 'ms' : undefined, meets: seenByOthers !== undefined, note: 'KV listing after JetStream is writable again' });
+    rec.row('after NATS returns: every node sees 4 alive members', since(rejoined), { unit: rejoined !== undefined ? 'ms' : undefined, target: 'within 30 s', meets: rejoined !== undefined });
+    rec.row('after NATS returns: both publishing nodes hold their ownership lease again', since(reannounced), { unit: reannounced !== undefined ? 'ms' : undefined, target: 'within 30 s', meets: reannounced !== undefined, note: 're-announce retried every 1 s' });
+    rec.row('after NATS returns: another node lists both owners', since(seenByOthers), { unit: seenByOthers !== undefined ? 'ms' : undefined, target: 'within 30 s', meets: seenByOthers !== undefined, note: 'KV listing after JetStream is writable again' });
     // The stream published during the outage is reachable from the rest of the mesh.
     let crossPlay: number | string = 'no';
     if (localPub) {
@@ -256,7 +256,7 @@ test('NATS faults: one of three servers killed (no media gap, control back ≤ 5
       crossPlay = f ? f.at - t0 : 'no frames in 5 s';
       v?.close();
     }
-    rec.row('after NATS returns: the stream published during the outage plays on another node', crossPlay, { unit: typeof crossPlay === 'number' ? 'ms' : undefined, meets: typeof crossPlay === 'number' });
+    rec.row('after NATS returns: the stream published during the outage plays on another node', crossPlay, { unit: typeof crossPlay === 'number' ? 'ms' : undefined, target: 'plays within 5 s', meets: typeof crossPlay === 'number' });
 
     if (pub.client.closed) {
       // The owner dropped its publisher: reconnect it (what an encoder would do) so the invariants below are about the mesh, not the test.
@@ -268,7 +268,7 @@ test('NATS faults: one of three servers killed (no media gap, control back ≤ 5
     // The monitor's last look may have hit a stalled KV listing: read the record until it answers.
     const finalOwner = await waitFor('final owner readable', async () => (await ownerOf(c!, 'nc', 3000))?.owner, 20_000, 200).catch(() => undefined);
     const mono = all.filter((v) => monotonic(v).ok).length;
-    rec.row('timestamps monotonic', `${mono}/${all.length}`, { meets: mono === all.length });
+    rec.row('timestamps monotonic', `${mono}/${all.length}`, { target: 'all', meets: mono === all.length });
     rec.row('ownership invariants (live/nc)', describeMonitor(report), { target: `dual ≤ lease, final owner NF-A`, meets: report.maxDualMs <= T.lease_ms && finalOwner === a!.nodeId, note: `final owner ${finalOwner ?? 'unreadable'}` });
 
     assert.ok(pubSurvived, 'the existing publisher keeps publishing while NATS is unreachable');

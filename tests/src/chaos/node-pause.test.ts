@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { ChaosMesh, FAST_TIMINGS, PRODUCTION_TIMINGS, api, describeTimings, type MeshTimings } from './lib/mesh.ts';
 import { OwnershipMonitor, describeMonitor } from './lib/ownership-monitor.ts';
 import { ScenarioRecorder } from './lib/results.ts';
-import { RecordingViewer, framesAround, max, monotonic, resumesOnKeyframe } from './lib/viewer.ts';
+import { RecordingViewer, framesAround, interleaving, interleavingAll, max, monotonic, resumesOnKeyframe } from './lib/viewer.ts';
 import { waitFor } from '../harness/ports.ts';
 import type { SyntheticPublisher } from '@meshcast/node/client';
 
@@ -107,8 +107,18 @@ async function scenario(id: string, T: MeshTimings): Promise<void> {
     rec.row("the paused node's own viewers play the new owner's stream after SIGCONT (max)", max(aReplay), { unit: 'ms', note: `survived ${onA.filter((v) => v.survived).length}/${onA.length}` });
     rec.row('ownership invariants', describeMonitor(report), { target: `dual/stale ≤ lease (${T.lease_ms} ms); a paused node does not answer and counts as unknown`, meets: report.maxDualMs <= T.lease_ms && report.maxStaleBeliefMs <= T.lease_ms });
     const mono = all.filter((v) => monotonic(v).ok).length;
-    rec.row('timestamps monotonic', `${mono}/${all.length}`, { meets: mono === all.length });
+    rec.row('timestamps monotonic', `${mono}/${all.length}`, { target: 'all', meets: mono === all.length });
+    rec.row('ownership polls that saw two owners', report.dualRounds, { note: `of ${report.rounds} polls; longest stretch ${report.maxDualMs} ms` });
+    const inter = interleavingAll(all);
+    const sawBoth = all.filter((v) => interleaving(v).publishers >= 2).length;
+    rec.row('frames of the old publisher received after the new one (interleave violations)', inter.violations, {
+      target: '0',
+      meets: inter.violations === 0,
+      note: `per viewer ${inter.perViewer.join(', ')}; viewers that saw both publishers ${sawBoth}/${all.length}; unstamped frames ${inter.unstamped}${inter.first ? `; first: ${inter.first}` : ''}`,
+    });
 
+    assert.equal(inter.unstamped, 0, 'every numbered frame carries its publisher stamp');
+    assert.equal(inter.violations, 0, `no viewer got the old publisher's frames after the new one's: ${inter.first ?? ''}`);
     assert.equal(claimedAfter, 0, `the old owner never reports the stale publisher after SIGCONT (${firstAnswers.join(', ')})`);
     for (const [i, v] of all.entries()) assert.equal(stale[i], 0, `${v.label} got no stale frames after SIGCONT: ${framesAround(v, contAt, 0, 6)}`);
     assert.equal(aLeases, 0);
@@ -150,7 +160,7 @@ async function staysScenario(T: MeshTimings): Promise<void> {
     rec.row('viewers play again after SIGCONT (max)', max(again), { unit: 'ms', note: `per viewer ${again.join(', ')}; frames that waited in the socket during the pause are dropped until ownership is re-confirmed, then play resumes at a keyframe` });
     const onKey = all.filter((v) => resumesOnKeyframe(v, stopAt)).length;
     const mono = all.filter((v) => monotonic(v).ok).length;
-    rec.row('viewers resume on a keyframe / monotonic', `${onKey}/${all.length} / ${mono}/${all.length}`, { meets: onKey === all.length && mono === all.length });
+    rec.row('viewers resume on a keyframe / monotonic', `${onKey}/${all.length} / ${mono}/${all.length}`, { target: 'all / all', meets: onKey === all.length && mono === all.length });
     assert.equal(p1.client.closed, false, 'a publisher that sat out the pause keeps publishing');
     assert.equal(aLeases, 1);
     assert.ok(max(again) < 5000, `viewers resume: ${again.join(', ')}`);

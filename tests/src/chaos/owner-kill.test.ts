@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { ChaosMesh, PRODUCTION_TIMINGS, describeTimings } from './lib/mesh.ts';
 import { OwnershipMonitor, describeMonitor } from './lib/ownership-monitor.ts';
 import { ScenarioRecorder } from './lib/results.ts';
-import { RecordingViewer, framesAround, max, mediaGap, monotonic, resumesOnKeyframe } from './lib/viewer.ts';
+import { RecordingViewer, framesAround, interleaving, interleavingAll, max, mediaGap, monotonic, resumesOnKeyframe } from './lib/viewer.ts';
 import { waitFor } from '../harness/ports.ts';
 import type { SyntheticPublisher } from '@meshcast/node/client';
 
@@ -62,6 +62,14 @@ test('owner SIGKILLed, publisher reconnects to another ingest node: viewers keep
     rec.row('timestamps monotonic', `${mono}/${viewers.length}`, { target: 'all', meets: mono === viewers.length });
     rec.row('resumed on a keyframe', `${onKey}/${viewers.length}`, { target: 'all', meets: onKey === viewers.length });
     rec.row('ownership invariants', describeMonitor(report), { meets: report.maxDualMs <= T.lease_ms && report.maxOrphanMs <= T.lease_ms && report.final.owner === b.nodeId, target: `dual ≤ lease (${T.lease_ms} ms), final owner OK-B` });
+    rec.row('ownership polls that saw two owners', report.dualRounds, { note: `of ${report.rounds} polls; longest stretch ${report.maxDualMs} ms` });
+    const inter = interleavingAll(viewers);
+    const sawBoth = viewers.filter((v) => interleaving(v).publishers >= 2).length;
+    rec.row('frames of the old publisher received after the new one (interleave violations)', inter.violations, {
+      target: '0',
+      meets: inter.violations === 0,
+      note: `per viewer ${inter.perViewer.join(', ')}; viewers that saw both publishers ${sawBoth}/${viewers.length}; unstamped frames ${inter.unstamped}${inter.first ? `; first: ${inter.first}` : ''}`,
+    });
 
     for (const v of viewers) assert.equal(v.survived, true, `${v.label} kept its connection (${v.closeReason ?? ''})`);
     assert.ok(max(replay) <= 4000, `plays again within twice the 2 s target: ${replay.join(', ')}`);
@@ -70,6 +78,9 @@ test('owner SIGKILLed, publisher reconnects to another ingest node: viewers keep
     assert.ok(report.maxDualMs <= T.lease_ms, 'no two owners for longer than a lease');
     assert.ok(report.maxOrphanMs <= T.lease_ms, 'no ownerless publisher for longer than a lease');
     assert.equal(report.final.owner, b.nodeId, 'OK-B owns the stream');
+    assert.equal(inter.unstamped, 0, 'every numbered frame carries its publisher stamp');
+    assert.equal(sawBoth, viewers.length, 'every viewer saw both publishers (the interleave check had something to judge)');
+    assert.equal(inter.violations, 0, `no viewer got the old publisher's frames after the new one's: ${inter.first ?? ''}`);
     for (const v of viewers) v.close();
   });
 });

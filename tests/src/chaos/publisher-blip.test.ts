@@ -12,7 +12,7 @@ import type { Socket } from 'node:net';
 import { ChaosMesh, PRODUCTION_TIMINGS, TcpProxy, api, describeTimings } from './lib/mesh.ts';
 import { OwnershipMonitor, describeMonitor } from './lib/ownership-monitor.ts';
 import { ScenarioRecorder } from './lib/results.ts';
-import { RecordingViewer, framesAround, max, monotonic, resumesOnKeyframe } from './lib/viewer.ts';
+import { RecordingViewer, framesAround, interleaving, interleavingAll, max, monotonic, resumesOnKeyframe } from './lib/viewer.ts';
 import { waitFor } from '../harness/ports.ts';
 import type { NodeProcess } from '../harness/node-process.ts';
 
@@ -111,6 +111,14 @@ test('publisher network blip (silent drop and reset), reconnect to the same and 
       target: `dual ≤ lease (${T.lease_ms} ms), no orphan, final owner BL-A`,
       meets: report.maxDualMs <= T.lease_ms && report.maxOrphanMs <= T.lease_ms && report.final.owner === a!.nodeId,
     });
+    rec.row('ownership polls that saw two owners', report.dualRounds, { note: `of ${report.rounds} polls; longest stretch ${report.maxDualMs} ms` });
+    const inter = interleavingAll(viewers);
+    const sawAll = viewers.filter((v) => interleaving(v).publishers === rounds.length + 1).length;
+    rec.row('frames of an earlier publisher received after a later one (interleave violations)', inter.violations, {
+      target: '0',
+      meets: inter.violations === 0,
+      note: `per viewer ${inter.perViewer.join(', ')}; viewers that saw all ${rounds.length + 1} publishers ${sawAll}/${viewers.length}; unstamped frames ${inter.unstamped}${inter.first ? `; first: ${inter.first}` : ''}`,
+    });
     assert.equal(refusals.length, 0);
     for (const v of viewers) assert.equal(v.survived, true, `${v.label} kept its connection (${v.closeReason ?? ''})`);
     for (const v of viewers) assert.ok(monotonic(v).ok, `${v.label} monotonic: ${monotonic(v).first}`);
@@ -120,6 +128,9 @@ test('publisher network blip (silent drop and reset), reconnect to the same and 
     assert.ok(report.maxDualMs <= T.lease_ms);
     assert.ok(report.maxOrphanMs <= T.lease_ms);
     assert.equal(report.final.owner, a!.nodeId);
+    assert.equal(inter.unstamped, 0, 'every numbered frame carries its publisher stamp');
+    assert.equal(sawAll, viewers.length, 'every viewer saw all five publishers (the interleave check had something to judge)');
+    assert.equal(inter.violations, 0, `no viewer got an earlier publisher's frames after a later one's: ${inter.first ?? ''}`);
     for (const v of viewers) v.close();
   });
 });

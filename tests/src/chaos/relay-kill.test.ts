@@ -76,7 +76,7 @@ test('mid-tier relay SIGKILLed (fan-out 2): child viewers play again ≤ 2 s aft
     const survived = orphanViewers.filter((v) => v.survived).length;
     rec.row('child viewers play again after the kill (max)', max(again), { unit: 'ms', target: '≤ 2000', meets: max(again) <= 2000, note: `per viewer ${again.join(', ')}; ${resumed.filter(Boolean).length}/${orphanViewers.length} resumed` });
     rec.row('child viewers media gap (max)', max(gaps), { unit: 'ms' });
-    rec.row('child relays re-parented', newParents.join(', '), { meets: newParents.every((p) => !p.endsWith(`→${mid.node}`) && !p.endsWith('→?')) });
+    rec.row('child relays re-parented', newParents.join(', '), { target: `all, off ${mid.node}`, meets: newParents.every((p) => !p.endsWith(`→${mid.node}`) && !p.endsWith('→?')) });
     rec.row('child viewer connections survived', `${survived}/${orphanViewers.length}`, { target: 'all', meets: survived === orphanViewers.length });
     rec.row('viewers elsewhere in the tree: max inter-frame gap after the kill', otherGap, {
       unit: 'ms',
@@ -88,7 +88,7 @@ test('mid-tier relay SIGKILLed (fan-out 2): child viewers play again ≤ 2 s aft
     const onKey = orphanViewers.filter((v) => resumesOnKeyframe(v, killAt)).length;
     rec.row('timestamps monotonic (surviving viewers)', `${mono}/${viewers.filter((v) => v.survived).length}`, { target: 'all', meets: mono === viewers.filter((v) => v.survived).length });
     rec.row('child viewers resume on a keyframe', `${onKey}/${orphanViewers.length}`, { target: 'all', meets: onKey === orphanViewers.length });
-    rec.row('ownership invariants', describeMonitor(report), { meets: report.maxDualMs === 0 && report.maxOrphanMs === 0 && report.final.owner === owner.nodeId });
+    rec.row('ownership invariants', describeMonitor(report), { target: `no dual owner, no orphan, final owner ${owner.nodeId}`, meets: report.maxDualMs === 0 && report.maxOrphanMs === 0 && report.final.owner === owner.nodeId });
 
     for (const v of orphanViewers) assert.equal(v.survived, true, `${v.label} kept its connection`);
     assert.ok(max(again) <= 4000, `within twice the target: ${again.join(', ')}`);

@@ -9,7 +9,8 @@
  * - stale belief: a node reports an RTMP publisher while the ownership record names another
  *   owner.
  *
- * Each is measured as its longest contiguous stretch (ms). A node that does not answer within
+ * Each is measured as its longest contiguous stretch (ms); dual owners are also counted in polls
+ * (a stretch shorter than the poll interval shows up as one poll and 0 ms). A node that does not answer within
  * the poll timeout (SIGSTOPped, killed) counts as unknown for that round, as does the ownership
  * record when no node can read it (NATS down); unknown rounds neither start nor end a stretch.
  */
@@ -28,6 +29,8 @@ export interface MonitorOptions {
 export interface MonitorReport {
   rounds: number;
   unknownOwnerRounds: number;
+  /** Polls in which two or more nodes reported an RTMP publisher for the stream. */
+  dualRounds: number;
   maxOrphanMs: number;
   maxDualMs: number;
   maxStaleBeliefMs: number;
@@ -82,6 +85,7 @@ export class OwnershipMonitor {
   private loop: Promise<void> | undefined;
   private rounds = 0;
   private unknownOwnerRounds = 0;
+  private dualRounds = 0;
   private readonly orphan = new Stretch();
   private readonly dual = new Stretch();
   private readonly stale = new Stretch();
@@ -137,6 +141,7 @@ export class OwnershipMonitor {
     // Only judge an orphan when the publisher was connected to the same node during the whole round.
     const orphanNow = owner === undefined || pubOn === undefined || pubStillOn !== pubOn ? (pubOn === undefined ? false : undefined) : owner !== pubOn;
     this.orphan.update(orphanNow, now);
+    if (believers.length >= 2) this.dualRounds++;
     if (this.dual.update(believers.length >= 2, now)) this.dualNodes = believers;
     this.stale.update(owner === undefined ? undefined : believers.some((b) => b !== owner), now);
     this.last = { owner, believers, publisherOn: pubStillOn };
@@ -152,6 +157,7 @@ export class OwnershipMonitor {
     return {
       rounds: this.rounds,
       unknownOwnerRounds: this.unknownOwnerRounds,
+      dualRounds: this.dualRounds,
       maxOrphanMs: this.orphan.max,
       maxDualMs: this.dual.max,
       maxStaleBeliefMs: this.stale.max,
@@ -164,5 +170,5 @@ export class OwnershipMonitor {
 
 /** One line for the console and the results table. */
 export function describeMonitor(r: MonitorReport): string {
-  return `orphan max ${r.maxOrphanMs} ms, dual owners max ${r.maxDualMs} ms${r.dualNodes.length ? ` (${r.dualNodes.join('+')})` : ''}, stale belief max ${r.maxStaleBeliefMs} ms, owners ${r.owners.join('→') || '-'}, ${r.rounds} polls (${r.unknownOwnerRounds} without a readable record)`;
+  return `orphan max ${r.maxOrphanMs} ms, dual owners max ${r.maxDualMs} ms${r.dualNodes.length ? ` (${r.dualNodes.join('+')})` : ''} in ${r.dualRounds}/${r.rounds} polls, stale belief max ${r.maxStaleBeliefMs} ms, owners ${r.owners.join('→') || '-'}, ${r.rounds} polls (${r.unknownOwnerRounds} without a readable record)`;
 }

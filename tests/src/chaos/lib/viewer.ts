@@ -7,9 +7,11 @@
  * - timestamp monotonicity: no audio/video timestamp ever goes backwards;
  * - resumes on a keyframe: after a gap, no coded non-key video frame arrives before the first
  *   keyframe (a decoder would show garbage otherwise);
- * - max inter-frame gap over a window (for viewers that must see no interruption at all).
+ * - max inter-frame gap over a window (for viewers that must see no interruption at all);
+ * - no interleaving: once a viewer got a frame of a newer publisher, it never gets another frame
+ *   of an older one (frames carry their publisher's identity, see `stampPublisher`).
  */
-import { RtmpClient, type RtmpClientOptions } from '@meshcast/node/client';
+import { RtmpClient, syntheticPublisherId, type RtmpClientOptions } from '@meshcast/node/client';
 import type { RtmpMessage } from '@meshcast/proto';
 
 export interface FrameRecord {
@@ -18,6 +20,8 @@ export interface FrameRecord {
   timestamp: number;
   /** Frame number carried by a synthetic video frame, else undefined. */
   n: number | undefined;
+  /** Identity of the publisher that sent a synthetic video frame, else undefined. */
+  pub: number | undefined;
   /** Local receive time (ms). */
   at: number;
   /** Video: coded frame (AVC packet type 1) that is a keyframe. */
@@ -80,6 +84,7 @@ export class RecordingViewer {
       type: m.type,
       timestamp: m.timestamp,
       n,
+      pub: n === undefined ? undefined : syntheticPublisherId(m.type, m.payload),
       at,
       key: video && m.payload[1] === 1 && m.payload[0]! >> 4 === 1,
       seqHeader: video && m.payload[1] === 0,
@@ -134,6 +139,59 @@ export function mediaGap(v: RecordingViewer, faultAt: number, resumed: (f: Frame
     else if (firstAfter === undefined && resumed(f)) firstAfter = f.at;
   }
   return { lastBefore, firstAfter, gapMs: lastBefore !== undefined && firstAfter !== undefined ? firstAfter - lastBefore : undefined };
+}
+
+export interface InterleaveCheck {
+  /** Frames of a publisher received after the first frame of a publisher that appeared later. */
+  violations: number;
+  /** Publishers in the order their first frame arrived. */
+  publishers: number;
+  /** Numbered video frames that carried no publisher stamp (the check cannot judge them). */
+  unstamped: number;
+  first?: string;
+}
+
+/**
+ * Media-level "one source at a time": a viewer sees publishers in the order their first frames
+ * arrive, and after the first frame of publisher B it must never receive a frame of a publisher
+ * A that it saw before B (A's frames interleaved with B's would be two sources feeding one stream).
+ */
+export function interleaving(v: Pick<RecordingViewer, 'frames'>): InterleaveCheck {
+  const order = new Map<number, number>();
+  let newest = -1;
+  let violations = 0;
+  let unstamped = 0;
+  let first: string | undefined;
+  for (const f of v.frames) {
+    if (f.n === undefined) continue;
+    if (f.pub === undefined) {
+      unstamped++;
+      continue;
+    }
+    let rank = order.get(f.pub);
+    if (rank === undefined) {
+      rank = order.size;
+      order.set(f.pub, rank);
+    }
+    if (rank < newest) {
+      violations++;
+      first ??= `frame ${f.n} of publisher #${rank + 1} after publisher #${newest + 1} had started`;
+    }
+    newest = Math.max(newest, rank);
+  }
+  return { violations, publishers: order.size, unstamped, ...(first ? { first } : {}) };
+}
+
+/** Interleave violations summed over viewers, with the first one seen (for rows and failure messages). */
+export function interleavingAll(viewers: ReadonlyArray<Pick<RecordingViewer, 'frames' | 'label'>>): { violations: number; unstamped: number; perViewer: number[]; first?: string } {
+  const checks = viewers.map((v) => ({ v, c: interleaving(v) }));
+  const bad = checks.find((x) => x.c.first !== undefined);
+  return {
+    violations: checks.reduce((s, x) => s + x.c.violations, 0),
+    unstamped: checks.reduce((s, x) => s + x.c.unstamped, 0),
+    perViewer: checks.map((x) => x.c.violations),
+    ...(bad ? { first: `${bad.v.label}: ${bad.c.first}` } : {}),
+  };
 }
 
 export interface MonotonicCheck {
