@@ -2,7 +2,7 @@
  * Runs one node as a process: start, then stop cleanly on SIGTERM/SIGINT and exit 0.
  * SIGHUP re-reads the config and applies its auth, webhooks and limits sections.
  */
-import { configSource, loadConfig, type NodeConfig } from './config.ts';
+import { configSource, configWarnings, loadConfig, type NodeConfig } from './config.ts';
 import { ConfiguredAuthorizer } from './auth/configured-authorizer.ts';
 import { reloadFromSource } from './auth/reload.ts';
 import { createLogger } from './log.ts';
@@ -10,6 +10,7 @@ import { startNode } from './start-node.ts';
 
 export async function runNode(config: NodeConfig): Promise<number> {
   const log = createLogger(config.node_id, config.log_level);
+  for (const w of configWarnings(config)) log.warn({ setting: w.setting }, w.message);
   let node;
   try {
     node = await startNode(config, log);
