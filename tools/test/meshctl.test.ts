@@ -1,26 +1,22 @@
 /**
- * meshctl against a real 3-node mesh (nats-server with JetStream, node processes with
- * node-control), plus its pure pieces. Most commands run in this process through
- * runMeshctl(); the bin is run as a child process where stdin/exit codes matter.
+ * meshctl against a real 3-node mesh (nats-server with JetStream, three `meshcast node`
+ * processes started through the real CLI, publishers and viewers with the project's RTMP
+ * client), plus its pure pieces. Most commands run in this process through runMeshctl(); the
+ * bin is run as a child process where stdin/exit codes matter.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connectNatsBus, type Bus } from '@meshcast/mesh';
 import { RtmpClient, startSyntheticPublisher, type SyntheticPublisher } from '@meshcast/node/client';
 import { encodeAdmissionRequest, encodeHeartbeat, encodeMeshEvent, type Heartbeat } from '@meshcast/proto';
-import { startNatsServer, type NatsServer } from '../../tests/src/harness/nats.ts';
-import { freePort, waitFor } from '../../tests/src/harness/ports.ts';
 import { runMeshctl } from '../src/meshctl/cli.ts';
 import { decodeControlMessage, encodeControlMessage } from '../src/meshctl/control-messages.ts';
 import { decodePayload, readInput } from '../src/meshctl/decode.ts';
 import { drawTree, duration, table } from '../src/meshctl/format.ts';
+import { MeshcastNode, NatsServer, REPO, freePort, waitFor } from './support/real-mesh.ts';
 
-const REPO = resolve(import.meta.dirname, '../..');
-const FIXTURE = join(REPO, 'tools/test/fixtures/control-node.ts');
 const MESHCTL_BIN = join(REPO, 'tools/bin/meshctl.mjs');
 
 interface Run {
@@ -54,51 +50,6 @@ function runBin(args: string[], stdin?: Buffer, env: NodeJS.ProcessEnv = {}): Pr
     p.on('exit', (code) => res({ code: code ?? -1, out, err, ms: Date.now() - t0 }));
     p.stdin.end(stdin ?? Buffer.alloc(0));
   });
-}
-
-/** A node process with node-control on (tools/test/fixtures/control-node.ts). */
-class TestNode {
-  exitCode: number | null | undefined;
-  readonly exited: Promise<number | null>;
-  private log = '';
-  constructor(
-    readonly id: string,
-    readonly host: string,
-    readonly rtmpPort: number,
-    readonly httpPort: number,
-    readonly dir: string,
-    readonly proc: ChildProcess,
-  ) {
-    proc.stdout!.on('data', (d: Buffer) => (this.log = (this.log + d.toString()).slice(-20_000)));
-    proc.stderr!.on('data', (d: Buffer) => (this.log = (this.log + d.toString()).slice(-20_000)));
-    this.exited = new Promise((r) => proc.on('exit', (c) => r((this.exitCode = c))));
-  }
-  static async start(id: string, host: string, roles: string, config: Record<string, unknown>): Promise<TestNode> {
-    const [rtmpPort, httpPort] = [await freePort(host), await freePort(host)];
-    const dir = mkdtempSync(join(tmpdir(), `meshctl-${id}-`));
-    writeFileSync(join(dir, 'config.yaml'), JSON.stringify(config)); // YAML is a superset of JSON
-    const args = ['--import', 'tsx', FIXTURE, '--node-id', id, '--host', host, '--roles', roles, '--rtmp-port', String(rtmpPort), '--http-port', String(httpPort), '--config', join(dir, 'config.yaml'), '--log-level', 'warn'];
-    const n = new TestNode(id, host, rtmpPort, httpPort, dir, spawn(process.execPath, args, { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] }));
-    await waitFor(`${id} /healthz`, async () => {
-      if (n.exitCode !== undefined) throw new Error(`${id} exited: ${n.log}`);
-      return (await fetch(`${n.http}/healthz`)).ok;
-    }, 20_000, 100);
-    return n;
-  }
-  get rtmp(): string {
-    return `rtmp://${this.host}:${this.rtmpPort}`;
-  }
-  get http(): string {
-    return `http://${this.host}:${this.httpPort}`;
-  }
-  async api<T>(path: string): Promise<T> {
-    return (await (await fetch(`${this.http}${path}`)).json()) as T;
-  }
-  async kill(): Promise<void> {
-    if (this.exitCode === undefined) this.proc.kill('SIGKILL');
-    await this.exited;
-    rmSync(this.dir, { recursive: true, force: true });
-  }
 }
 
 describe('meshctl pieces', () => {
@@ -156,9 +107,9 @@ describe('meshctl pieces', () => {
 
 describe('meshctl against a 3-node mesh', { timeout: 60_000 }, () => {
   let nats: NatsServer;
-  let a: TestNode;
-  let b: TestNode;
-  let c: TestNode;
+  let a: MeshcastNode;
+  let b: MeshcastNode;
+  let c: MeshcastNode;
   let bus: Bus;
   let pub: SyntheticPublisher | undefined;
   let viewer: RtmpClient | undefined;
@@ -166,13 +117,13 @@ describe('meshctl against a 3-node mesh', { timeout: 60_000 }, () => {
   const TOKEN_SECRET = 'meshctl-test-secret';
 
   before(async () => {
-    nats = await startNatsServer();
+    nats = await NatsServer.start();
     const mesh = { nats: [nats.url], mesh_secret: 's', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 1000 };
     const auth = { token_secret: TOKEN_SECRET, apps: { secure: { publish: { tokens: true }, play: { public: true } } } };
     [a, b, c] = await Promise.all([
-      TestNode.start('A', '127.0.0.161', 'ingest', { mesh, auth }),
-      TestNode.start('B', '127.0.0.162', 'playback', { mesh }),
-      TestNode.start('C', '127.0.0.163', 'playback', { mesh }),
+      MeshcastNode.start({ id: 'A', host: '127.0.0.161', roles: 'ingest', config: { mesh, auth } }),
+      MeshcastNode.start({ id: 'B', host: '127.0.0.162', roles: 'playback', config: { mesh } }),
+      MeshcastNode.start({ id: 'C', host: '127.0.0.163', roles: 'playback', config: { mesh } }),
     ]);
     await waitFor('mesh of 3', async () => (await b.api<{ nodes: Array<{ state: string }> }>('/api/v1/mesh/nodes')).nodes.filter((n) => n.state === 'alive').length === 3, 15_000, 100);
     bus = await connectNatsBus({ servers: nats.url, name: 'meshctl-test' });
@@ -228,7 +179,8 @@ describe('meshctl against a 3-node mesh', { timeout: 60_000 }, () => {
   it("route gives the same answer as a node's /api/v1/route", async () => {
     const mine = await ctl([...base(), 'route', 'live/routed', '--json']);
     assert.equal(mine.code, 0, mine.err);
-    const theirs = await c.api<{ node: string; rtmp: string; flv: string; load: number; cap: number; next: Array<{ node: string }> }>('/api/v1/route/live/routed');
+    // The route API is on the public listener.
+    const theirs = (await (await fetch(`${c.http}/api/v1/route/live/routed`)).json()) as { node: string; rtmp: string; flv: string; load: number; cap: number; next: Array<{ node: string }> };
     const m = JSON.parse(mine.out) as typeof theirs;
     assert.equal(m.node, theirs.node);
     assert.equal(m.rtmp, theirs.rtmp);
@@ -282,17 +234,42 @@ describe('meshctl against a 3-node mesh', { timeout: 60_000 }, () => {
     assert.match(bad.err, /meshctl decode: /);
   });
 
-  it('kick: finds the node that has the session and closes it', async () => {
-    const sessions = (await b.api<{ sessions: Array<{ id: string; role: string }> }>('/api/v1/sessions')).sessions;
-    const id = sessions.find((s) => s.role === 'viewer')!.id;
+  it("stats: the viewer and publisher counts meshctl gets from each node match the node's own sessions", async () => {
+    const r = await ctl([...base(), 'streams', '--json']);
+    assert.equal(r.code, 0, r.err);
+    const out = JSON.parse(r.out) as { streams: Array<{ stream: string; owner: string; viewers: Record<string, number> }>; statsFrom: string[] };
+    assert.deepEqual(out.statsFrom, ['A', 'B', 'C'], 'every node answered the stats request');
+    const show = out.streams.find((s) => s.stream === 'show');
+    const sessionsOf = async (n: MeshcastNode): Promise<Array<{ id: string; role: string; stream?: string }>> => (await n.api<{ sessions: Array<{ id: string; role: string; stream?: string }> }>('/api/v1/sessions')).sessions;
+    const bViewers = (await sessionsOf(b)).filter((s) => s.role === 'viewer').length;
+    assert.equal(bViewers, 1, "B's own session list: the one RTMP viewer");
+    assert.deepEqual(show?.viewers, { B: bViewers }, 'meshctl counts the same viewers, on the same node');
+    assert.equal((await sessionsOf(a)).filter((s) => s.role === 'publisher').length, 1, "A's own session list: the publisher");
+  });
+
+  it('kick: finds the node that has the session and closes it (a viewer, then the publisher)', async () => {
+    const viewerIds = async (): Promise<string[]> => (await b.api<{ sessions: Array<{ id: string; role: string }> }>('/api/v1/sessions')).sessions.filter((s) => s.role === 'viewer').map((s) => s.id);
+    const id = (await viewerIds())[0]!;
     const closed = new Promise<void>((res) => viewer!.once('close', () => res()));
     const r = await ctl([...base(), 'kick', id]);
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, `kicked session ${id} on B`);
     await closed;
+    await waitFor('the session is gone from B', async () => !(await viewerIds()).includes(id), 5000);
     const again = await ctl([...base(), 'kick', id, '--node', 'B', '--json']);
     assert.equal(again.code, 1);
     assert.equal((JSON.parse(again.out) as { kicked: boolean }).kicked, false);
+
+    // The publisher: its connection is closed by the node, and the stream is no longer live there.
+    const pubIds = async (): Promise<string[]> => (await a.api<{ sessions: Array<{ id: string; role: string }> }>('/api/v1/sessions')).sessions.filter((s) => s.role === 'publisher').map((s) => s.id);
+    const pid = (await pubIds())[0]!;
+    assert.equal(pub!.client.closed, false);
+    const k = await ctl([...base(), 'kick', pid]);
+    assert.equal(k.code, 0, k.err);
+    assert.equal(k.out, `kicked session ${pid} on A`);
+    await waitFor('the publisher is disconnected', () => pub!.client.closed, 5000);
+    await waitFor('the publisher session is gone from A', async () => (await pubIds()).length === 0, 5000);
+    pub = undefined;
   });
 
   it('token: a signed publish URL the node accepts (and nothing without it)', async () => {
