@@ -17,6 +17,7 @@ import {
   StreamOwnedError,
   StreamTokenError,
   StreamNameError,
+  Backoff,
   connectNatsBus,
   encodeStreamToken,
   type Bus,
@@ -180,6 +181,7 @@ export class NodeMesh implements MeshBinding {
     const id = held.publisher.id;
     if (this.unconfirmed.has(id)) return;
     this.unconfirmed.add(id);
+    const retry = new Backoff();
     const attempt = (): void => {
       if (this.stopped || !held.lease.held || this.leases.get(id) !== held) {
         this.unconfirmed.delete(id);
@@ -190,8 +192,9 @@ export class NodeMesh implements MeshBinding {
           this.unconfirmed.delete(id);
           this.log.info({ stream: held.lease.key }, 'stream ownership confirmed after the pause');
         },
-        // A CAS failure loses the lease (onLost fences the publisher); a bus error is retried.
-        () => setTimeout(attempt, 250).unref(),
+        // A CAS failure loses the lease (onLost fences the publisher); a bus error is retried, jittered so the
+        // streams of a node that woke up do not all retry in lockstep.
+        () => setTimeout(attempt, retry.next()).unref(),
       );
     };
     attempt();
