@@ -275,7 +275,7 @@ export const NODE_SCHEMA = z.strictObject(
     }),
     media: group('Fan-out of media to viewers.', {
       gop_cache: bool(true, { description: 'Keep the last GOP so a new viewer starts at a keyframe at once.' }),
-      gop_cache_max_bytes: num(16 * 1024 * 1024, { description: 'Largest GOP kept; a longer one is not cached.' }),
+      gop_cache_max_bytes: num(16 * 1024 * 1024, { description: 'Largest GOP held; past it the cache is dropped and new viewers wait for the next keyframe.' }),
       flush_ms: num(33, {
         description: 'Frames that arrive within this window go to each viewer in one write. One frame interval (33 ms at 30 fps) roughly halves the writes per viewer (see docs/benchmark.md).',
       }),
@@ -297,7 +297,7 @@ export const NODE_SCHEMA = z.strictObject(
       renew_ms: num(3000, { description: 'How often an owner renews its lease. Must be below lease_ms.' }),
       relay_fanout: num(8, { description: 'Relay-tree fan-out cap: nodes one node relays a stream to.', flag: 'relay-fanout', aliases: ['MESHCAST_RELAY_FANOUT'] }),
       relay_linger_ms: num(10000, { description: 'A relay with no viewers is kept this long before it is torn down.' }),
-      relay_stall_ms: num(2000, { description: 'A relay that delivers nothing for this long is replaced.' }),
+      relay_stall_ms: num(2000, { description: 'A relay whose parent sends no media for this long (while the owner is live) moves to another parent.' }),
       capacity: num(2000, { description: 'Viewers this node advertises it can take (placement weight). A playback node needs at least 1.', flag: 'capacity', aliases: ['MESHCAST_CAPACITY'] }),
       placement_load_factor: num(1.25, { description: 'Bounded-load factor c of viewer placement (HAProxy suggests 1.25-2.0); at least 1.' }),
       rtmp_redirect: bool(false, { description: 'Redirect RTMP players to the node placement chose (clients that follow ex.redirect); otherwise serve here.' }),
