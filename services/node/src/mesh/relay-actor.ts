@@ -92,6 +92,7 @@ export class RelayActor {
   private readonly pullFailures = new FailureLogLimiter();
   private readonly reclaimRetry: Backoff;
   private readonly reclaimFailures = new FailureLogLimiter();
+  private readonly listFailures = new FailureLogLimiter();
   private readonly timer: NodeJS.Timeout;
   private readonly log: Logger;
   private readonly handle_: PublisherHandle;
@@ -323,10 +324,19 @@ export class RelayActor {
     this.ownerLive = true;
     const owner = info.record.owner;
     this.lastOwner = owner;
-    const claims = await withTimeout(this.ctx.relays.list(app, stream), LIST_CLAIMS_MS).catch((err: unknown) => {
-      this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'cannot list relay claims in time; pulling from the owner');
-      return [];
-    });
+    const claims = await withTimeout(this.ctx.relays.list(app, stream), LIST_CLAIMS_MS).then(
+      (list) => {
+        this.listFailures.success();
+        return list;
+      },
+      (err: unknown) => {
+        const d = this.listFailures.failure();
+        const fields = { err: err instanceof Error ? err.message : String(err), failures: d.streak };
+        if (d.level === 'warn') this.log.warn({ ...fields, suppressed: d.suppressed }, 'cannot list relay claims in time; pulling from the owner');
+        else this.log.debug(fields, 'cannot list relay claims in time; pulling from the owner');
+        return [];
+      },
+    );
     const now = Date.now();
     const alive = new Set<string>();
     for (const id of this.ctx.membership.aliveIds()) if ((this.avoid.get(id) ?? 0) < now) alive.add(id);
