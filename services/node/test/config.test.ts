@@ -368,6 +368,53 @@ test('the real CLI: logs are JSON lines with the node id when stdout is not a te
   }
 });
 
+test('the real CLI: a config warning is logged once, at warn level, before the node starts', async () => {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MESHCAST_')));
+  // Nothing listens on port 9 (discard): the node fails to connect after the warning; only the warning matters here.
+  const args = ['node', '--node-id', 'warnlog', '--host', '127.0.0.1', '--rtmp-port', '0', '--http-port', '0', '--admin-port', '0', '--nats', 'nats://127.0.0.1:9,nats://127.0.0.2:9'];
+  const p = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: REPO, env: { ...clean, MESHCAST_MESH_SECRET: 's' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    const first = await new Promise<string>((res, rej) => {
+      let buf = '';
+      p.stdout.on('data', (d: Buffer) => {
+        buf += d.toString();
+        if (buf.includes('\n')) res(buf.slice(0, buf.indexOf('\n')));
+      });
+      p.on('exit', (code) => rej(new Error(`node exited ${code} before logging: ${buf}`)));
+    });
+    const line = JSON.parse(first) as Record<string, unknown>;
+    assert.equal(line.level, 40);
+    assert.equal(line.setting, 'mesh.nats_replicas');
+    assert.match(String(line.msg), /lists 2 servers/);
+  } finally {
+    p.kill('SIGKILL');
+    await new Promise((res) => (p.exitCode !== null || p.signalCode !== null ? res(null) : p.on('exit', res)));
+  }
+});
+
+test('the real CLI: on a terminal (a pty from util-linux script) log lines are readable, not JSON', async () => {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MESHCAST_')));
+  const cmd = [process.execPath, '--import', 'tsx', CLI, 'node', '--node-id', 'ttylog', '--host', '127.0.0.1', '--rtmp-port', '0', '--http-port', '0', '--admin-port', '0'].join(' ');
+  // detached: script, its shell and the node form one process group, stopped together below.
+  const p = spawn('script', ['-qec', cmd, '/dev/null'], { cwd: REPO, env: clean, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  try {
+    const out = await new Promise<string>((res, rej) => {
+      let buf = '';
+      p.stdout.on('data', (d: Buffer) => {
+        buf += d.toString();
+        if (buf.includes('node started')) res(buf);
+      });
+      p.on('exit', (code) => rej(new Error(`script exited ${code}: ${buf}`)));
+    });
+    const line = out.split(/\r?\n/).find((l) => l.includes('node started'))!;
+    assert.match(line, /^\[\d\d:\d\d:\d\d\.\d{3}\] .*INFO.*ttylog: node started/);
+    assert.throws(() => JSON.parse(line) as unknown);
+  } finally {
+    process.kill(-p.pid!, 'SIGTERM');
+    await new Promise((res) => (p.exitCode !== null ? res(null) : p.on('exit', res)));
+  }
+});
+
 test('terminal log lines are readable and carry node, app/stream and session', () => {
   let out = '';
   const sink = new Writable({
