@@ -18,6 +18,7 @@ import {
   StreamTokenError,
   StreamNameError,
   Backoff,
+  FailureLogLimiter,
   connectNatsBus,
   encodeStreamToken,
   type Bus,
@@ -51,6 +52,8 @@ function meshUnreachable(err: unknown): boolean {
 
 /** An event-loop gap this long means the process was paused (SIGSTOP, VM freeze): it cannot know what the mesh did meanwhile. */
 const FREEZE_MS = 1500;
+/** While the bus is down, a stream waiting to be announced checks for it this often (a local check, not a retry). */
+const BUS_WAIT_MS = 500;
 
 export class NodeMesh implements MeshBinding {
   private readonly leases = new Map<string, HeldLease>();
@@ -242,14 +245,14 @@ export class NodeMesh implements MeshBinding {
    * means the stream moved meanwhile, and the local publisher is fenced. One attempt at a time.
    */
   private retryAnnounce(req: Pick<StreamRequest, 'app' | 'stream'>, hub: StreamHub, publisher: PublisherHandle, opts: { takeover: boolean }): void {
-    let inFlight = false;
-    const timer = setInterval(() => {
-      if (this.stopped || hub.publisher !== publisher) {
-        clearInterval(timer);
-        return;
-      }
-      if (inFlight || this.bus.status !== 'connected') return;
-      inFlight = true;
+    // Failed announces back off with jitter (the nodes that lost NATS together do not retry together); waiting
+    // for the bus to come back is only a local check.
+    const retry = new Backoff();
+    const failures = new FailureLogLimiter();
+    const later = (ms: number): void => void setTimeout(tick, ms).unref();
+    const tick = (): void => {
+      if (this.stopped || hub.publisher !== publisher) return;
+      if (this.bus.status !== 'connected') return later(BUS_WAIT_MS);
       const attempt = (takeover: boolean): Promise<OwnershipLease> => this.ownership.acquire(req.app, req.stream, { rtmp: this.selfRtmp }, { takeover });
       attempt(opts.takeover)
         .catch((err: unknown) => {
@@ -259,26 +262,28 @@ export class NodeMesh implements MeshBinding {
         })
         .then(
           (lease) => {
-            clearInterval(timer);
             if (hub.publisher !== publisher || this.stopped) {
               void lease.release();
               return;
             }
-            this.log.info({ app: req.app, stream: req.stream }, 'mesh back; stream ownership announced');
+            this.log.info({ app: req.app, stream: req.stream, failedAttempts: failures.success() }, 'mesh back; stream ownership announced');
             this.holdLease(hub, publisher, lease);
           },
           (err: unknown) => {
             if (err instanceof StreamOwnedError) {
-              clearInterval(timer);
               if (hub.publisher === publisher) publisher.evict(`stream is owned by ${err.owner} in the mesh`);
+              return;
             }
+            const delay = retry.next();
+            const d = failures.failure();
+            const fields = { app: req.app, stream: req.stream, err: String(err), retryInMs: delay, failures: d.streak };
+            if (d.level === 'warn') this.log.warn({ ...fields, suppressed: d.suppressed }, 'cannot announce stream ownership yet; will retry');
+            else this.log.debug(fields, 'cannot announce stream ownership yet; will retry');
+            later(delay);
           },
-        )
-        .finally(() => {
-          inFlight = false;
-        });
-    }, 1000);
-    timer.unref();
+        );
+    };
+    later(BUS_WAIT_MS);
   }
 
   releasePublish(hub: StreamHub, publisher: PublisherHandle): void {
