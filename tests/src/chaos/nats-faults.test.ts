@@ -245,7 +245,7 @@ test('NATS faults: one of three servers killed (no media gap, control back ≤ 5
     const writable = await jsWritable;
     rec.row('after NATS returns: JetStream accepts a KV write again (probe client, R3 bucket)', writable ?? 'never (30 s)', { unit: writable !== undefined ? 'ms' : undefined, note: 'after a whole-cluster freeze the raft groups elect leaders again; the nodes cannot announce before this' });
     rec.row('after NATS returns: every node sees 4 alive members', since(rejoined), { unit: rejoined !== undefined ? 'ms' : undefined, target: 'within 30 s', meets: rejoined !== undefined });
-    rec.row('after NATS returns: both publishing nodes hold their ownership lease again', since(reannounced), { unit: reannounced !== undefined ? 'ms' : undefined, target: 'within 30 s', meets: reannounced !== undefined, note: 're-announce retried every 1 s' });
+    rec.row('after NATS returns: both publishing nodes hold their ownership lease again', since(reannounced), { unit: reannounced !== undefined ? 'ms' : undefined, target: 'within 30 s', meets: reannounced !== undefined, note: 're-announce retried with the shared jittered backoff (250 ms → 5 s)' });
     rec.row('after NATS returns: another node lists both owners', since(seenByOthers), { unit: seenByOthers !== undefined ? 'ms' : undefined, target: 'within 30 s', meets: seenByOthers !== undefined, note: 'KV listing after JetStream is writable again' });
     // The stream published during the outage is reachable from the rest of the mesh.
     let crossPlay: number | string = 'no';
