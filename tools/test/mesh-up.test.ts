@@ -64,6 +64,12 @@ describe('npm run mesh', { timeout: 60_000 }, () => {
     assert.deepEqual(plays.map((m) => m[3]), ['edge-1', 'edge-2', 'edge-3']);
     assert.ok(existsSync(stateDir));
     assert.equal((await fetch(`${dashboard}/`)).status, 200);
+    // The dashboard is on edge-1's admin listener, not on its public one (which serves media only).
+    assert.notEqual(dashboard, plays[0]![2]);
+    assert.equal((await fetch(`${plays[0]![2]}/`)).status, 404);
+    const admins = [...out.matchAll(/admin\s+(http:\/\/127\.0\.0\.\d+:\d+)\/\s+\(([\w-]+)\)/g)];
+    assert.deepEqual(admins.map((m) => m[2]), ['ingest-1', 'ingest-2', 'edge-1', 'edge-2', 'edge-3']);
+    assert.equal(admins[2]![1], dashboard);
 
     const pub = await startSyntheticPublisher(`${publish}/live/demo`);
     let frames = 0;

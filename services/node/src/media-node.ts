@@ -11,7 +11,7 @@ import type { MediaHost, PlayAdmission, PublishAdmission, StreamRequest } from '
 import { StreamRegistry } from './media/stream-registry.ts';
 import type { PublisherHandle, StreamHub } from './media/stream-hub.ts';
 import { RtmpServer } from './rtmp/rtmp-server.ts';
-import { buildHttpServer } from './http/http-server.ts';
+import { buildAdminServer, buildHttpServer, type HttpApiExtras, type Readiness } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
 import { verifyCredential } from './mesh/mesh-credential.ts';
 import { OPEN_ACCESS, type Authorizer } from './auth/authorizer.ts';
@@ -25,7 +25,10 @@ export interface MeshBinding {
   /** Called for a play of a stream not published here: start or join a relay, or refuse/redirect. */
   resolvePlay(req: StreamRequest, hub: StreamHub): Promise<PlayAdmission>;
   playEnded(hub: StreamHub): void;
-  registerRoutes?(app: FastifyInstance): void;
+  /** Routes for anyone on the public listener (the route API, `/play` redirects). */
+  registerPublicRoutes?(app: FastifyInstance): void;
+  /** Routes for the operator on the admin listener (the mesh API). */
+  registerAdminRoutes?(app: FastifyInstance): void;
   nodeInfo?(): Record<string, unknown>;
   /** A better ingest node (RTMP URL) for a publisher this node will not take. */
   redirectPublish?(req: StreamRequest): string | undefined;
@@ -42,6 +45,7 @@ export class MediaNode implements MediaHost {
   readonly limiter: ConnectionLimiter;
   private readonly rtmp: RtmpServer;
   private http: FastifyInstance | undefined;
+  private admin: FastifyInstance | undefined;
   private state: NodeState = 'created';
   private mesh: MeshBinding | undefined;
   private staticRelays: StaticRelayLink[] = [];
@@ -49,6 +53,7 @@ export class MediaNode implements MediaHost {
   authorizer: Authorizer = OPEN_ACCESS;
   rtmpPort = 0;
   httpPort = 0;
+  adminPort = 0;
 
   constructor(
     readonly config: NodeConfig,
@@ -71,9 +76,15 @@ export class MediaNode implements MediaHost {
     return this.state === 'running';
   }
 
+  /** The admin listener's base URL (kick, drain, sessions, mesh API, metrics, dashboard). */
+  get adminUrl(): string {
+    const h = this.config.admin.host;
+    return `http://${h.includes(':') ? `[${h}]` : h}:${this.adminPort}`;
+  }
+
   /**
    * Listens on RTMP, then lets the mesh join (it needs our RTMP address), then serves HTTP
-   * with the mesh's routes in place.
+   * (public and admin) with the mesh's routes in place.
    */
   async start(opts: { beforeHttp?: () => Promise<void> } = {}): Promise<void> {
     const cfg = this.config;
@@ -81,15 +92,26 @@ export class MediaNode implements MediaHost {
     this.httpPort = cfg.http_port;
     this.state = 'running';
     await opts.beforeHttp?.();
-    this.http = buildHttpServer(this, this.registry, this.limiter, {
-      register: (app) => this.mesh?.registerRoutes?.(app),
+    const extras: HttpApiExtras = {
+      registerPublic: (app) => this.mesh?.registerPublicRoutes?.(app),
+      registerAdmin: (app) => this.mesh?.registerAdminRoutes?.(app),
       nodeInfo: () => this.nodeInfo(),
-    });
+      readiness: () => this.readiness(),
+      drain: (reason) => this.drain(reason),
+    };
+    this.http = buildHttpServer(this, this.registry, this.limiter, extras);
     await this.http.listen({ port: cfg.http_port, host: cfg.host });
     const addr = this.http.server.address();
     this.httpPort = typeof addr === 'object' && addr ? addr.port : cfg.http_port;
+    this.admin = buildAdminServer(this, this.registry, this.limiter, extras);
+    await this.admin.listen({ port: cfg.admin.port, host: cfg.admin.host });
+    const adminAddr = this.admin.server.address();
+    this.adminPort = typeof adminAddr === 'object' && adminAddr ? adminAddr.port : cfg.admin.port;
     this.staticRelays = startStaticRelays(cfg.static_relays, this);
-    this.log.info({ rtmp: `rtmp://${cfg.public_host}:${this.rtmpPort}`, http: `http://${cfg.public_host}:${this.httpPort}`, roles: cfg.roles }, 'node started');
+    this.log.info(
+      { rtmp: `rtmp://${cfg.public_host}:${this.rtmpPort}`, http: `http://${cfg.public_host}:${this.httpPort}`, admin: this.adminUrl, adminToken: cfg.admin.token !== '', roles: cfg.roles },
+      'node started',
+    );
   }
 
   private lastLoad = { at: Date.now(), bytesOut: 0, bytesIn: 0, cpu: process.cpuUsage() };
@@ -137,6 +159,34 @@ export class MediaNode implements MediaHost {
       staticRelays: this.staticRelays.map((r) => r.status()),
       ...(this.mesh?.nodeInfo?.() ?? {}),
     };
+  }
+
+  /**
+   * Whether this node should be sent new work (`/readyz`): not while draining, and not while a
+   * NATS mesh node has lost its bus (it cannot take leases, route, or relay). A lone node and
+   * an embedded-bus node depend on nothing else.
+   */
+  readiness(): Readiness {
+    if (this.state !== 'running') return { ready: false, state: this.state, reason: this.state === 'created' ? 'starting' : 'draining' };
+    const bus = this.mesh?.nodeInfo?.().bus as { kind?: unknown; status?: unknown } | undefined;
+    if (bus && typeof bus.kind === 'string') {
+      const b = { kind: bus.kind, status: String(bus.status) };
+      if (b.kind === 'nats' && b.status !== 'connected') return { ready: false, state: this.state, bus: b, reason: `mesh bus (NATS) is ${b.status}` };
+      return { ready: true, state: this.state, bus: b };
+    }
+    return { ready: true, state: this.state };
+  }
+
+  /**
+   * Starts a graceful drain: the process's SIGTERM path (run-node stops the node, waits for
+   * webhooks, exits 0) when one is installed, else `stop()`. The admin API's drain and
+   * `meshctl drain` (node-control) take this same path. Returns at once.
+   */
+  drain(reason: string): void {
+    if (this.state !== 'running') return;
+    this.log.info({ reason }, 'drain requested');
+    if (process.listenerCount('SIGTERM') > 0) process.emit('SIGTERM', 'SIGTERM');
+    else void this.stop(reason);
   }
 
   /** Whether one more viewer fits on this node (the admission placement asks for). */
@@ -233,7 +283,7 @@ export class MediaNode implements MediaHost {
     for (const s of this.sessions.all()) s.kick(reason);
     this.registry.closeAll(reason);
     await this.mesh?.stop();
-    await Promise.all([rtmpClosed, this.http?.close()]);
+    await Promise.all([rtmpClosed, this.http?.close(), this.admin?.close()]);
     this.state = 'stopped';
     this.log.info('node stopped');
   }

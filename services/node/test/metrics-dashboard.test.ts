@@ -7,9 +7,13 @@ import assert from 'node:assert/strict';
 import { MemoryBusNetwork } from '@meshcast/mesh';
 import type { MediaNode } from '../src/media-node.ts';
 import type { DashboardSnapshot } from '../src/dashboard/snapshot.ts';
+import { MESH_CREDENTIAL_HEADER, encodeCredentialHeader } from '../src/dashboard/peer-credential.ts';
+import { signCredential } from '../src/mesh/mesh-credential.ts';
 import { inProcessNode, recordingViewer, rtmpUrl, syntheticPublisher, until } from './support.ts';
 
-const base = (n: MediaNode): string => `http://${n.config.public_host}:${n.httpPort}`;
+/** The admin listener: the dashboard's home. */
+const base = (n: MediaNode): string => n.adminUrl;
+const publicBase = (n: MediaNode): string => `http://${n.config.public_host}:${n.httpPort}`;
 
 async function snapshot(n: MediaNode): Promise<DashboardSnapshot> {
   const r = await fetch(`${base(n)}/api/v1/dashboard/snapshot`);
@@ -83,10 +87,12 @@ describe('dashboard (server side)', () => {
     for (const file of ['app.js', 'player.js', 'relay-tree.js', 'dom.js', 'style.css']) {
       assert.equal((await fetch(`${base(a)}/dashboard/${file}`)).status, 200, file);
     }
-    // Only the page's own files are static routes: other /dashboard/… paths still reach the media routes.
-    const other = await fetch(`${base(a)}/dashboard/readme.txt`);
-    assert.equal(other.status, 404);
-    assert.deepEqual(await other.json(), { error: 'not found' });
+    // Only the page's own files are static routes.
+    assert.equal((await fetch(`${base(a)}/dashboard/readme.txt`)).status, 404);
+    // The public listener serves no dashboard: its /dashboard/… paths are media paths.
+    for (const path of ['/', '/dashboard/app.js', '/api/v1/dashboard/snapshot']) {
+      assert.equal((await fetch(`${publicBase(a)}${path}`)).status, 404, `${path} not on the public listener`);
+    }
   });
 
   test('snapshot of an idle mesh: both nodes, no streams', async () => {
@@ -127,8 +133,13 @@ describe('dashboard (server side)', () => {
         assert.deepEqual(st.video, { codec: 'H.264', width: 320, height: 240, fps: 30 });
         assert.equal(st.audio, 'AAC');
         assert.deepEqual(s.unreachable, []);
-        // What each node tells its peers' dashboards about itself.
-        const local = (await (await fetch(`${base(b)}/api/v1/dashboard/local`)).json()) as { node: string; streams: Array<{ stream: string; viewers: number; protocols: Record<string, number> }> };
+        // What each node tells its peers' dashboards about itself, on its public listener, to mesh members only.
+        const anonymous = await fetch(`${publicBase(b)}/api/v1/dashboard/local`);
+        assert.equal(anonymous.status, 401);
+        const forged = await fetch(`${publicBase(b)}/api/v1/dashboard/local`, { headers: { [MESH_CREDENTIAL_HEADER]: encodeCredentialHeader(signCredential('not-the-secret', 'dash-a')) } });
+        assert.equal(forged.status, 401);
+        const headers = { [MESH_CREDENTIAL_HEADER]: encodeCredentialHeader(signCredential(a.config.mesh.mesh_secret, 'dash-a')) };
+        const local = (await (await fetch(`${publicBase(b)}/api/v1/dashboard/local`, { headers })).json()) as { node: string; streams: Array<{ stream: string; viewers: number; protocols: Record<string, number> }> };
         assert.equal(local.node, 'dash-b');
         assert.deepEqual(local.streams.map((r) => [r.stream, r.viewers, r.protocols]), [['dash', 1, { rtmp: 1 }]]);
         // B sees the same mesh from its side.

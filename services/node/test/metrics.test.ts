@@ -61,7 +61,7 @@ function parseExposition(text: string, contentType: string): Scrape {
 }
 
 async function scrape(node: MediaNode): Promise<Scrape & { text: string }> {
-  const r = await fetch(`http://${node.config.public_host}:${node.httpPort}/metrics`);
+  const r = await fetch(`${node.adminUrl}/metrics`);
   assert.equal(r.status, 200);
   const text = await r.text();
   return { ...parseExposition(text, r.headers.get('content-type') ?? ''), text };
@@ -99,10 +99,13 @@ describe('/metrics', () => {
     assert.equal(value(s, 'meshcast_bus_status{kind="embedded",status="connected"}'), 1);
     assert.equal(value(s, 'meshcast_bus_status{kind="embedded",status="disconnected"}'), 0);
     assert.equal(value(s, 'meshcast_node_state{state="running"}'), 1);
-    // prom-client's default metrics, prefixed, event-loop lag among them: the process's, so without a node label.
-    assert.ok(value(s, 'meshcast_nodejs_eventloop_lag_seconds') >= 0);
-    assert.match(s.text, /^meshcast_nodejs_eventloop_lag_seconds \S+$/m);
-    assert.ok(value(s, 'meshcast_process_resident_memory_bytes') > 0);
+    // prom-client's default metrics under their standard names (stock Node.js dashboards read them),
+    // event-loop lag among them: the process's, so without a node label.
+    assert.ok(value(s, 'nodejs_eventloop_lag_seconds') >= 0);
+    assert.match(s.text, /^nodejs_eventloop_lag_seconds \S+$/m);
+    assert.ok(value(s, 'process_resident_memory_bytes') > 0);
+    assert.ok(value(s, 'process_cpu_user_seconds_total') > 0);
+    assert.doesNotMatch(s.text, /^meshcast_(process|nodejs)_/m, 'only meshcast\'s own metrics carry the prefix');
     assert.equal(s.families.get('meshcast_media_bytes_out_total')?.type, 'counter');
     assert.equal(s.families.get('meshcast_viewers')?.type, 'gauge');
   });
@@ -166,7 +169,7 @@ describe('/metrics', () => {
   test('a viewer on another node: a relay held there, a relay pull (not a viewer) on the owner', async () => {
     const pub = await syntheticPublisher(rtmpUrl(node, 'live/relayed'));
     try {
-      await until('owner announced', async () => (await fetch(`http://${other.config.public_host}:${other.httpPort}/api/v1/mesh/streams`).then((r) => r.json()) as { streams: unknown[] }).streams.length > 0);
+      await until('owner announced', async () => (await fetch(`${other.adminUrl}/api/v1/mesh/streams`).then((r) => r.json()) as { streams: unknown[] }).streams.length > 0);
       const viewer = await recordingViewer(rtmpUrl(other, 'live/relayed'));
       try {
         await until('relayed video', () => viewer.video().length > 5);

@@ -34,6 +34,7 @@ export async function inProcessNode(network: MemoryBusNetwork, id: string, inlin
       host,
       rtmp_port: 0,
       http_port: await freePort(host),
+      admin: { host, port: 0, ...((inline.admin as Record<string, unknown> | undefined) ?? {}) },
       mesh: { mesh_secret: 'test-secret', heartbeat_ms: 200, suspect_ms: 600, dead_ms: 1000, lease_ms: 2000, renew_ms: 500, relay_linger_ms: 1000, relay_stall_ms: 1000, ...mesh },
     },
   });

@@ -25,7 +25,7 @@ async function startFails(config: Record<string, unknown>): Promise<{ code: numb
   const file = join(dir, 'config.yaml');
   writeFileSync(file, stringify(config));
   const host = '127.0.0.1';
-  const args = ['--import', 'tsx', CLI, 'node', '--config', file, '--node-id', 'natsauth', '--host', host, '--rtmp-port', String(await freePort(host)), '--http-port', String(await freePort(host))];
+  const args = ['--import', 'tsx', CLI, 'node', '--config', file, '--node-id', 'natsauth', '--host', host, '--rtmp-port', String(await freePort(host)), '--http-port', String(await freePort(host)), '--admin-host', host, '--admin-port', String(await freePort(host))];
   const t0 = Date.now();
   try {
     const r = await run(process.execPath, args, 20_000);

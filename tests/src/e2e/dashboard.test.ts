@@ -135,7 +135,7 @@ describe('dashboard in headless Chromium', () => {
   });
 
   test('the page lists the mesh: four nodes, the stream with its owner and viewers per node, and the relay tree', async () => {
-    const response = await page.goto(`${origin.httpUrl}/`);
+    const response = await page.goto(`${origin.adminUrl}/`);
     assert.equal(response?.status(), 200);
     await page.waitForSelector('#conn[data-state="live"]', { timeout: 10_000 });
     assert.equal(await page.textContent('#self-id'), 'origin');

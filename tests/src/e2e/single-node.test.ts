@@ -197,11 +197,11 @@ describe('single node with ffmpeg publishing', () => {
     assert.ok(mine.length >= 1);
     const closed = new Promise<string>((r) => v.client.once('close', r));
     for (const x of mine) {
-      const r = await fetch(`${node.httpUrl}/api/v1/sessions/${x.id}`, { method: 'DELETE' });
+      const r = await fetch(`${node.adminUrl}/api/v1/sessions/${x.id}`, { method: 'DELETE' });
       assert.equal(r.status, 200);
     }
     await closed;
-    const missing = await fetch(`${node.httpUrl}/api/v1/sessions/nope`, { method: 'DELETE' });
+    const missing = await fetch(`${node.adminUrl}/api/v1/sessions/nope`, { method: 'DELETE' });
     assert.equal(missing.status, 404);
   });
 

@@ -1,4 +1,10 @@
-/** Starts meshcast nodes as real child processes on loopback addresses, and stops or kills them. */
+/**
+ * Starts meshcast nodes as real child processes on loopback addresses, and stops or kills them.
+ * Each node has its public listener (`httpUrl`: media, route API, probes) and its admin
+ * listener (`adminUrl`: sessions, kick, drain, mesh API, metrics, dashboard) on the same
+ * loopback host, on ports of their own. `api()` and `adminFetch()` talk to the admin listener,
+ * with the node's admin token when it has one.
+ */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,6 +21,8 @@ export interface NodeProcessOptions {
   config?: Record<string, unknown>;
   args?: string[];
   env?: Record<string, string>;
+  /** `admin.token` (passed as MESHCAST_ADMIN_TOKEN: the token is never a flag). */
+  adminToken?: string;
 }
 
 export class NodeProcess {
@@ -28,6 +36,8 @@ export class NodeProcess {
     readonly host: string,
     readonly rtmpPort: number,
     readonly httpPort: number,
+    readonly adminPort: number,
+    readonly adminToken: string | undefined,
     dir: string,
     args: string[],
     env: Record<string, string>,
@@ -60,15 +70,18 @@ export class NodeProcess {
     const host = opts.host ?? nextLoopbackHost();
     const rtmpPort = await freePort(host);
     const httpPort = await freePort(host);
+    const adminPort = await freePort(host);
     const nodeId = opts.nodeId ?? `n${host.split('.').pop()}-${rtmpPort}`;
     const dir = mkdtempSync(join(tmpdir(), `meshcast-${nodeId}-`));
-    const args = ['--node-id', nodeId, '--host', host, '--rtmp-port', String(rtmpPort), '--http-port', String(httpPort), ...(opts.args ?? [])];
+    const args = ['--node-id', nodeId, '--host', host, '--rtmp-port', String(rtmpPort), '--http-port', String(httpPort), '--admin-host', host, '--admin-port', String(adminPort), ...(opts.args ?? [])];
     if (opts.config) {
       const file = join(dir, 'config.yaml');
       writeFileSync(file, stringify(opts.config));
       args.push('--config', file);
     }
-    const node = new NodeProcess(nodeId, host, rtmpPort, httpPort, dir, args, { MESHCAST_LOG_LEVEL: 'info', ...(opts.env ?? {}) });
+    const env: Record<string, string> = { MESHCAST_LOG_LEVEL: 'info', ...(opts.env ?? {}) };
+    if (opts.adminToken !== undefined) env['MESHCAST_ADMIN_TOKEN'] = opts.adminToken;
+    const node = new NodeProcess(nodeId, host, rtmpPort, httpPort, adminPort, opts.adminToken, dir, args, env);
     try {
       let exited: Error | undefined;
       await waitFor(`node ${nodeId} /healthz`, async () => {
@@ -96,12 +109,24 @@ export class NodeProcess {
     return `http://${this.host}:${this.httpPort}`;
   }
 
+  get adminUrl(): string {
+    return `http://${this.host}:${this.adminPort}`;
+  }
+
   logs(): string {
     return Buffer.concat(this.logChunks).toString('utf8');
   }
 
+  /** A request to the admin listener, with the node's admin token (if any) as a Bearer header unless `init` sets Authorization. */
+  adminFetch(path: string, init: RequestInit = {}): Promise<Response> {
+    const headers = new Headers(init.headers);
+    if (this.adminToken && !headers.has('authorization')) headers.set('authorization', `Bearer ${this.adminToken}`);
+    return fetch(`${this.adminUrl}${path}`, { ...init, headers });
+  }
+
+  /** JSON from the admin API. */
   async api<T = unknown>(path: string, init?: RequestInit): Promise<T> {
-    const r = await fetch(`${this.httpUrl}${path}`, init);
+    const r = await this.adminFetch(path, init);
     return (await r.json()) as T;
   }
 

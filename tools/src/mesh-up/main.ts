@@ -20,12 +20,13 @@ const NODE_CMD = FROM_SOURCE ? ['--import', 'tsx', join(REPO_ROOT, 'services/nod
 const USAGE = `usage: npm run mesh [-- options]
 
 Starts nats-server (JetStream) and a local meshcast mesh: ingest nodes on 127.0.0.11, .12, …
-and playback nodes on 127.0.0.21, .22, …, each with its own RTMP and HTTP port.
+and playback nodes on 127.0.0.21, .22, …, each with its own RTMP and HTTP port, and its
+admin listener (dashboard, API, metrics) on the same loopback address.
 Ctrl-C stops all of it.
 
   --ingest N        ingest nodes (default 2)
   --playback N      playback nodes (default 3)
-  --ports MODE      fixed: RTMP 1935 and HTTP 8080 on every node address (default);
+  --ports MODE      fixed: RTMP 1935, HTTP 8080 and admin 8081 on every node address (default);
                     auto: free ephemeral ports
   --nats-port P     NATS client port on 127.0.0.1 (default 4222; 'auto' for a free one)
   --publisher       publish a test pattern (with clock stamps) into live/demo
@@ -44,6 +45,8 @@ interface NodeSpec {
   host: string;
   rtmpPort: number;
   httpPort: number;
+  /** The admin listener, on the node's own loopback address (a loopback admin address is not advertised to peers). */
+  adminPort: number;
 }
 
 interface Child {
@@ -165,6 +168,7 @@ function startNode(spec: NodeSpec, natsUrl: string, secret: string, logLevel: st
     ...NODE_CMD, 'node',
     '--node-id', spec.id, '--host', spec.host, '--roles', spec.roles,
     '--rtmp-port', String(spec.rtmpPort), '--http-port', String(spec.httpPort),
+    '--admin-host', spec.host, '--admin-port', String(spec.adminPort),
     '--nats', natsUrl, '--mesh-secret', secret, '--log-level', logLevel,
   ];
   const env = { ...process.env };
@@ -192,7 +196,7 @@ async function waitMesh(spec: NodeSpec, size: number, timeoutMs = 15_000): Promi
   const t0 = Date.now();
   for (;;) {
     try {
-      const r = await fetch(`http://${spec.host}:${spec.httpPort}/api/v1/mesh/nodes`, { signal: AbortSignal.timeout(1000) });
+      const r = await fetch(`http://${spec.host}:${spec.adminPort}/api/v1/mesh/nodes`, { signal: AbortSignal.timeout(1000) });
       const j = (await r.json()) as { nodes: Array<{ state: string }> };
       if (j.nodes.filter((n) => n.state === 'alive').length >= size) return;
     } catch {
@@ -360,12 +364,13 @@ async function main(): Promise<number> {
   try {
     const nats = await startNats(natsPort);
     const specs: NodeSpec[] = [];
-    for (let i = 1; i <= ingest; i++) specs.push({ id: `ingest-${i}`, roles: 'ingest', host: `127.0.0.${10 + i}`, rtmpPort: 1935, httpPort: 8080 });
-    for (let i = 1; i <= playback; i++) specs.push({ id: `edge-${i}`, roles: 'playback', host: `127.0.0.${20 + i}`, rtmpPort: 1935, httpPort: 8080 });
+    for (let i = 1; i <= ingest; i++) specs.push({ id: `ingest-${i}`, roles: 'ingest', host: `127.0.0.${10 + i}`, rtmpPort: 1935, httpPort: 8080, adminPort: 8081 });
+    for (let i = 1; i <= playback; i++) specs.push({ id: `edge-${i}`, roles: 'playback', host: `127.0.0.${20 + i}`, rtmpPort: 1935, httpPort: 8080, adminPort: 8081 });
     if (portsMode === 'auto') {
       for (const s of specs) {
         s.rtmpPort = await freePort(s.host);
         s.httpPort = await freePort(s.host);
+        s.adminPort = await freePort(s.host);
       }
     }
     const started = specs.map((s) => ({ spec: s, child: startNode(s, nats.url, secret, logLevel) }));
@@ -380,6 +385,7 @@ async function main(): Promise<number> {
     const edges = specs.filter((s) => s.roles === 'playback');
     const rtmp = (s: NodeSpec): string => `rtmp://${s.host}:${s.rtmpPort}`;
     const http = (s: NodeSpec): string => `http://${s.host}:${s.httpPort}`;
+    const admin = (s: NodeSpec): string => `http://${s.host}:${s.adminPort}`;
     if (values.publisher) publisher = await startPublisher(`${rtmp(ing[0]!)}/live/demo`);
     const key = values.publisher ? 'demo' : '<key>';
     const lines = [
@@ -389,7 +395,8 @@ async function main(): Promise<number> {
       ...ing.map((s, i) => `  ${i === 0 ? 'publish  ' : '         '} ${rtmp(s)}/live/${key}    (${s.id})`),
       ...edges.map((s, i) => `  ${i === 0 ? 'play     ' : '         '} ${rtmp(s)}/live/${key}    ${http(s)}/live/${key}.flv    (${s.id})`),
       `  routed    ${http(edges[0]!)}/play/live/${key}.flv    (302 to the node placement picks)`,
-      `  dashboard ${http(edges[0]!)}/`,
+      `  dashboard ${admin(edges[0]!)}/    (each node's admin listener: dashboard, API, /metrics)`,
+      ...specs.map((s) => `  admin     ${admin(s)}/    (${s.id})`),
       `  meshctl   npx meshctl --nats ${nats.url} nodes`,
       '',
       values.publisher

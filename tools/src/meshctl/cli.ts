@@ -427,33 +427,19 @@ async function cmdRoute(c: Ctx): Promise<number> {
 
 // ------------------------------------------------------------------ kick
 
-async function kickOverHttp(view: NodeView, session: string, timeoutMs: number): Promise<boolean | undefined> {
-  try {
-    const r = await fetch(`${view.heartbeat.addresses.http}/api/v1/sessions/${encodeURIComponent(session)}`, { method: 'DELETE', signal: AbortSignal.timeout(timeoutMs) });
-    if (r.status === 404) return false;
-    return r.ok ? true : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 async function cmdKick(c: Ctx): Promise<number> {
   const session = c.positionals[0]!;
   const only = c.values['node'] as string | undefined;
-  let obs: ObservedMesh | undefined;
-  const observed = async (): Promise<ObservedMesh> => (obs ??= await observeMesh(c.bus, c.waitMs));
-  const targets = only ? [only] : (await observed()).views.map((v) => v.id);
+  const targets = only ? [only] : (await observeMesh(c.bus, c.waitMs)).views.map((v) => v.id);
   if (targets.length === 0) throw new MeshctlError('meshctl: no node heard on the bus; nobody to ask');
   const results = await Promise.all(
     targets.map(async (node): Promise<{ node: string; kicked: boolean | undefined; via: string }> => {
+      // Every mesh node answers node-control over the bus; meshctl needs no HTTP access to any node.
       try {
         const r = await controlRequest(c.bus, node, 'kick', { op: 'kick', session, from: MESHCTL_ID, reason: 'kicked by meshctl', sentAt: Date.now() }, c.timeoutMs);
         return { node, kicked: r.op === 'kickResult' ? r.kicked : undefined, via: 'rpc' };
-      } catch (err) {
-        if (!(err instanceof BusNoRespondersError)) return { node, kicked: undefined, via: 'rpc' };
-        // A node without node-control: its HTTP API can kick too.
-        const view = (await observed()).views.find((v) => v.id === node);
-        return { node, kicked: view ? await kickOverHttp(view, session, c.timeoutMs) : undefined, via: 'http' };
+      } catch {
+        return { node, kicked: undefined, via: 'rpc' };
       }
     }),
   );

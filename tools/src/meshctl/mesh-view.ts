@@ -3,8 +3,6 @@
  * (the same live table every node holds), the ownership and relay KV buckets, node RPCs.
  */
 import {
-  BusNoRespondersError,
-  BusTimeoutError,
   OwnershipRegistry,
   RelayClaims,
   connectNatsBus,
@@ -15,7 +13,7 @@ import {
   type RelayClaimInfo,
 } from '@meshcast/mesh';
 import { decodeBye, decodeHeartbeat, MeshMessageError, type Bye, type Heartbeat } from '@meshcast/proto';
-import { decodeControlMessage, encodeControlMessage, type ControlMessage, type StatsResult, type StreamStats } from './control-messages.ts';
+import { decodeControlMessage, encodeControlMessage, type ControlMessage, type StatsResult } from './control-messages.ts';
 
 /** An error meant for the operator: printed as is, exit code 1. */
 export class MeshctlError extends Error {
@@ -128,66 +126,13 @@ export async function controlRequest(bus: Bus, node: string, verb: 'kick' | 'dra
   return res;
 }
 
-interface SessionJson {
-  id: string;
-  role: string;
-  app?: string;
-  stream?: string;
-}
-
-async function getJson<T>(url: string, timeoutMs: number): Promise<T> {
-  const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return (await r.json()) as T;
-}
-
-/**
- * A node's viewers per stream: the stats RPC, or (node without node-control) its HTTP API.
- * Undefined when neither answers in time.
- */
+/** A node's viewers per stream, from its stats RPC (every mesh node answers it). Undefined when it does not answer in time. */
 export async function nodeStats(bus: Bus, view: NodeView, timeoutMs: number): Promise<StatsResult | undefined> {
   try {
     const r = await controlRequest(bus, view.id, 'stats', { op: 'stats', from: MESHCTL_ID, sentAt: Date.now() }, timeoutMs);
-    if (r.op === 'statsResult') return r;
-  } catch (err) {
-    if (!(err instanceof BusNoRespondersError) && !(err instanceof BusTimeoutError)) return undefined;
-  }
-  try {
-    const base = view.heartbeat.addresses.http;
-    const [{ sessions }, info] = await Promise.all([
-      getJson<{ sessions: SessionJson[] }>(`${base}/api/v1/sessions`, timeoutMs),
-      getJson<{ state?: string; rss?: number; uptimeMs?: number }>(`${base}/api/v1/node`, timeoutMs),
-    ]);
-    const per = new Map<string, StreamStats>();
-    let viewers = 0;
-    let publishers = 0;
-    let relayPulls = 0;
-    for (const s of sessions) {
-      if (s.role === 'viewer') viewers++;
-      else if (s.role === 'publisher') publishers++;
-      else if (s.role === 'relay-pull') relayPulls++;
-      if (!s.app || s.stream === undefined || (s.role !== 'viewer' && s.role !== 'relay-pull')) continue;
-      const key = `${s.app}/${s.stream}`;
-      let e = per.get(key);
-      if (!e) per.set(key, (e = { app: s.app, stream: s.stream, live: false, publisher: null, viewers: 0, relayPulls: 0 }));
-      if (s.role === 'viewer') e.viewers++;
-      else e.relayPulls++;
-    }
-    return {
-      op: 'statsResult',
-      node: view.id,
-      state: info.state ?? 'unknown',
-      sessions: sessions.length,
-      viewers,
-      publishers,
-      relayPulls,
-      streams: [...per.values()],
-      streamsTotal: per.size,
-      rss: info.rss ?? 0,
-      uptimeMs: info.uptimeMs ?? 0,
-      sentAt: Date.now(),
-    };
+    return r.op === 'statsResult' ? r : undefined;
   } catch {
+    // No responders, a timeout or an undecodable reply: the node is shown without stats.
     return undefined;
   }
 }

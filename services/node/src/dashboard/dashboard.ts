@@ -1,9 +1,16 @@
 /**
- * The dashboard: a static page at `/` (plain HTML, CSS and ES modules from ./public, no
- * bundler), the players it uses (mpegts.js, hls.js) served from node_modules, and the data
- * it shows: `GET /api/v1/dashboard/snapshot` once, or `GET /api/v1/dashboard/events` as
- * server-sent events, one `snapshot` event a second while anyone is listening. Each node also
- * answers `GET /api/v1/dashboard/local` (its streams, viewers by protocol) for its peers' dashboards.
+ * The dashboard, on the admin listener: a static page at `/` (plain HTML, CSS and ES modules
+ * from ./public, no bundler), the players it uses (mpegts.js, hls.js) served from
+ * node_modules, and the data it shows: `GET /api/v1/dashboard/snapshot` once, or
+ * `GET /api/v1/dashboard/events` as server-sent events, one `snapshot` event a second while
+ * anyone is listening. The page plays media from the nodes' public listeners (CORS-open).
+ *
+ * With `admin.token` set, the page and its assets load without it; the page reads the token
+ * from its URL fragment (`/#token=…`, never sent to the server) and sends it as a Bearer
+ * header, or as `?access_token=` on the event stream (EventSource cannot set headers).
+ *
+ * Each node also answers `GET /api/v1/dashboard/local` (its streams, viewers by protocol) on
+ * its public listener for its peers' dashboards, to a request carrying a valid mesh credential.
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -12,7 +19,8 @@ import { fileURLToPath } from 'node:url';
 import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
-import { SnapshotBuilder, type DashboardSnapshot } from './snapshot.ts';
+import { SnapshotBuilder, localStreams, type DashboardSnapshot } from './snapshot.ts';
+import { MESH_CREDENTIAL_HEADER, decodeCredentialHeader } from './peer-credential.ts';
 
 const PUBLIC_DIR = fileURLToPath(new URL('./public/', import.meta.url));
 const resolveFrom = createRequire(import.meta.url);
@@ -33,14 +41,16 @@ const TYPES: Record<string, string> = {
 
 /**
  * No inline script or style anywhere in the page. Media plays from blob: URLs (MSE), hls.js
- * runs its demuxer in a blob: worker, and the player may read from other nodes of the mesh.
+ * runs its demuxer in a blob: worker, and the player reads from the nodes' public listeners
+ * (this node's included: the admin listener serves no media), so media and connections may go
+ * to any http(s) origin.
  */
 export const DASHBOARD_CSP = [
   "default-src 'self'",
   "script-src 'self'",
   "style-src 'self'",
   "img-src 'self' data:",
-  "media-src 'self' blob:",
+  "media-src 'self' blob: http: https:",
   "worker-src 'self' blob:",
   "connect-src 'self' http: https: ws: wss:",
   "object-src 'none'",
@@ -123,6 +133,7 @@ class LiveFeed {
 
 export const dashboardFeature: HttpFeature = {
   name: 'dashboard',
+  surface: 'admin',
   register(app: FastifyInstance, ctx: HttpFeatureContext) {
     const builder = new SnapshotBuilder(app, ctx);
     const feed = new LiveFeed(builder);
@@ -157,8 +168,6 @@ export const dashboardFeature: HttpFeature = {
     }
 
     app.get('/api/v1/dashboard/snapshot', async () => builder.build());
-    // What a peer's dashboard reads from this node: its streams with viewers by protocol.
-    app.get('/api/v1/dashboard/local', async () => ({ node: ctx.host.config.node_id, streams: builder.localStreams() }));
 
     app.get('/api/v1/dashboard/events', (req, reply) => {
       reply.hijack();
@@ -168,11 +177,23 @@ export const dashboardFeature: HttpFeature = {
         'Cache-Control': 'no-store',
         Connection: 'keep-alive',
         'X-Accel-Buffering': 'no',
-        'Access-Control-Allow-Origin': '*',
       });
       req.raw.socket.setNoDelay(true);
       res.write(`retry: 2000\n\n`);
       feed.add(res);
+    });
+  },
+};
+
+/** What a peer's dashboard reads from this node, on the public listener: its streams with viewers by protocol, for mesh members only. */
+export const dashboardPeerFeature: HttpFeature = {
+  name: 'dashboard-peer',
+  surface: 'public',
+  register(app: FastifyInstance, ctx: HttpFeatureContext) {
+    app.get('/api/v1/dashboard/local', async (req, reply) => {
+      const check = ctx.host.verifyMeshCredential(decodeCredentialHeader(req.headers[MESH_CREDENTIAL_HEADER]));
+      if (!check.ok) return reply.code(401).send({ error: `mesh members only: ${check.reason}` });
+      return { node: ctx.host.config.node_id, streams: localStreams(ctx) };
     });
   },
 };

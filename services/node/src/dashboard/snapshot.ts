@@ -1,13 +1,17 @@
 /**
  * The dashboard's view of the mesh, built on the node that serves the page: the member
  * table, every stream with its owner and relay tree (from the same API routes the page
- * could call itself), and viewers per node (each peer's `/api/v1/streams`).
+ * could call itself), and viewers per node (each peer's `/api/v1/dashboard/local`, asked on
+ * its public listener with this node's mesh credential: peers cannot reach each other's
+ * loopback admin listeners).
  *
  * Mesh routes are called in-process with `inject`, so a node without a mesh (or with its
  * bus down) still answers with what it knows locally.
  */
 import type { FastifyInstance } from 'fastify';
 import type { HttpFeatureContext } from '../http/features.ts';
+import { signCredential } from '../mesh/mesh-credential.ts';
+import { MESH_CREDENTIAL_HEADER, encodeCredentialHeader } from './peer-credential.ts';
 
 export interface DashboardNode {
   id: string;
@@ -97,8 +101,6 @@ export interface LocalStreamRow {
   bytesOut: number;
   droppedFrames: number;
   metadata: Record<string, unknown> | null;
-  /** Set on rows read from an older node's `/api/v1/streams`: `viewers` then counts hub sinks, child relays included. */
-  sinks?: boolean;
 }
 
 interface MeshStreamRow {
@@ -112,6 +114,32 @@ interface MeshStreamRow {
 
 const num = (v: unknown, fallback = 0): number => (typeof v === 'number' && Number.isFinite(v) ? v : fallback);
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+
+/** A node's streams with their viewer sessions by protocol (what it serves to peers as `/api/v1/dashboard/local`). */
+export function localStreams(ctx: HttpFeatureContext): LocalStreamRow[] {
+  const players = new Map<string, Record<string, number>>();
+  for (const s of ctx.host.sessions.list()) {
+    if (s.role !== 'viewer' || s.app === undefined || s.stream === undefined) continue;
+    const key = `${s.app}/${s.stream}`;
+    const byProtocol = players.get(key) ?? {};
+    byProtocol[s.protocol] = (byProtocol[s.protocol] ?? 0) + 1;
+    players.set(key, byProtocol);
+  }
+  return ctx.registry.list().map((hub) => {
+    const protocols = players.get(hub.key) ?? {};
+    return {
+      app: hub.app,
+      stream: hub.stream,
+      live: hub.isLive,
+      publisher: hub.publisher ? { kind: hub.publisher.kind } : null,
+      viewers: Object.values(protocols).reduce((a, b) => a + b, 0),
+      protocols,
+      bytesOut: hub.stats.bytesOut,
+      droppedFrames: hub.stats.droppedFrames,
+      metadata: hub.metadata ? { ...hub.metadata } : null,
+    };
+  });
+}
 
 export class SnapshotBuilder {
   constructor(
@@ -130,34 +158,15 @@ export class SnapshotBuilder {
 
   /** This node's streams with their viewer sessions by protocol (served to peers as `/api/v1/dashboard/local`). */
   localStreams(): LocalStreamRow[] {
-    const players = new Map<string, Record<string, number>>();
-    for (const s of this.ctx.host.sessions.list()) {
-      if (s.role !== 'viewer' || s.app === undefined || s.stream === undefined) continue;
-      const key = `${s.app}/${s.stream}`;
-      const byProtocol = players.get(key) ?? {};
-      byProtocol[s.protocol] = (byProtocol[s.protocol] ?? 0) + 1;
-      players.set(key, byProtocol);
-    }
-    return this.ctx.registry.list().map((hub) => {
-      const protocols = players.get(hub.key) ?? {};
-      return {
-        app: hub.app,
-        stream: hub.stream,
-        live: hub.isLive,
-        publisher: hub.publisher ? { kind: hub.publisher.kind } : null,
-        viewers: Object.values(protocols).reduce((a, b) => a + b, 0),
-        protocols,
-        bytesOut: hub.stats.bytesOut,
-        droppedFrames: hub.stats.droppedFrames,
-        metadata: hub.metadata ? { ...hub.metadata } : null,
-      };
-    });
+    return localStreams(this.ctx);
   }
 
-  /** A peer's streams: its dashboard feed, else (an older node) its core API, where viewers are hub sinks. */
+  /** A peer's streams: its `/api/v1/dashboard/local` on its public listener, shown our mesh credential. */
   private async peerStreams(http: string): Promise<LocalStreamRow[] | undefined> {
     const get = async (path: string): Promise<LocalStreamRow[] | undefined | 404> => {
-      const r = await fetch(`${http}${path}`, { signal: AbortSignal.timeout(PEER_TIMEOUT_MS) });
+      const { mesh_secret: secret } = this.ctx.host.config.mesh;
+      const headers = secret ? { [MESH_CREDENTIAL_HEADER]: encodeCredentialHeader(signCredential(secret, this.ctx.host.config.node_id)) } : undefined;
+      const r = await fetch(`${http}${path}`, { headers, signal: AbortSignal.timeout(PEER_TIMEOUT_MS) });
       if (r.status === 404) return 404;
       if (!r.ok) return undefined;
       const body = (await r.json()) as { streams?: LocalStreamRow[] };
@@ -165,9 +174,7 @@ export class SnapshotBuilder {
     };
     try {
       const rows = await get('/api/v1/dashboard/local');
-      if (rows !== 404) return rows;
-      const old = await get('/api/v1/streams');
-      return old === 404 || old === undefined ? undefined : old.map((r) => ({ ...r, protocols: {}, sinks: true }));
+      return rows === 404 ? undefined : rows;
     } catch {
       return undefined;
     }
@@ -211,7 +218,6 @@ export class SnapshotBuilder {
 
     // Each node's own streams: ours directly, peers' over HTTP, in parallel.
     const perNode = new Map<string, LocalStreamRow[]>([[selfId, this.localStreams()]]);
-    const sinkCounted = new Set<string>();
     const unreachable: string[] = [];
     await Promise.all(
       nodes
@@ -249,7 +255,6 @@ export class SnapshotBuilder {
         const s = entry(r.app, r.stream);
         const source = r.publisher?.kind ?? 'none';
         s.nodes[nodeId] = { source, live: r.live, viewers: num(r.viewers), protocols: r.protocols ?? {}, bytesOut: num(r.bytesOut), droppedFrames: num(r.droppedFrames) };
-        if (r.sinks) sinkCounted.add(`${s.key}\n${nodeId}`);
         if (source === 'rtmp' && s.owner === null) s.owner = nodeId;
         if (source === 'rtmp' && !s.video && r.metadata) s.video = videoFromMetadata(r.metadata);
         if (source === 'rtmp' && !s.audio && r.metadata) s.audio = audioFromMetadata(r.metadata);
@@ -268,11 +273,7 @@ export class SnapshotBuilder {
       );
     }
     for (const s of list) {
-      for (const [nodeId, at] of Object.entries(s.nodes)) {
-        // Hub sinks (older nodes' figure) include the child relays pulling from the node; those are not players.
-        if (sinkCounted.has(`${s.key}\n${nodeId}`)) at.viewers = Math.max(0, at.viewers - s.relays.filter((r) => r.parent === nodeId).length);
-        s.viewers += at.viewers;
-      }
+      for (const at of Object.values(s.nodes)) s.viewers += at.viewers;
     }
     return { at: now, self: selfId, mesh, bus, nodes, streams: list, unreachable };
   }

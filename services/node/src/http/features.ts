@@ -7,7 +7,7 @@ import type { MediaHost } from '../media/host.ts';
 import type { StreamRegistry } from '../media/stream-registry.ts';
 import type { ConnectionLimiter } from '../sessions.ts';
 import { metricsFeature } from './metrics.ts';
-import { dashboardFeature } from '../dashboard/dashboard.ts';
+import { dashboardFeature, dashboardPeerFeature } from '../dashboard/dashboard.ts';
 import { HLS_FEATURE } from '../hls/hls-feature.ts';
 import { WS_FLV_FEATURE } from './ws-flv.ts';
 
@@ -21,8 +21,10 @@ export interface HttpFeatureContext {
 
 export interface HttpFeature {
   readonly name: string;
+  /** Which listener serves it: `public` (media, to anyone) or `admin` (the operator's, see http-server.ts; the default, so nothing is public by accident). */
+  readonly surface?: 'public' | 'admin';
   register(app: FastifyInstance, ctx: HttpFeatureContext): void | Promise<void>;
 }
 
 /** The features every node serves, in registration order. */
-export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, HLS_FEATURE, WS_FLV_FEATURE];
+export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, dashboardPeerFeature, { ...HLS_FEATURE, surface: 'public' }, WS_FLV_FEATURE];

@@ -1,6 +1,13 @@
 /**
- * The node's HTTP face: HTTP-FLV playback, the JSON API and health. Fastify owns routing
- * and JSON; the media response takes the raw socket so batches are written untouched.
+ * The node's two HTTP listeners. Fastify owns routing and JSON; the media response takes the
+ * raw socket so batches are written untouched.
+ *
+ * - The public listener (`http_port`) serves media (HTTP-FLV here, WS-FLV and HLS as
+ *   features), the route API and `/play` redirects (the mesh's), and the health probes, to
+ *   anyone, with `Access-Control-Allow-Origin: *`.
+ * - The admin listener (`admin.host:admin.port`, loopback by default) serves everything that
+ *   reads sessions or changes state: the node/stream/session API, kick, drain, the mesh API,
+ *   metrics and the dashboard. It sends no CORS headers and checks every request (admin-guard.ts).
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { MediaHost } from '../media/host.ts';
@@ -8,62 +15,55 @@ import { checkName } from '../media/host.ts';
 import type { StreamRegistry } from '../media/stream-registry.ts';
 import { newSessionId, type ConnectionLimiter } from '../sessions.ts';
 import { HttpFlvSession } from './http-flv-session.ts';
-import { HTTP_FEATURES } from './features.ts';
+import { HTTP_FEATURES, type HttpFeatureContext } from './features.ts';
+import { checkAdminRequest } from './admin-guard.ts';
+
+/** What `/readyz` reports: whether this node should get new work, and why not. */
+export interface Readiness {
+  ready: boolean;
+  state: string;
+  /** The mesh bus, when the node has one. */
+  bus?: { kind: string; status: string };
+  reason?: string;
+}
 
 export interface HttpApiExtras {
-  /** Extra routes (mesh, placement, metrics, dashboard) registered by the node. */
-  register?: (app: FastifyInstance) => void;
+  /** Extra routes (the mesh's) registered by the node on each listener. */
+  registerPublic?: (app: FastifyInstance) => void;
+  registerAdmin?: (app: FastifyInstance) => void;
   nodeInfo: () => Record<string, unknown>;
+  readiness: () => Readiness;
+  /** Starts the node's graceful drain (the same path as SIGTERM and `meshctl drain`). */
+  drain: (reason: string) => void;
 }
 
 const CORS = { 'Access-Control-Allow-Origin': '*' };
 
+/** Liveness and readiness, on both listeners. */
+function registerProbes(app: FastifyInstance, host: MediaHost, extras: HttpApiExtras): void {
+  app.get('/healthz', async () => ({ ok: true, node: host.config.node_id }));
+  app.get('/readyz', async (_req, reply) => {
+    const r = extras.readiness();
+    return reply.code(r.ready ? 200 : 503).header('Cache-Control', 'no-store').send({ node: host.config.node_id, ...r });
+  });
+}
+
+/** The public listener: media, route API, `/play`, probes. */
 export function buildHttpServer(host: MediaHost, registry: StreamRegistry, limiter: ConnectionLimiter, extras: HttpApiExtras): FastifyInstance {
   const app = Fastify({ logger: false, forceCloseConnections: true });
 
   app.addHook('onRequest', async (_req, reply) => {
     void reply.headers(CORS);
   });
+  // Everything here is a GET anyone may make; a preflight for anything else is answered with GETs only.
   app.options('*', async (_req, reply) => {
-    void reply.headers({ 'Access-Control-Allow-Methods': 'GET, DELETE, POST, OPTIONS', 'Access-Control-Allow-Headers': '*' }).code(204).send();
+    void reply.headers({ 'Access-Control-Allow-Methods': 'GET, OPTIONS', 'Access-Control-Allow-Headers': '*' }).code(204).send();
   });
 
-  app.get('/healthz', async () => ({ ok: true, node: host.config.node_id }));
-
-  app.get('/api/v1/node', async () => extras.nodeInfo());
-
-  app.get('/api/v1/streams', async () => ({
-    streams: registry.list().map((hub) => ({
-      app: hub.app,
-      stream: hub.stream,
-      live: hub.isLive,
-      publisher: hub.publisher ? { session: hub.publisher.id, kind: hub.publisher.kind } : null,
-      viewers: hub.sinkCount,
-      framesIn: hub.stats.framesIn,
-      bytesIn: hub.stats.bytesIn,
-      bytesOut: hub.stats.bytesOut,
-      droppedFrames: hub.stats.droppedFrames,
-      evictedViewers: hub.stats.evictedSinks,
-      publishedAt: hub.stats.publishedAt ?? null,
-      metadata: hub.metadata ? plainMetadata(hub.metadata) : null,
-    })),
-  }));
-
-  app.get('/api/v1/sessions', async () => ({ sessions: host.sessions.list() }));
-
-  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', async (req, reply) => {
-    const s = host.sessions.get(req.params.id);
-    if (!s) return reply.code(404).send({ error: 'no such session', id: req.params.id });
-    s.kick('kicked through the API');
-    return { kicked: req.params.id };
-  });
-
+  registerProbes(app, host, extras);
   app.get<{ Params: { app: string; file: string } }>('/:app/:file', (req, reply) => playFlv(req, reply));
-
-  extras.register?.(app);
-  for (const feature of HTTP_FEATURES) {
-    void app.register(async (scoped) => feature.register(scoped, { host, registry, limiter, nodeInfo: extras.nodeInfo }));
-  }
+  extras.registerPublic?.(app);
+  registerFeatures(app, 'public', { host, registry, limiter, nodeInfo: extras.nodeInfo });
 
   async function playFlv(req: FastifyRequest<{ Params: { app: string; file: string } }>, reply: FastifyReply): Promise<void> {
     const { app: appName, file } = req.params;
@@ -97,6 +97,65 @@ export function buildHttpServer(host: MediaHost, registry: StreamRegistry, limit
   }
 
   return app;
+}
+
+/** The admin listener: the operator's API, metrics and dashboard, behind admin-guard's checks. */
+export function buildAdminServer(host: MediaHost, registry: StreamRegistry, limiter: ConnectionLimiter, extras: HttpApiExtras): FastifyInstance {
+  const app = Fastify({ logger: false, forceCloseConnections: true });
+  const token = host.config.admin.token;
+
+  app.addHook('onRequest', async (req, reply) => {
+    const refused = checkAdminRequest({ method: req.method, url: req.raw.url ?? '/', headers: req.headers }, token);
+    if (refused) return reply.code(refused.status).header('Cache-Control', 'no-store').send({ error: refused.error });
+  });
+
+  registerProbes(app, host, extras);
+
+  app.get('/api/v1/node', async () => extras.nodeInfo());
+
+  app.get('/api/v1/streams', async () => ({
+    streams: registry.list().map((hub) => ({
+      app: hub.app,
+      stream: hub.stream,
+      live: hub.isLive,
+      publisher: hub.publisher ? { session: hub.publisher.id, kind: hub.publisher.kind } : null,
+      viewers: hub.sinkCount,
+      framesIn: hub.stats.framesIn,
+      bytesIn: hub.stats.bytesIn,
+      bytesOut: hub.stats.bytesOut,
+      droppedFrames: hub.stats.droppedFrames,
+      evictedViewers: hub.stats.evictedSinks,
+      publishedAt: hub.stats.publishedAt ?? null,
+      metadata: hub.metadata ? plainMetadata(hub.metadata) : null,
+    })),
+  }));
+
+  app.get('/api/v1/sessions', async () => ({ sessions: host.sessions.list() }));
+
+  app.delete<{ Params: { id: string } }>('/api/v1/sessions/:id', async (req, reply) => {
+    const s = host.sessions.get(req.params.id);
+    if (!s) return reply.code(404).send({ error: 'no such session', id: req.params.id });
+    s.kick('kicked through the admin API');
+    return { kicked: req.params.id };
+  });
+
+  app.post('/api/v1/drain', async (_req, reply) => {
+    const before = extras.readiness().state;
+    // Answer first: the drain closes this listener.
+    if (before === 'running') setTimeout(() => extras.drain('drain requested through the admin API'), 50).unref();
+    return reply.code(202).send({ node: host.config.node_id, draining: true, state: before === 'running' ? 'draining' : before });
+  });
+
+  extras.registerAdmin?.(app);
+  registerFeatures(app, 'admin', { host, registry, limiter, nodeInfo: extras.nodeInfo });
+  return app;
+}
+
+function registerFeatures(app: FastifyInstance, surface: 'public' | 'admin', ctx: HttpFeatureContext): void {
+  for (const feature of HTTP_FEATURES) {
+    if ((feature.surface ?? 'admin') !== surface) continue;
+    void app.register(async (scoped) => feature.register(scoped, ctx));
+  }
 }
 
 /** Metadata as JSON-friendly values (AMF dates and buffers become strings). */

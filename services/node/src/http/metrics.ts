@@ -1,10 +1,12 @@
 /**
- * Prometheus `/metrics`: one prom-client Registry per node (several nodes can share a
- * process in tests), labelled with the node id, followed by prom-client's default process
- * metrics (event-loop lag, CPU, memory, GC, handles), prefixed `meshcast_`. Those describe
- * the process, so one registry per process collects them, unlabelled, whatever the number
- * of nodes in it: prom-client starts an event-loop monitor and a GC observer per
- * collection that it never stops.
+ * Prometheus `/metrics` (on the admin listener): one prom-client Registry per node (several
+ * nodes can share a process in tests), labelled with the node id, followed by prom-client's
+ * default process metrics (event-loop lag, CPU, memory, GC, handles) under their standard
+ * names (`process_*`, `nodejs_*`), so stock Node.js dashboards and alerts work unchanged; only
+ * meshcast's own metrics carry the `meshcast_` prefix. The process metrics describe the
+ * process, so one registry per process collects them, unlabelled, whatever the number of
+ * nodes in it: prom-client starts an event-loop monitor and a GC observer per collection
+ * that it never stops.
  *
  * Nothing here runs per frame. Gauges and counters are brought up to date when scraped,
  * from what the node already counts: the session table, each hub's stats, the limiter and
@@ -39,7 +41,7 @@ let processRegistry: Registry | undefined;
 export function processMetrics(): Registry {
   if (!processRegistry) {
     processRegistry = new Registry();
-    collectDefaultMetrics({ register: processRegistry, prefix: 'meshcast_' });
+    collectDefaultMetrics({ register: processRegistry });
   }
   return processRegistry;
 }
@@ -214,6 +216,7 @@ export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
 /** `GET /metrics` in the Prometheus text format. */
 export const metricsFeature: HttpFeature = {
   name: 'metrics',
+  surface: 'admin',
   register(app: FastifyInstance, ctx: HttpFeatureContext) {
     const metrics = createNodeMetrics(ctx);
     app.addHook('onClose', async () => metrics.close());

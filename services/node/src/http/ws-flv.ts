@@ -225,6 +225,7 @@ export function registerWsFlv(app: FastifyInstance, ctx: HttpFeatureContext): vo
 
 export const WS_FLV_FEATURE: HttpFeature = {
   name: 'ws-flv',
+  surface: 'public',
   register(app, ctx) {
     registerWsFlv(app, ctx);
   },

@@ -380,7 +380,8 @@ export class NodeMesh implements MeshBinding {
     };
   }
 
-  registerRoutes(app: FastifyInstance): void {
+  /** The route API, on both listeners (viewers ask the public one; operators and tools may ask either). */
+  private registerRouteApi(app: FastifyInstance): void {
     app.get<{ Params: { app: string; stream: string } }>('/api/v1/route/:app/:stream', async (req, reply) => {
       try {
         const r = await this.router.route(req.params.app, req.params.stream);
@@ -391,6 +392,11 @@ export class NodeMesh implements MeshBinding {
         throw err;
       }
     });
+  }
+
+  /** Anyone's: the route API and `/play` redirects. */
+  registerPublicRoutes(app: FastifyInstance): void {
+    this.registerRouteApi(app);
     app.get<{ Params: { app: string; file: string } }>('/play/:app/:file', async (req, reply) => {
       const { app: appName, file } = req.params;
       const kind = file.endsWith('.flv') ? 'flv' : file.endsWith('.m3u8') ? 'hls' : undefined;
@@ -407,6 +413,11 @@ export class NodeMesh implements MeshBinding {
         throw err;
       }
     });
+  }
+
+  /** The operator's (admin listener): relays here, the member table, owners, relay trees. */
+  registerAdminRoutes(app: FastifyInstance): void {
+    this.registerRouteApi(app);
     app.get('/api/v1/relays', async () => ({ relays: this.relayStatus() }));
     app.get('/api/v1/mesh/nodes', async () => ({
       nodes: this.membership.table().map((n) => ({ id: n.id, state: n.state, self: n.self, ...n.heartbeat })),

@@ -141,7 +141,7 @@ export class ChaosMesh {
 /** GET a node's API with a timeout; undefined when it does not answer (stopped, killed, error status). */
 export async function api<T>(n: NodeProcess, path: string, timeoutMs = 1000): Promise<T | undefined> {
   try {
-    const r = await fetch(`${n.httpUrl}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
+    const r = await fetch(`${n.adminUrl}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
     if (!r.ok) return undefined;
     return (await r.json()) as T;
   } catch {
@@ -152,7 +152,7 @@ export async function api<T>(n: NodeProcess, path: string, timeoutMs = 1000): Pr
 /** Like `api` but also returns the HTTP status (for route answers that may be 503). */
 export async function apiStatus<T>(n: NodeProcess, path: string, timeoutMs = 1000): Promise<{ status: number; body: T | undefined }> {
   try {
-    const r = await fetch(`${n.httpUrl}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
+    const r = await fetch(`${n.adminUrl}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
     const body = (await r.json().catch(() => undefined)) as T | undefined;
     return { status: r.status, body };
   } catch {

@@ -119,7 +119,7 @@ export class OwnershipMonitor {
     const nodes = this.o.nodes().filter((n) => n.exitCode === undefined);
     const pubOn = this.o.publisherOn();
     const answers = await Promise.all(
-      nodes.map(async (n) => ({ n, streams: await getJson<StreamsApi>(`${n.httpUrl}/api/v1/streams`, timeout) })),
+      nodes.map(async (n) => ({ n, streams: await getJson<StreamsApi>(`${n.adminUrl}/api/v1/streams`, timeout) })),
     );
     const believers = answers
       .filter((a) => a.streams?.streams.some((s) => s.app === this.o.app && s.stream === this.o.stream && s.publisher?.kind === 'rtmp'))
@@ -128,7 +128,7 @@ export class OwnershipMonitor {
     let owner: string | null | undefined;
     for (const a of answers) {
       if (!a.streams) continue;
-      const o = await getJson<OwnersApi>(`${a.n.httpUrl}/api/v1/mesh/streams`, timeout);
+      const o = await getJson<OwnersApi>(`${a.n.adminUrl}/api/v1/mesh/streams`, timeout);
       if (!o) continue;
       owner = o.streams.find((s) => s.app === this.o.app && s.stream === this.o.stream)?.owner ?? null;
       break;

@@ -7,6 +7,11 @@ import { Player } from './player.js';
 
 const $ = (id) => document.getElementById(id);
 
+// With admin.token set, the operator opens `/#token=<token>`: the fragment never leaves the
+// browser, and the page sends it with its requests (EventSource cannot set headers, so the
+// event stream carries it as ?access_token=, which the admin listener accepts on GETs only).
+const adminToken = decodeURIComponent(/(?:^#|&)token=([^&]*)/.exec(location.hash)?.[1] ?? '');
+
 const state = {
   snapshot: null,
   selected: null,
@@ -31,7 +36,7 @@ const player = new Player({
 // ---- live data ------------------------------------------------------------------------
 
 function connect() {
-  const events = new EventSource('/api/v1/dashboard/events');
+  const events = new EventSource(adminToken ? `/api/v1/dashboard/events?access_token=${encodeURIComponent(adminToken)}` : '/api/v1/dashboard/events');
   // "live" is set by the first snapshot, not by the socket opening.
   events.addEventListener('error', () => setConnection('down', 'reconnecting…'));
   events.addEventListener('snapshot', (e) => {
@@ -169,12 +174,13 @@ function renderStreams(snap) {
 
 function renderNodeOptions(snap) {
   const select = $('play-node');
-  const options = snap.nodes.filter((n) => n.self || (n.http && n.roles.includes('playback') && n.state === 'alive'));
+  // Media always comes from a node's public listener (this page is on the admin listener, which serves none).
+  const options = snap.nodes.filter((n) => n.http && (n.self || (n.roles.includes('playback') && n.state === 'alive')));
   const sig = JSON.stringify(options.map((n) => [n.id, n.http]));
   if (sig === state.nodeOptionsSig) return;
   state.nodeOptionsSig = sig;
   const keep = select.value;
-  select.replaceChildren(...options.map((n) => h('option', { value: n.self ? '' : n.http, text: n.self ? `${n.id} (this node)` : n.id })));
+  select.replaceChildren(...options.map((n) => h('option', { value: n.http, text: n.self ? `${n.id} (this node)` : n.id })));
   if ([...select.options].some((o) => o.value === keep)) select.value = keep;
 }
 

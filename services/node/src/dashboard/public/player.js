@@ -29,7 +29,7 @@ function loadLibrary(kind) {
   return loading.get(kind);
 }
 
-/** Media URL of a stream on a node: `base` is '' for this node, else the node's HTTP address. */
+/** Media URL of a stream on a node: `base` is the node's public HTTP address. */
 export function mediaUrl(base, app, stream, protocol) {
   const path = `${encodeURIComponent(app)}/${stream.split('/').map(encodeURIComponent).join('/')}`;
   return protocol === 'hls' ? `${base}/${path}/index.m3u8` : `${base}/${path}.flv`;
