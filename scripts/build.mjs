@@ -10,7 +10,7 @@
 // Usage: node scripts/build.mjs node|tools   (each workspace's `npm run build` does this;
 //        `npm run build` at the root runs both through turbo)
 import { build } from 'esbuild';
-import { cpSync, rmSync } from 'node:fs';
+import { cpSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
@@ -18,14 +18,14 @@ const ROOT = resolve(import.meta.dirname, '..');
 
 /**
  * Per workspace: entry points (output name → source, relative to the workspace) and files the
- * code reads beside itself at run time (source → dist path). dashboard.ts serves `./public/`
+ * code reads beside itself at run time (source → path in dist). dashboard.ts serves `./public/`
  * relative to its own module, which in the bundle is dist/meshcast.mjs.
  */
 const TARGETS = {
   node: {
     dir: 'services/node',
     entries: { meshcast: 'src/cli.ts' },
-    copy: { 'src/dashboard/public': 'dist/public' },
+    copy: { 'src/dashboard/public': 'public' },
   },
   tools: {
     dir: 'tools',
@@ -62,25 +62,37 @@ if (!target) {
 }
 const dir = join(ROOT, target.dir);
 const outdir = join(dir, 'dist');
+// Built beside dist and swapped in whole: a failed build leaves the previous one as it was.
+const staging = join(dir, '.dist-build');
 const t0 = performance.now();
+rmSync(staging, { recursive: true, force: true });
+let result;
+try {
+  result = await build({
+    absWorkingDir: ROOT,
+    entryPoints: Object.entries(target.entries).map(([out, src]) => ({ out, in: join(dir, src) })),
+    outdir: staging,
+    outExtension: { '.js': '.mjs' },
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node22',
+    sourcemap: true,
+    // Source maps point at the TypeScript files; stack traces name them with --enable-source-maps.
+    sourcesContent: false,
+    plugins: [externalPackages],
+    logLevel: 'warning',
+    metafile: true,
+  });
+} catch {
+  // esbuild has printed the errors with their file and line.
+  rmSync(staging, { recursive: true, force: true });
+  process.stderr.write(`build ${target.dir}: failed\n`);
+  process.exit(1);
+}
+for (const [src, dst] of Object.entries(target.copy)) cpSync(join(dir, src), join(staging, dst), { recursive: true });
 rmSync(outdir, { recursive: true, force: true });
-const result = await build({
-  absWorkingDir: ROOT,
-  entryPoints: Object.entries(target.entries).map(([out, src]) => ({ out, in: join(dir, src) })),
-  outdir,
-  outExtension: { '.js': '.mjs' },
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node22',
-  sourcemap: true,
-  // Source maps point at the TypeScript files; stack traces name them with --enable-source-maps.
-  sourcesContent: false,
-  plugins: [externalPackages],
-  logLevel: 'warning',
-  metafile: true,
-});
-for (const [src, dst] of Object.entries(target.copy)) cpSync(join(dir, src), join(dir, dst), { recursive: true });
+renameSync(staging, outdir);
 const outputs = Object.entries(result.metafile.outputs).filter(([f]) => f.endsWith('.mjs'));
 const kb = Math.round(outputs.reduce((n, [, o]) => n + o.bytes, 0) / 1024);
 process.stdout.write(`build ${target.dir}: ${outputs.length} bundle(s), ${kb} KiB, in ${Math.round(performance.now() - t0)} ms → ${target.dir}/dist\n`);
