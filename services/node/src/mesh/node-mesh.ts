@@ -110,7 +110,8 @@ export class NodeMesh implements MeshBinding {
     const relayClaims = new RelayClaims({ bus, nodeId: cfg.node_id, maxAgeMs: m.lease_ms, renewMs: m.renew_ms, logger: log });
     const mesh = new NodeMesh(node, cfg, bus, membership, ownership, relayClaims, events, log);
     await membership.start();
-    mesh.control = startNodeControl({ bus, nodeId: cfg.node_id, node, log });
+    // meshctl drain takes the node's one drain path (the admin API's POST /api/v1/drain takes it too).
+    mesh.control = startNodeControl({ bus, nodeId: cfg.node_id, node, log, drain: (reason) => node.drain(reason) });
     // KV may be briefly unavailable (NATS restarting): the node still serves local streams meanwhile.
     await Promise.all([ownership.start(), relayClaims.start()]).catch((err: unknown) => log.warn({ err: String(err) }, 'mesh registries not ready yet; will retry on use'));
     mesh.unwatchOwners = ownership.watch((c) => mesh.onOwnerChange(c.app, c.stream, c.kind === 'owner' ? c.record?.owner : undefined));
