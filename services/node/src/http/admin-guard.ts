@@ -2,8 +2,9 @@
  * Who may talk to the admin listener. It sends no CORS headers, so a page on another origin
  * cannot read its answers; these checks also stop such a page from *sending* anything there:
  *
- * - an `Origin` header that is not the listener's own origin (the origin of the address the
- *   request was sent to) is refused, whatever the method — that covers CSRF and preflights;
+ * - an `Origin` header that is not the listener's own origin (`http(s)://` + the Host header
+ *   the request was sent with) is refused, whatever the method — that covers CSRF and
+ *   preflights (browsers send no Origin on their own same-origin GETs);
  * - without a token, the `Host` header must be an IP literal or `localhost`: a DNS-rebinding
  *   page reaches the listener under its own host name, and is refused;
  * - with a token, every API request carries `Authorization: Bearer <token>` (or, on a GET only,
@@ -65,7 +66,8 @@ function presentedToken(req: AdminRequest): string | undefined {
 export function checkAdminRequest(req: AdminRequest, token: string): AdminRefusal | undefined {
   const host = header(req.headers, 'host') ?? '';
   const origin = header(req.headers, 'origin');
-  if (origin !== undefined && origin !== `http://${host}`) {
+  // https too: the listener may sit behind a TLS-terminating proxy that keeps the Host header.
+  if (origin !== undefined && origin !== `http://${host}` && origin !== `https://${host}`) {
     return { status: 403, error: `cross-origin request refused: the admin API only answers its own origin (http://${host}), not ${origin}` };
   }
   if (token === '') {
