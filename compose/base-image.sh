@@ -10,8 +10,12 @@
 # The rootfs tarball is reproducible (sorted, fixed mtimes, numeric owners), so re-running
 # this script on the same host is a no-op once the image exists.
 #
-# Where a registry is reachable you do not need this: any image with node >= 20.6 and
-# nats-server on PATH works as BASE_IMAGE (see compose/README.md).
+# The node is the one first on PATH, which must be Node.js >= 22 (scripts/setup-system.sh
+# installs Node 24 where the system's is older). nats-server is also linked as /nats-server, the
+# path the official nats image uses, so the compose file runs either image the same way.
+#
+# Where a registry is reachable you do not need this: MESHCAST_BASE_IMAGE=node:24-slim and
+# NATS_IMAGE=nats:2.10 work too (see compose/README.md).
 #
 # Usage: compose/base-image.sh [TAG]      (DOCKER_HOST is honoured; needs a running engine)
 set -euo pipefail
@@ -27,6 +31,11 @@ for b in node_bin nats_bin sh_bin; do
     exit 1
   fi
 done
+node_major=$("$node_bin" -p 'process.versions.node.split(".")[0]')
+if ((node_major < 22)); then
+  echo "base-image: $node_bin is Node.js $("$node_bin" -v); the image needs >= 22 (run: sudo bash scripts/setup-system.sh --node-only)" >&2
+  exit 1
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/meshcast-base.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -43,6 +52,7 @@ cp -L "$node_bin" "$root/usr/bin/node"
 cp -L "$nats_bin" "$root/usr/bin/nats-server"
 cp -L "$sh_bin" "$root/usr/bin/dash"
 ln -s dash "$root/usr/bin/sh"
+ln -s usr/bin/nats-server "$root/nats-server"
 
 # The dynamic loader and every library the binaries link, at the paths the loader searches.
 for bin in "$node_bin" "$nats_bin" "$sh_bin"; do

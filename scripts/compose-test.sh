@@ -12,7 +12,8 @@
 #   only host interface it makes, published ports go through docker-proxy on 127.0.0.1, and
 #   containers reach nothing but each other. Its data root is kept, so the base image is cached.
 # - When no engine can be started (not root, no packages, the kernel refuses), it prints
-#   "compose test: SKIPPED: <why>" and exits 0. When an engine runs and the test fails, it fails.
+#   "compose test: SKIPPED: <why>" and exits 0, except under CI=true, where it fails
+#   ("compose test: FAILED: …"). When an engine runs and the test fails, it fails.
 # - iptables/ip6tables rules (nft and legacy), bridges/veths and ip_forward are compared before
 #   and after; any difference fails the step.
 #
@@ -24,7 +25,12 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 started=$(date +%s)
 
+# Outside CI a machine without an engine skips; under CI=true (the CI step) that is a failure.
 skip() {
+  if [[ ${CI:-} == true ]]; then
+    echo "compose test: FAILED: cannot run under CI=true: $*" >&2
+    exit 1
+  fi
   echo "compose test: SKIPPED: $*"
   exit 0
 }

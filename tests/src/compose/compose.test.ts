@@ -4,12 +4,16 @@
  * play from a playback container through its loopback port, `compose kill` the owning ingest
  * container, republish to the other ingest node and check the viewer keeps its connection and
  * plays the new feed. The load profile's meshcast-load runs once, briefly, inside the compose
- * network. Then `down -v --remove-orphans`, and check nothing of ours is left:
- * containers, networks, volumes, the node image, host bridges and iptables rules.
+ * network. Then one NATS server (the leader of the ownership bucket) is killed while a stream
+ * plays: the stream keeps its owner and epoch and the viewers see no gap over 1 s. Then
+ * `down -v --remove-orphans`, and check nothing of ours is left: containers, networks,
+ * volumes, the node image, host bridges and iptables rules. The mesh API is asked on the
+ * nodes' admin ports with the compose file's admin token.
  *
  * Needs a running Docker engine (DOCKER_HOST is honoured) and compose (`docker compose` or
- * `docker-compose`). Without one the whole suite is skipped with the reason; scripts/compose-test.sh
- * starts a private engine for it where it can. Env: MESHCAST_COMPOSE (the compose command),
+ * `docker-compose`). Without one the whole suite is skipped with the reason (under CI=true it
+ * fails instead); scripts/compose-test.sh starts a private engine for it where it can.
+ * Env: MESHCAST_COMPOSE (the compose command),
  * MESHCAST_COMPOSE_PROJECT (default meshcast-ct), MESHCAST_COMPOSE_KEEP_IMAGE=1 (keep meshcast-node).
  */
 import { after, before, describe, test } from 'node:test';
@@ -19,6 +23,7 @@ import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
+import { connectNatsBus } from '@meshcast/mesh';
 import { RtmpClient, startSyntheticPublisher, syntheticFrameNumber, type SyntheticPublisher } from '@meshcast/node/client';
 import type { RtmpMessage } from '@meshcast/proto';
 import { sleep, waitFor } from '../harness/ports.ts';
@@ -28,19 +33,23 @@ const COMPOSE_FILE = join(ROOT, 'compose/docker-compose.yml');
 const PROJECT = process.env.MESHCAST_COMPOSE_PROJECT ?? 'meshcast-ct';
 const IMAGE = process.env.MESHCAST_IMAGE ?? 'meshcast-node:local';
 const LO = '127.0.0.1';
+/** The compose file's default admin token (MESHCAST_ADMIN_TOKEN overrides both). */
+const ADMIN_TOKEN = process.env.MESHCAST_ADMIN_TOKEN ?? 'compose-demo-admin-token';
 /** Published loopback ports, as in compose/docker-compose.yml. */
 const PORTS = {
-  ingest1: { rtmp: 19351, http: 18071 },
-  ingest2: { rtmp: 19352, http: 18072 },
-  playback1: { rtmp: 19361, http: 18081 },
-  playback2: { rtmp: 19362, http: 18082 },
-  playback3: { rtmp: 19363, http: 18083 },
-  nats1: { http: 18221 },
-  nats2: { http: 18222 },
-  nats3: { http: 18223 },
+  ingest1: { rtmp: 19351, http: 18071, admin: 18171 },
+  ingest2: { rtmp: 19352, http: 18072, admin: 18172 },
+  playback1: { rtmp: 19361, http: 18081, admin: 18181 },
+  playback2: { rtmp: 19362, http: 18082, admin: 18182 },
+  playback3: { rtmp: 19363, http: 18083, admin: 18183 },
+  nats1: { client: 14221, http: 18221 },
+  nats2: { client: 14222, http: 18222 },
+  nats3: { client: 14223, http: 18223 },
 } as const;
 const NODE_SERVICES = ['ingest1', 'ingest2', 'playback1', 'playback2', 'playback3'] as const;
-const ALL_SERVICES = ['nats1', 'nats2', 'nats3', ...NODE_SERVICES, 'publisher'] as const;
+const NATS_SERVICES = ['nats1', 'nats2', 'nats3'] as const;
+/** Long-running services; nats-ready is a one-shot that must have exited 0. */
+const ALL_SERVICES = [...NATS_SERVICES, ...NODE_SERVICES, 'publisher'] as const;
 
 interface Run {
   code: number;
@@ -92,7 +101,9 @@ function unavailable(): string | undefined {
   return undefined;
 }
 
-const skipReason = unavailable();
+// Outside CI a machine without an engine skips the suite; in CI it fails (before() throws).
+const unavailableReason = unavailable();
+const skipReason = process.env.CI === 'true' ? undefined : unavailableReason;
 const COMPOSE = composeCommand() ?? ['docker-compose'];
 
 function compose(args: string[], timeoutMs?: number): Promise<string> {
@@ -107,14 +118,38 @@ async function containerId(service: string): Promise<string> {
 }
 
 async function health(service: string): Promise<string> {
-  const out = await must('docker', ['inspect', '--format', '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}', await containerId(service)]);
+  const out = await must('docker', ['inspect', '--format', '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}/{{.State.ExitCode}}', await containerId(service)]);
   return out.trim();
 }
 
+/** GET on a published loopback port (NATS monitoring). */
 async function api<T>(port: number, path: string): Promise<T> {
   const r = await fetch(`http://${LO}:${port}${path}`, { signal: AbortSignal.timeout(5000) });
   if (!r.ok) throw new Error(`GET :${port}${path} → ${r.status}`);
   return (await r.json()) as T;
+}
+
+/** GET on a node's admin listener, with the bearer token. */
+async function admin<T>(service: (typeof NODE_SERVICES)[number], path: string): Promise<T> {
+  const port = PORTS[service].admin;
+  const r = await fetch(`http://${LO}:${port}${path}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, signal: AbortSignal.timeout(5000) });
+  if (!r.ok) throw new Error(`GET admin :${port}${path} → ${r.status}`);
+  return (await r.json()) as T;
+}
+
+interface StreamRecord {
+  stream: string;
+  owner: string;
+  epoch: number;
+  revision: number;
+}
+
+/** The longest time between consecutive frames arriving in [from, to]. */
+function longestGap(frames: Array<{ at: number }>, from: number, to: number): number {
+  const at = frames.map((f) => f.at).filter((t) => t >= from && t <= to);
+  let gap = 0;
+  for (let i = 1; i < at.length; i++) gap = Math.max(gap, at[i]! - at[i - 1]!);
+  return gap;
 }
 
 function portFree(port: number): Promise<boolean> {
@@ -226,6 +261,7 @@ describe('docker compose deployment', { skip: skipReason }, () => {
   const mark = (what: string): void => console.log(`# ${what} at +${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
   before(guard(async () => {
+    if (unavailableReason) throw new Error(`cannot run the compose test under CI=true: ${unavailableReason}`);
     // Leftovers of an interrupted earlier run of this project.
     await compose(['down', '-v', '--remove-orphans'], 120_000);
     const busy = [];
@@ -240,10 +276,12 @@ describe('docker compose deployment', { skip: skipReason }, () => {
     mark('compose up returned');
     await waitFor('every container healthy', async () => {
       const states = await Promise.all(ALL_SERVICES.map(async (s) => [s, await health(s)] as const));
-      const bad = states.filter(([s, h]) => (s === 'publisher' ? !h.startsWith('running') : h !== 'running/healthy'));
+      // NATS containers have no health check (the official image holds nothing but the server): running is what they can say.
+      const bad = states.filter(([s, h]) => (s === 'publisher' || s.startsWith('nats') ? !h.startsWith('running/') : !h.startsWith('running/healthy/')));
       if (bad.some(([, h]) => h.startsWith('exited') || h.includes('unhealthy'))) throw new Error(`not healthy: ${bad.map(([s, h]) => `${s}=${h}`).join(' ')}`);
       return bad.length === 0;
     }, 180_000, 1000);
+    assert.match(await health('nats-ready'), /^exited\/none\/0$/, 'nats-ready saw the cluster ready and exited 0');
     mark('all containers healthy');
   }));
 
@@ -277,7 +315,7 @@ describe('docker compose deployment', { skip: skipReason }, () => {
   });
 
   test('3 NATS servers form one JetStream cluster and the 5 nodes see each other', guard(async () => {
-    for (const n of ['nats1', 'nats2', 'nats3'] as const) {
+    for (const n of NATS_SERVICES) {
       await waitFor(`${n} in a 3-server JetStream cluster with a leader`, async () => {
         const jsz = await api<{ meta_cluster?: { cluster_size?: number; leader?: string } }>(PORTS[n].http, '/jsz');
         return jsz.meta_cluster?.cluster_size === 3 && !!jsz.meta_cluster.leader;
@@ -285,14 +323,17 @@ describe('docker compose deployment', { skip: skipReason }, () => {
     }
     for (const svc of NODE_SERVICES) {
       await waitFor(`${svc} sees 5 alive nodes`, async () => {
-        const r = await api<{ nodes: Array<{ id: string; state: string }> }>(PORTS[svc].http, '/api/v1/mesh/nodes');
+        const r = await admin<{ nodes: Array<{ id: string; state: string }> }>(svc, '/api/v1/mesh/nodes');
         return r.nodes.filter((x) => x.state === 'alive').length === 5;
       }, 30_000, 500);
     }
-    const nodes = await api<{ nodes: Array<{ id: string; roles: string[]; addresses: { rtmp: string } }> }>(PORTS.playback1.http, '/api/v1/mesh/nodes');
+    const nodes = await admin<{ nodes: Array<{ id: string; roles: string[]; addresses: { rtmp: string } }> }>('playback1', '/api/v1/mesh/nodes');
     const ing = nodes.nodes.find((x) => x.id === 'ingest1')!;
     assert.deepEqual(ing.roles, ['ingest']);
     assert.equal(ing.addresses.rtmp, 'rtmp://ingest1:1935', 'nodes advertise their compose service names');
+    // The admin API answers only with the token, and only on the admin port.
+    assert.equal((await fetch(`http://${LO}:${PORTS.playback1.admin}/api/v1/mesh/nodes`)).status, 401);
+    assert.equal((await fetch(`http://${LO}:${PORTS.playback1.http}/api/v1/mesh/nodes`)).status, 404);
     mark('cluster and mesh formed');
   }));
 
@@ -322,7 +363,7 @@ describe('docker compose deployment', { skip: skipReason }, () => {
     const p1 = await startSyntheticPublisher(`rtmp://${LO}:${PORTS.ingest1.rtmp}/live/${key}`, { timeoutMs: 10_000 });
     pubs.push(p1);
     await waitFor('ingest1 owns the stream', async () => {
-      const r = await api<{ streams: Array<{ stream: string; owner: string }> }>(PORTS.playback1.http, '/api/v1/mesh/streams');
+      const r = await admin<{ streams: Array<{ stream: string; owner: string }> }>('playback1', '/api/v1/mesh/streams');
       return r.streams.some((s) => s.stream === key && s.owner === 'ingest1');
     }, 15_000, 200);
     const openedAt = Date.now();
@@ -355,16 +396,108 @@ describe('docker compose deployment', { skip: skipReason }, () => {
     await waitFor('more frames after the takeover', () => v.frames.filter((f) => f.n >= 100_000).length > 30, 10_000, 50);
     for (let i = 1; i < v.timestamps.length; i++) assert.ok(v.timestamps[i]! >= v.timestamps[i - 1]!, `monotonic timestamps for the viewer: ${v.timestamps[i - 1]} → ${v.timestamps[i]}`);
 
-    const rec = (await api<{ streams: Array<{ stream: string; owner: string; epoch: number }> }>(PORTS.playback1.http, '/api/v1/mesh/streams')).streams.find((s) => s.stream === key);
+    const rec = (await admin<{ streams: StreamRecord[] }>('playback1', '/api/v1/mesh/streams')).streams.find((s) => s.stream === key);
     assert.equal(rec?.owner, 'ingest2');
     assert.ok(rec.epoch >= 2, 'a new ownership epoch');
     await waitFor('ingest1 is dead to the mesh', async () => {
-      const r = await api<{ nodes: Array<{ id: string; state: string }> }>(PORTS.playback1.http, '/api/v1/mesh/nodes');
+      const r = await admin<{ nodes: Array<{ id: string; state: string }> }>('playback1', '/api/v1/mesh/nodes');
       return !r.nodes.some((x) => x.id === 'ingest1' && x.state === 'alive');
     }, 15_000, 500);
     v.client.close();
     hv.stop();
     p2.stop();
     mark('takeover checked');
+  }));
+  test('kill the NATS server leading the ownership bucket while a stream plays: same owner and epoch, no viewer gap over 1 s', guard(async () => {
+    // Every mesh bucket and the event stream have 3 replicas (MESHCAST_NATS_REPLICAS=3 in the compose file).
+    interface StreamDetail {
+      name: string;
+      config?: { num_replicas?: number };
+      cluster?: { leader?: string };
+    }
+    const streams = async (): Promise<StreamDetail[]> => {
+      for (const n of NATS_SERVICES) {
+        try {
+          const jsz = await api<{ account_details?: Array<{ stream_detail?: StreamDetail[] }> }>(PORTS[n].http, '/jsz?accounts=true&streams=true&config=true');
+          return (jsz.account_details ?? []).flatMap((a) => a.stream_detail ?? []);
+        } catch {
+          // that server is the one killed: ask another
+        }
+      }
+      throw new Error('no NATS server answers /jsz');
+    };
+    const mesh = (await streams()).filter((st) => st.name.startsWith('KV_meshcast-') || st.name === 'MESHCAST_EVENTS');
+    assert.ok(mesh.some((st) => st.name === 'KV_meshcast-streams'), `mesh streams: ${mesh.map((st) => st.name).join(' ')}`);
+    for (const st of mesh) assert.equal(st.config?.num_replicas, 3, `${st.name} replicas`);
+    const leader = mesh.find((st) => st.name === 'KV_meshcast-streams')!.cluster?.leader;
+    assert.ok(leader && (NATS_SERVICES as readonly string[]).includes(leader), `ownership bucket leader: ${leader}`);
+
+    const key = `nk${Date.now().toString(36)}`;
+    const pub = await startSyntheticPublisher(`rtmp://${LO}:${PORTS.ingest2.rtmp}/live/${key}`, { timeoutMs: 10_000 });
+    pubs.push(pub);
+    const record = async (): Promise<StreamRecord | undefined> => (await admin<{ streams: StreamRecord[] }>('playback1', '/api/v1/mesh/streams')).streams.find((x) => x.stream === key);
+    await waitFor('ingest2 owns the stream', async () => (await record())?.owner === 'ingest2', 15_000, 200);
+    const v = await rtmpView(`rtmp://${LO}:${PORTS.playback1.rtmp}/live/${key}`);
+    viewers.push(v.client);
+    const hv = flvView(`http://${LO}:${PORTS.playback3.http}/live/${key}.flv`);
+    viewers.push({ close: hv.stop });
+    await waitFor('frames on playback1 (RTMP)', () => v.frames.length > 30, 15_000, 50);
+    await waitFor('frames on playback3 (HTTP-FLV)', () => hv.frames.length > 30, 15_000, 50);
+    const before = (await record())!;
+
+    // A KV write probe of our own (3 replicas, through the published client ports), every 100 ms.
+    const bus = await connectNatsBus({ servers: NATS_SERVICES.map((n) => `nats://${LO}:${PORTS[n].client}`), name: 'compose-test-probe', prefix: 'ctprobe', replicas: 3, requestTimeoutMs: 1000 });
+    const probe = await bus.kv('ctprobe-writes', { maxAgeMs: 60_000, replicas: 3 });
+    const writes: Array<{ at: number; ok: boolean }> = [];
+    let probing = true;
+    const prober = (async () => {
+      for (let i = 0; probing; i++) {
+        const t = Date.now();
+        const ok = await probe.put('w', new TextEncoder().encode(String(i)), { timeoutMs: 1000 }).then(() => true, () => false);
+        writes.push({ at: Date.now(), ok });
+        await sleep(Math.max(0, 100 - (Date.now() - t)));
+      }
+    })();
+    await sleep(1500);
+
+    const killedAt = Date.now();
+    await compose(['kill', leader], 60_000);
+    mark(`${leader} (leader of KV_meshcast-streams) killed`);
+    // Longer than a lease (10 s): a renewal that could not be written would have cost the owner its lease by now.
+    const samples: Array<{ at: number; rec?: StreamRecord }> = [];
+    while (Date.now() - killedAt < 13_000) {
+      const rec = await record().catch(() => undefined);
+      samples.push({ at: Date.now(), rec });
+      await sleep(250);
+    }
+    probing = false;
+    await prober;
+    await bus.close();
+    const after = (await record())!;
+
+    const renewedAt = samples.find((x) => x.rec && x.rec.revision > before.revision)?.at;
+    const firstOk = writes.find((w) => w.at > killedAt && w.ok)?.at;
+    const lastOkBefore = [...writes].reverse().find((w) => w.at <= killedAt && w.ok)?.at ?? killedAt;
+    const failed = writes.filter((w) => !w.ok).length;
+    const gap = longestGap(v.frames, killedAt - 1000, killedAt + 13_000);
+    const hgap = longestGap(hv.frames, killedAt - 1000, killedAt + 13_000);
+    const owners = [...new Set(samples.flatMap((x) => (x.rec ? [`${x.rec.owner}#${x.rec.epoch}`] : [])))];
+    console.log(`# NATS kill (${leader}): owner ${before.owner} epoch ${before.epoch} before, ${after.owner} epoch ${after.epoch} after (seen: ${owners.join(', ')}); ` +
+      `ownership record rewritten (lease renewal) ${renewedAt ? `${renewedAt - killedAt} ms` : 'never'} after the kill; ` +
+      `probe KV writes resumed ${firstOk ? `${firstOk - killedAt} ms` : 'never'} after the kill (${failed} of ${writes.length} failed, longest outage ${firstOk ? firstOk - lastOkBefore : '?'} ms); ` +
+      `longest frame gap: RTMP ${gap} ms, HTTP-FLV ${hgap} ms; ${samples.filter((x) => !x.rec).length} of ${samples.length} mesh listings failed`);
+    assert.equal(after.owner, before.owner, 'the stream keeps its owner');
+    assert.equal(after.epoch, before.epoch, 'the stream keeps its epoch');
+    assert.deepEqual(owners, [`${before.owner}#${before.epoch}`], 'no other owner or epoch at any time');
+    assert.ok(renewedAt !== undefined, 'the owner renewed its lease through the 2 remaining servers');
+    assert.ok(firstOk !== undefined, 'KV writes resume on the 2 remaining servers');
+    assert.equal(v.client.closed, false, 'the RTMP viewer kept its connection');
+    assert.equal(hv.ended, false, 'the HTTP-FLV viewer kept its connection');
+    assert.ok(gap <= 1000, `RTMP viewer gap ${gap} ms`);
+    assert.ok(hgap <= 1000, `HTTP-FLV viewer gap ${hgap} ms`);
+    v.client.close();
+    hv.stop();
+    pub.stop();
+    mark('NATS kill checked');
   }));
 });
