@@ -14,11 +14,12 @@ import { NodeProcess } from '../harness/node-process.ts';
 import { FfmpegPublisher } from '../harness/ffmpeg.ts';
 import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { sleep, waitFor } from '../harness/ports.ts';
+import { launchBrowser } from '../harness/browser.ts';
 
 const TOKEN = 'admin-e2e-token-0123456789';
 
 interface SessionsReply {
-  sessions: Array<{ id: string; role: string; app?: string; stream?: string }>;
+  sessions: Array<{ id: string; role: string; protocol: string; app?: string; stream?: string }>;
 }
 interface ReadyReply {
   node: string;
@@ -136,6 +137,33 @@ describe('admin listener with admin.token', () => {
     assert.deepEqual(corsHeaders(events.headers), []);
     await events.body?.cancel();
     assert.equal((await fetch(`${node.adminUrl}/api/v1/dashboard/events`)).status, 401);
+  });
+
+  test('in Chromium, the dashboard opened as /#token=… goes live and plays from the public port; without the token it gets no data', async () => {
+    ff = new FfmpegPublisher(`${node.rtmpUrl}/live/page`);
+    await waitFor('ffmpeg publishing', async () => (await node.api<SessionsReply>('/api/v1/sessions')).sessions.some((s) => s.role === 'publisher' && s.stream === 'page'), 15_000, 100);
+    const browser = await launchBrowser();
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${node.adminUrl}/#token=${encodeURIComponent(TOKEN)}`);
+      await page.waitForSelector('#conn[data-state="live"]', { timeout: 10_000 });
+      await page.click('#streams-table button[data-play="flv"][data-key="live/page"]', { timeout: 10_000 });
+      await waitFor('video playing from the public port', async () => page.evaluate(() => {
+        const v = (globalThis as unknown as { document: { querySelector(s: string): { currentTime: number } | null } }).document.querySelector('video');
+        return v !== null && v.currentTime > 0.5;
+      }), 15_000, 200);
+      const viewer = await waitFor('the page is an http-flv viewer', async () => (await node.api<SessionsReply>('/api/v1/sessions')).sessions.find((s) => s.role === 'viewer' && s.protocol === 'http-flv'), 5000, 100);
+      assert.equal(viewer.stream, 'page');
+      assert.deepEqual(browser.errors, []);
+
+      const anonymous = await browser.newPage();
+      await anonymous.goto(`${node.adminUrl}/`);
+      await anonymous.waitForFunction(() => (globalThis as unknown as { document: { getElementById(id: string): { textContent: string | null } | null } }).document.getElementById('conn-text')?.textContent?.startsWith('admin token required'), undefined, { timeout: 10_000 });
+      assert.notEqual(await anonymous.getAttribute('#conn', 'data-state'), 'live', 'no snapshot without the token');
+    } finally {
+      await browser.close();
+      await ff.stop();
+    }
   });
 
   test('/metrics: standard process_* and nodejs_* names, meshcast_* for meshcast\'s own', async () => {

@@ -38,7 +38,10 @@ const player = new Player({
 function connect() {
   const events = new EventSource(adminToken ? `/api/v1/dashboard/events?access_token=${encodeURIComponent(adminToken)}` : '/api/v1/dashboard/events');
   // "live" is set by the first snapshot, not by the socket opening.
-  events.addEventListener('error', () => setConnection('down', 'reconnecting…'));
+  events.addEventListener('error', () => {
+    setConnection('down', 'reconnecting…');
+    void explainRefusal();
+  });
   events.addEventListener('snapshot', (e) => {
     try {
       render(JSON.parse(e.data));
@@ -46,6 +49,16 @@ function connect() {
       setConnection('down', `bad snapshot: ${err instanceof Error ? err.message : err}`);
     }
   });
+}
+
+// EventSource does not say why it failed: ask once with a plain request, and name a missing or wrong token.
+async function explainRefusal() {
+  try {
+    const r = await fetch('/api/v1/dashboard/snapshot', { headers: adminToken ? { Authorization: `Bearer ${adminToken}` } : {} });
+    if (r.status === 401) setConnection('down', adminToken ? 'admin token refused' : 'admin token required: open this page as /#token=<admin.token>');
+  } catch {
+    // The node is down: "reconnecting…" already says so.
+  }
 }
 
 function setConnection(kind, text) {
