@@ -135,6 +135,13 @@ export interface AmfLimits {
   maxArrayLength: number;
   /** Maximum values in one decode call, counting a reference as the size of what it points to. */
   maxTotalValues: number;
+  /**
+   * Maximum expanded bytes of one decode call: the wire bytes with every reference (AMF0
+   * object, AMF3 object, string and traits) counted at its target's full size each time it
+   * is used. This is what anything walking the value (JSON, String(), a logger, the AMF0
+   * re-encoder for AMF3 strings) pays, so it is bounded here and not by the wire size.
+   */
+  maxExpandedBytes: number;
 }
 
 /**
@@ -148,6 +155,7 @@ export const DEFAULT_AMF_LIMITS: Readonly<AmfLimits> = Object.freeze({
   maxStringLength: 1024 * 1024,
   maxArrayLength: 65536,
   maxTotalValues: 1_000_000,
+  maxExpandedBytes: 16 * 1024 * 1024,
 });
 
 const M_NUMBER = 0x00;
@@ -242,6 +250,11 @@ class Amf0Reader {
   /** Per reference entry: expanded value count, or -1 while still being decoded. */
   private readonly refSize: number[] = [];
   private readonly refHeight: number[] = [];
+  /** Per reference entry: expanded bytes (see AmfLimits.maxExpandedBytes); the start offset while being decoded. */
+  private readonly refBytes: number[] = [];
+  /** Bytes added by references beyond their wire size: the expanded size so far is pos + extra - start. */
+  extra = 0;
+  readonly start: number;
   private amf3: Amf3Reader | undefined;
 
   constructor(
@@ -250,12 +263,21 @@ class Amf0Reader {
     readonly limits: AmfLimits,
   ) {
     this.pos = pos;
+    this.start = pos;
+  }
+
+  /** Refuses the message once its expanded size passes the budget. */
+  checkExpanded(): void {
+    const expanded = this.pos + this.extra - this.start;
+    if (expanded > this.limits.maxExpandedBytes) throw tooLarge(this.limits);
   }
 
   readValue(depth: number): AmfValue {
     const buf = this.buf;
     if (this.pos >= buf.length) throw amfTruncated('value marker');
     if (++this.total > this.limits.maxTotalValues) throw tooManyValues(this.limits);
+    // Where this value starts in expanded bytes: a container's size is measured from its marker.
+    const at = this.pos + this.extra;
     const marker = buf[this.pos++]!;
     switch (marker) {
       case M_NUMBER:
@@ -270,7 +292,7 @@ class Amf0Reader {
         this.pos += 2;
         return this.utf8((buf[this.pos - 2]! << 8) | buf[this.pos - 1]!, 'string');
       case M_OBJECT:
-        return this.readObject(depth, {});
+        return this.readObject(depth, {}, at);
       case M_NULL:
         return null;
       case M_UNDEFINED:
@@ -279,9 +301,9 @@ class Amf0Reader {
       case M_REFERENCE:
         return this.readReference(depth);
       case M_ECMA_ARRAY:
-        return this.readEcmaArray(depth);
+        return this.readEcmaArray(depth, at);
       case M_STRICT_ARRAY:
-        return this.readStrictArray(depth);
+        return this.readStrictArray(depth, at);
       case M_DATE: {
         this.need(10, 'date');
         const date = new AmfDate(buf.readDoubleBE(this.pos), buf.readInt16BE(this.pos + 8));
@@ -298,7 +320,7 @@ class Amf0Reader {
         const className = this.utf8((buf[this.pos - 2]! << 8) | buf[this.pos - 1]!, 'class name');
         const obj: AmfObject = {};
         markAmf(obj, AMF_CLASS_NAME, className);
-        return this.readObject(depth, obj);
+        return this.readObject(depth, obj, at);
       }
       case M_AVMPLUS:
         return this.readAvmplus(depth);
@@ -332,13 +354,14 @@ class Amf0Reader {
   }
 
   /** Registers a container in the reference table and checks its nesting level. */
-  private open(depth: number, container: object): number {
+  private open(depth: number, container: object, at: number): number {
     const level = depth + 1;
     if (level > this.limits.maxDepth) throw tooDeep(this.limits);
     const index = this.refs.length;
     this.refs.push(container);
     this.refSize.push(-1);
     this.refHeight.push(0);
+    this.refBytes.push(at);
     return index;
   }
 
@@ -346,26 +369,27 @@ class Amf0Reader {
   private close(index: number, depth: number, totalBefore: number, deepestBefore: number): void {
     this.refSize[index] = this.total - totalBefore;
     this.refHeight[index] = this.deepest - depth;
+    this.refBytes[index] = this.pos + this.extra - this.refBytes[index]!;
     if (deepestBefore > this.deepest) this.deepest = deepestBefore;
   }
 
-  private readObject(depth: number, obj: AmfObject): AmfObject {
+  private readObject(depth: number, obj: AmfObject, at: number): AmfObject {
     const totalBefore = this.total - 1;
     const deepestBefore = this.deepest;
-    const index = this.open(depth, obj);
+    const index = this.open(depth, obj, at);
     this.deepest = depth + 1;
     this.readProperties(depth, obj);
     this.close(index, depth, totalBefore, deepestBefore);
     return obj;
   }
 
-  private readEcmaArray(depth: number): AmfObject {
+  private readEcmaArray(depth: number, at: number): AmfObject {
     const totalBefore = this.total - 1;
     const deepestBefore = this.deepest;
     const declared = this.u32('ECMA array count');
     const obj: AmfObject = {};
     markAmf(obj, AMF_ECMA_ARRAY, true);
-    const index = this.open(depth, obj);
+    const index = this.open(depth, obj, at);
     this.deepest = depth + 1;
     const read = this.readProperties(depth, obj);
     // The declared count is only a hint (encoders lie); keep a wrong one so re-encoding reproduces it.
@@ -396,7 +420,7 @@ class Amf0Reader {
     }
   }
 
-  private readStrictArray(depth: number): AmfValue[] {
+  private readStrictArray(depth: number, at: number): AmfValue[] {
     const totalBefore = this.total - 1;
     const deepestBefore = this.deepest;
     const count = this.u32('strict array count');
@@ -406,7 +430,7 @@ class Amf0Reader {
     // Every element takes at least one byte: reject impossible counts before looping.
     this.need(count, 'strict array elements');
     const arr: AmfValue[] = [];
-    const index = this.open(depth, arr);
+    const index = this.open(depth, arr, at);
     this.deepest = depth + 1;
     for (let i = 0; i < count; i++) arr.push(this.readValue(depth + 1));
     this.close(index, depth, totalBefore, deepestBefore);
@@ -424,6 +448,9 @@ class Amf0Reader {
     const size = this.refSize[index]!;
     if (size < 0) throw new AmfError('AMF_REFERENCE', `AMF0 reference ${index} to an enclosing object (cycle)`);
     this.chargeReference(size, this.refHeight[index]!, depth);
+    // The 3 reference bytes stand for the whole target, counted again at every use.
+    this.extra += this.refBytes[index]! - 3;
+    this.checkExpanded();
     return target as AmfValue;
   }
 
@@ -440,10 +467,13 @@ class Amf0Reader {
     r3.pos = this.pos;
     r3.total = this.total - 1;
     r3.deepest = this.deepest;
+    r3.extra = this.extra;
+    r3.start = this.start;
     const value = r3.readValue(depth);
     this.pos = r3.pos;
     this.total = r3.total;
     this.deepest = r3.deepest;
+    this.extra = r3.extra;
     if (
       typeof value === 'object' &&
       value !== null &&
@@ -459,6 +489,10 @@ function tooDeep(limits: AmfLimits): AmfError {
   return new AmfError('AMF_TOO_DEEP', `AMF nesting deeper than ${limits.maxDepth}`);
 }
 
+function tooLarge(limits: AmfLimits): AmfError {
+  return new AmfError('AMF_TOO_LARGE', `AMF data expands to more than ${limits.maxExpandedBytes} bytes (references counted at every use)`);
+}
+
 function tooManyValues(limits: AmfLimits): AmfError {
   return new AmfError('AMF_TOO_LONG', `AMF data holds more than ${limits.maxTotalValues} values`);
 }
@@ -469,6 +503,7 @@ export function decodeAmf0(buf: Buffer, limits: AmfLimits = DEFAULT_AMF_LIMITS):
     const reader = new Amf0Reader(buf, 0, limits);
     const values: AmfValue[] = [];
     while (reader.pos < buf.length) values.push(reader.readValue(0));
+    reader.checkExpanded();
     return values;
   } catch (e) {
     return toAmfError(e);
@@ -485,6 +520,7 @@ export function decodeAmf0Value(
     checkOffset(buf, offset);
     const reader = new Amf0Reader(buf, offset, limits);
     const value = reader.readValue(0);
+    reader.checkExpanded();
     return { value, offset: reader.pos };
   } catch (e) {
     return toAmfError(e);
@@ -821,5 +857,6 @@ export const amfInternals = Object.freeze({
   encodeError,
   tooDeep,
   tooManyValues,
+  tooLarge,
   checkOffset,
 });

@@ -22,8 +22,10 @@
  * reference to an object still being decoded (a cycle) is rejected with
  * AMF_REFERENCE so that decoded values are always trees or DAGs, and a
  * reference is charged the full size and height of its target against
- * maxTotalValues / maxDepth. The encoder writes references for repeated
- * strings, repeated object identities and repeated traits objects.
+ * maxTotalValues / maxDepth; every reference (string, object or traits) is
+ * charged its target's bytes against maxExpandedBytes at each use. The
+ * encoder writes references for repeated strings, repeated object
+ * identities and repeated traits objects.
  *
  * Non-canonical input forms that re-encode differently: doubles holding an
  * integer in U29 range, over-long U29 encodings, non-empty strings repeated
@@ -97,7 +99,16 @@ export class Amf3Reader {
   /** Expanded value count per object-table entry; -1 while it is being decoded. */
   private readonly objectSize: number[] = [];
   private readonly objectHeight: number[] = [];
+  /** Expanded bytes per object-table entry; its start offset while it is being decoded. */
+  private readonly objectBytes: number[] = [];
+  /** UTF-8 bytes per string-table entry, charged again at every reference. */
+  private readonly stringBytes: number[] = [];
   private readonly traits: Amf3Traits[] = [];
+  /** Bytes of the class and member names per traits entry: a traits reference repeats them all. */
+  private readonly traitBytes: number[] = [];
+  /** Bytes added by references beyond their wire size; the expanded size so far is pos + extra - start. */
+  extra = 0;
+  start: number;
 
   constructor(
     readonly buf: Buffer,
@@ -105,6 +116,17 @@ export class Amf3Reader {
     pos = 0,
   ) {
     this.pos = pos;
+    this.start = pos;
+  }
+
+  /** Refuses the message once its expanded size passes the budget (see AmfLimits.maxExpandedBytes). */
+  checkExpanded(): void {
+    if (this.pos + this.extra - this.start > this.limits.maxExpandedBytes) throw amfInternals.tooLarge(this.limits);
+  }
+
+  private charge(bytes: number): void {
+    this.extra += bytes;
+    this.checkExpanded();
   }
 
   /** Reads one value at `pos`; `depth` is the number of enclosing containers. */
@@ -112,6 +134,8 @@ export class Amf3Reader {
     const buf = this.buf;
     if (this.pos >= buf.length) throw amfInternals.truncated('AMF3 value marker');
     if (++this.total > this.limits.maxTotalValues) throw amfInternals.tooManyValues(this.limits);
+    // Where this value starts in expanded bytes: a complex value's size is measured from its marker.
+    const at = this.pos + this.extra;
     const marker = buf[this.pos++]!;
     switch (marker) {
       case UNDEFINED:
@@ -142,7 +166,7 @@ export class Amf3Reader {
       case VECTOR_DOUBLE:
       case VECTOR_OBJECT:
       case DICTIONARY:
-        return this.readComplex(marker, depth);
+        return this.readComplex(marker, depth, at);
       default:
         this.pos--;
         throw new AmfError(
@@ -192,6 +216,7 @@ export class Amf3Reader {
       if (s === undefined) {
         throw new AmfError('AMF_REFERENCE', `AMF3 string reference ${header >>> 1} of ${this.strings.length}`);
       }
+      this.charge(this.stringBytes[header >>> 1]!);
       return s;
     }
     const len = header >>> 1;
@@ -199,22 +224,23 @@ export class Amf3Reader {
     const s = this.utf8(len, 'string');
     if (this.strings.length >= this.limits.maxTotalValues) throw amfInternals.tooManyValues(this.limits);
     this.strings.push(s);
+    this.stringBytes.push(len);
     return s;
   }
 
-  private readComplex(marker: number, depth: number): AmfValue {
+  private readComplex(marker: number, depth: number, at: number): AmfValue {
     const header = this.u29();
     if ((header & 1) === 0) return this.reference(header >>> 1, depth);
     const n = header >>> 1;
     switch (marker) {
       case XML_DOCUMENT:
-        return this.leaf(new AmfXmlDocument(this.utf8(n, 'XML document')));
+        return this.leaf(new AmfXmlDocument(this.utf8(n, 'XML document')), at);
       case XML:
-        return this.leaf(new AmfXml(this.utf8(n, 'XML')));
+        return this.leaf(new AmfXml(this.utf8(n, 'XML')), at);
       case DATE: {
         this.need(8, 'AMF3 date');
         this.pos += 8;
-        return this.leaf(new AmfDate(this.buf.readDoubleBE(this.pos - 8)));
+        return this.leaf(new AmfDate(this.buf.readDoubleBE(this.pos - 8)), at);
       }
       case BYTE_ARRAY: {
         if (n > this.limits.maxStringLength) throw tooLong('byte array length', n, this.limits.maxStringLength);
@@ -222,18 +248,18 @@ export class Amf3Reader {
         // Copy: the input is typically a reused chunk-reassembly buffer.
         const bytes = Buffer.from(this.buf.subarray(this.pos, this.pos + n));
         this.pos += n;
-        return this.leaf(bytes);
+        return this.leaf(bytes, at);
       }
       case ARRAY:
-        return this.readArray(n, depth);
+        return this.readArray(n, depth, at);
       case OBJECT:
-        return this.readObject(header, depth);
+        return this.readObject(header, depth, at);
       case VECTOR_OBJECT:
-        return this.readObjectVector(n, depth);
+        return this.readObjectVector(n, depth, at);
       case DICTIONARY:
-        return this.readDictionary(n, depth);
+        return this.readDictionary(n, depth, at);
       default:
-        return this.readNumberVector(marker, n);
+        return this.readNumberVector(marker, n, at);
     }
   }
 
@@ -249,22 +275,25 @@ export class Amf3Reader {
     if (this.total > this.limits.maxTotalValues) throw amfInternals.tooManyValues(this.limits);
     if (depth + height > this.limits.maxDepth) throw amfInternals.tooDeep(this.limits);
     if (depth + height > this.deepest) this.deepest = depth + height;
+    this.charge(this.objectBytes[index]!);
     return target as AmfValue;
   }
 
-  private leaf<T extends object>(value: T): T {
+  private leaf<T extends object>(value: T, at: number): T {
     this.objects.push(value);
     this.objectSize.push(1);
     this.objectHeight.push(0);
+    this.objectBytes.push(this.pos + this.extra - at);
     return value;
   }
 
-  private open(depth: number, container: object): number {
+  private open(depth: number, container: object, at: number): number {
     if (depth + 1 > this.limits.maxDepth) throw amfInternals.tooDeep(this.limits);
     const index = this.objects.length;
     this.objects.push(container);
     this.objectSize.push(-1);
     this.objectHeight.push(0);
+    this.objectBytes.push(at);
     this.deepest = depth + 1;
     return index;
   }
@@ -272,6 +301,7 @@ export class Amf3Reader {
   private close(index: number, depth: number, totalBefore: number, deepestBefore: number): void {
     this.objectSize[index] = this.total - totalBefore;
     this.objectHeight[index] = this.deepest - depth;
+    this.objectBytes[index] = this.pos + this.extra - this.objectBytes[index]!;
     if (deepestBefore > this.deepest) this.deepest = deepestBefore;
   }
 
@@ -279,12 +309,12 @@ export class Amf3Reader {
     if (n > this.limits.maxArrayLength) throw tooLong(what, n, this.limits.maxArrayLength);
   }
 
-  private readArray(dense: number, depth: number): AmfValue[] {
+  private readArray(dense: number, depth: number, at: number): AmfValue[] {
     const totalBefore = this.total - 1;
     const deepestBefore = this.deepest;
     this.checkCount('array length', dense);
     const arr: AmfValue[] = [];
-    const index = this.open(depth, arr);
+    const index = this.open(depth, arr, at);
     let assoc: AmfObject | undefined;
     for (let n = 0; ; n++) {
       const key = this.string();
@@ -301,7 +331,7 @@ export class Amf3Reader {
     return arr;
   }
 
-  private readObject(header: number, depth: number): AmfObject {
+  private readObject(header: number, depth: number, at: number): AmfObject {
     const totalBefore = this.total - 1;
     const deepestBefore = this.deepest;
     let traits: Amf3Traits;
@@ -311,23 +341,26 @@ export class Amf3Reader {
         throw new AmfError('AMF_REFERENCE', `AMF3 traits reference ${header >>> 2} of ${this.traits.length}`);
       }
       traits = ref;
+      this.charge(this.traitBytes[header >>> 2]!);
     } else if ((header & 4) !== 0) {
       const className = this.string();
       throw new AmfError('AMF_UNKNOWN_MARKER', `externalizable AMF3 class "${className}" is not supported`);
     } else {
       const count = header >>> 4;
       this.checkCount('sealed member count', count);
+      const namesAt = this.pos + this.extra;
       const className = this.string();
       this.need(count, 'AMF3 sealed member names');
       const sealed: string[] = [];
       for (let i = 0; i < count; i++) sealed.push(this.string());
       traits = Object.freeze({ className, sealed: Object.freeze(sealed), dynamic: (header & 8) !== 0 });
       this.traits.push(traits);
+      this.traitBytes.push(this.pos + this.extra - namesAt);
     }
     const obj: AmfObject = {};
     amfInternals.mark(obj, AMF3_TRAITS, traits);
     if (traits.className !== '') amfInternals.mark(obj, AMF_CLASS_NAME, traits.className);
-    const index = this.open(depth, obj);
+    const index = this.open(depth, obj, at);
     const sealed = traits.sealed;
     this.need(sealed.length, 'AMF3 sealed member values');
     for (let i = 0; i < sealed.length; i++) amfInternals.setProperty(obj, sealed[i]!, this.readValue(depth + 1));
@@ -343,7 +376,7 @@ export class Amf3Reader {
     return obj;
   }
 
-  private readNumberVector(marker: number, count: number): AmfVector {
+  private readNumberVector(marker: number, count: number, at: number): AmfVector {
     this.checkCount('vector length', count);
     this.need(1, 'AMF3 vector');
     const fixed = this.buf[this.pos++] !== 0;
@@ -361,10 +394,10 @@ export class Amf3Reader {
       for (let i = 0; i < count; i++, p += 4) items[i] = buf.readUInt32BE(p);
     }
     this.pos = p;
-    return this.leaf(new AmfVector(items, fixed));
+    return this.leaf(new AmfVector(items, fixed), at);
   }
 
-  private readObjectVector(count: number, depth: number): AmfVector {
+  private readObjectVector(count: number, depth: number, at: number): AmfVector {
     const totalBefore = this.total - 1;
     const deepestBefore = this.deepest;
     this.checkCount('vector length', count);
@@ -374,13 +407,13 @@ export class Amf3Reader {
     this.need(count, 'AMF3 vector elements');
     const items: AmfValue[] = [];
     const vector = new AmfVector(items, fixed, typeName);
-    const index = this.open(depth, vector);
+    const index = this.open(depth, vector, at);
     for (let i = 0; i < count; i++) items.push(this.readValue(depth + 1));
     this.close(index, depth, totalBefore, deepestBefore);
     return vector;
   }
 
-  private readDictionary(count: number, depth: number): AmfDictionary {
+  private readDictionary(count: number, depth: number, at: number): AmfDictionary {
     const totalBefore = this.total - 1;
     const deepestBefore = this.deepest;
     this.checkCount('dictionary size', count);
@@ -389,7 +422,7 @@ export class Amf3Reader {
     this.need(count * 2, 'AMF3 dictionary entries');
     const entries = new Map<AmfValue, AmfValue>();
     const dict = new AmfDictionary(entries, weakKeys);
-    const index = this.open(depth, dict);
+    const index = this.open(depth, dict, at);
     for (let i = 0; i < count; i++) {
       const key = this.readValue(depth + 1);
       entries.set(key, this.readValue(depth + 1));
@@ -701,6 +734,7 @@ export function decodeAmf3Value(
     amfInternals.checkOffset(buf, offset);
     const reader = new Amf3Reader(buf, limits, offset);
     const value = reader.readValue(0);
+    reader.checkExpanded();
     return { value, offset: reader.pos };
   } catch (e) {
     return amfInternals.toError(e);

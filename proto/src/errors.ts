@@ -16,6 +16,7 @@ export type ProtocolErrorCode =
   | 'AMF_UNKNOWN_MARKER'
   | 'AMF_TOO_DEEP'
   | 'AMF_TOO_LONG'
+  | 'AMF_TOO_LARGE'
   | 'AMF_REFERENCE'
   | 'FLV_HEADER'
   | 'FLV_TAG'

@@ -358,6 +358,7 @@ describe('AMF0 hostile input', () => {
     maxStringLength: 2 ** 32,
     maxArrayLength: 2 ** 32,
     maxTotalValues: 2 ** 40,
+    maxExpandedBytes: 2 ** 40,
   };
 
   test('length claims far beyond the buffer fail fast without allocating', () => {
@@ -436,7 +437,7 @@ describe('AMF0 hostile input', () => {
   });
 
   test('per-value limits', () => {
-    const limits: AmfLimits = { maxDepth: 8, maxStringLength: 4, maxArrayLength: 2, maxTotalValues: 6 };
+    const limits: AmfLimits = { maxDepth: 8, maxStringLength: 4, maxArrayLength: 2, maxTotalValues: 6, maxExpandedBytes: 1024 };
     fails(decodeAmf0(hex(`02 ${str16('hello')}`), limits), 'AMF_TOO_LONG');
     assert.deepEqual(ok(decodeAmf0(hex(`02 ${str16('hell')}`), limits)), ['hell']);
     fails(decodeAmf0(hex('0a 00000003 05 05 05'), limits), 'AMF_TOO_LONG');

@@ -428,7 +428,7 @@ describe('RTMP AMF3 command messages (type 17)', () => {
 });
 
 describe('AMF3 hostile input', () => {
-  const wide: AmfLimits = { maxDepth: 1_000_000, maxStringLength: 2 ** 32, maxArrayLength: 2 ** 32, maxTotalValues: 2 ** 40 };
+  const wide: AmfLimits = { maxDepth: 1_000_000, maxStringLength: 2 ** 32, maxArrayLength: 2 ** 32, maxTotalValues: 2 ** 40, maxExpandedBytes: 2 ** 40 };
 
   test('huge counts fail fast without allocating', () => {
     const claims = [
