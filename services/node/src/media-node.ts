@@ -7,13 +7,13 @@ import type { FastifyInstance } from 'fastify';
 import type { LoadSample } from '@meshcast/mesh';
 import { appConfig, type NodeConfig } from './config.ts';
 import type { Logger } from './log.ts';
-import type { MediaHost, PlayAdmission, PublishAdmission, StreamRequest } from './media/host.ts';
+import type { MediaHost, PlayAdmission, PublishAdmission, Refusal, StreamRequest } from './media/host.ts';
 import { StreamRegistry } from './media/stream-registry.ts';
 import type { PublisherHandle, StreamHub } from './media/stream-hub.ts';
 import { RtmpServer } from './rtmp/rtmp-server.ts';
 import { buildAdminServer, buildHttpServer, type HttpApiExtras, type Readiness } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
-import { verifyCredential } from './mesh/mesh-credential.ts';
+import { verifyCredential, type CredentialCheck } from './mesh/mesh-credential.ts';
 import { OPEN_ACCESS, type Authorizer } from './auth/authorizer.ts';
 import { startStaticRelays, type StaticRelayLink } from './relay/static-relay.ts';
 
@@ -24,6 +24,8 @@ export interface MeshBinding {
   releasePublish(hub: StreamHub, publisher: PublisherHandle): void;
   /** Called for a play of a stream not published here: start or join a relay, or refuse/redirect. */
   resolvePlay(req: StreamRequest, hub: StreamHub): Promise<PlayAdmission>;
+  /** A relay's pull (`req.meshPeer`): refused unless this node serves the ownership epoch it names (`req.meshPull`). */
+  admitRelayPull?(req: StreamRequest): Refusal | undefined;
   playEnded(hub: StreamHub): void;
   /** Routes for anyone on the public listener (the route API, `/play` redirects). */
   registerPublicRoutes?(app: FastifyInstance): void;
@@ -241,6 +243,9 @@ export class MediaNode implements MediaHost {
     }
     const app = appConfig(this.config, req.app);
     if (!app.allow_play) return { ok: false, code: 'NetStream.Play.Failed', description: `playing from app "${req.app}" is not allowed` };
+    // The epoch fence: a relay's pull is served only if this node owns or relays the epoch it expects.
+    const fenced = req.meshPeer ? this.mesh?.admitRelayPull?.(req) : undefined;
+    if (fenced) return fenced;
     // Relays between nodes are authorised by the mesh credential, not by viewer auth.
     if (!req.meshPeer) {
       const auth = await this.authorizer.authorize('play', req);
@@ -268,7 +273,7 @@ export class MediaNode implements MediaHost {
     this.authorizer.done(action, req, summary);
   }
 
-  verifyMeshCredential(value: unknown): { ok: true; node: string } | { ok: false; reason: string } {
+  verifyMeshCredential(value: unknown): CredentialCheck {
     return verifyCredential(this.config.mesh.mesh_secret, value);
   }
 

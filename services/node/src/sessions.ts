@@ -19,6 +19,8 @@ export interface Session {
   readonly id: string;
   info(): SessionInfo;
   kick(reason: string): void;
+  /** Ends the session with a status its peer can read before the close (RTMP onStatus on its playing streams). */
+  closeWithStatus?(code: string, description: string): void;
 }
 
 let counter = 0;

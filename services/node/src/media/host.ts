@@ -7,6 +7,7 @@ import type { NodeConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import type { SessionTable } from '../sessions.ts';
 import type { PublisherHandle, StreamHub } from './stream-hub.ts';
+import type { CredentialCheck, MeshPull } from '../mesh/mesh-credential.ts';
 
 export interface StreamRequest {
   app: string;
@@ -18,6 +19,8 @@ export interface StreamRequest {
   protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls';
   /** Set when the connection proved (mesh credential) that it is another node's relay pulling. */
   meshPeer?: string;
+  /** With `meshPeer`: the stream and ownership epoch the relay expects (signed in its credential). */
+  meshPull?: MeshPull;
 }
 
 export type Refusal = {
@@ -44,7 +47,7 @@ export interface MediaHost {
   endPlay(hub: StreamHub): void;
   /** An admitted publish or play has ended (webhooks, accounting). */
   sessionDone(action: 'publish' | 'play', req: StreamRequest, summary: { bytesIn: number; bytesOut: number; durationMs: number }): void;
-  verifyMeshCredential(value: unknown): { ok: true; node: string } | { ok: false; reason: string };
+  verifyMeshCredential(value: unknown): CredentialCheck;
 }
 
 export function splitQuery(name: string): { name: string; params: URLSearchParams } {

@@ -26,10 +26,12 @@ import {
 } from '@meshcast/mesh';
 import { appConfig, type NodeConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
-import type { PlayAdmission, PublishAdmission, StreamRequest } from '../media/host.ts';
+import type { PlayAdmission, PublishAdmission, Refusal, StreamRequest } from '../media/host.ts';
 import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import type { MediaNode, MeshBinding } from '../media-node.ts';
 import { RelayActor } from './relay-actor.ts';
+import { RelayPullFence } from './relay-pull-fence.ts';
+import { epochRefusal, sameEpoch, type StreamEpoch } from './mesh-credential.ts';
 import { startNodeControl, type NodeControl } from './node-control.ts';
 import { natsAuthOptions } from '../auth/nats-auth.ts';
 import { NoPlaybackCapacityError, ViewerRouter } from './viewer-router.ts';
@@ -69,6 +71,8 @@ export class NodeMesh implements MeshBinding {
   private readonly freezeTimer: NodeJS.Timeout;
   /** Publishers whose ownership is being re-confirmed after a pause: their frames are held back meanwhile. */
   private readonly unconfirmed = new Set<string>();
+  /** The relay pulls this node serves, by the epoch each was admitted for (the epoch fence, parent side). */
+  private readonly pullFence: RelayPullFence;
 
   private constructor(
     private readonly node: MediaNode,
@@ -82,6 +86,7 @@ export class NodeMesh implements MeshBinding {
   ) {
     this.log = log.child({ component: 'mesh' });
     this.router = new ViewerRouter(cfg.node_id, bus, membership, () => node.admitViewerHere(), cfg.mesh.placement_load_factor, this.log);
+    this.pullFence = new RelayPullFence(node.sessions, this.log);
     this.freezeTimer = setInterval(() => this.checkPaused(), 250);
     this.freezeTimer.unref();
   }
@@ -114,7 +119,7 @@ export class NodeMesh implements MeshBinding {
     mesh.control = startNodeControl({ bus, nodeId: cfg.node_id, node, log, drain: (reason) => node.drain(reason) });
     // KV may be briefly unavailable (NATS restarting): the node still serves local streams meanwhile.
     await Promise.all([ownership.start(), relayClaims.start()]).catch((err: unknown) => log.warn({ err: String(err) }, 'mesh registries not ready yet; will retry on use'));
-    mesh.unwatchOwners = ownership.watch((c) => mesh.onOwnerChange(c.app, c.stream, c.kind === 'owner' ? c.record?.owner : undefined));
+    mesh.unwatchOwners = ownership.watch((c) => mesh.onOwnerChange(c.app, c.stream, c.kind === 'owner' && c.record ? { owner: c.record.owner, epoch: c.record.epoch } : undefined));
     return mesh;
   }
 
@@ -122,12 +127,13 @@ export class NodeMesh implements MeshBinding {
     return `rtmp://${this.cfg.public_host}:${this.node.rtmpPort}`;
   }
 
-  private onOwnerChange(app: string, stream: string, owner: string | undefined): void {
+  private onOwnerChange(app: string, stream: string, epoch: StreamEpoch | undefined): void {
     const hub = this.node.registry.get(app, stream);
     if (!hub) return;
+    const owner = epoch?.owner;
     const relay = this.relays.get(hub.key);
     if (relay) {
-      relay.handle({ type: 'ownerChanged', owner });
+      relay.handle({ type: 'ownerChanged', owner: epoch });
       return;
     }
     // Viewers waiting here for a stream that just appeared elsewhere: start pulling it.
@@ -207,6 +213,8 @@ export class NodeMesh implements MeshBinding {
   private holdLease(hub: StreamHub, publisher: PublisherHandle, lease: OwnershipLease): void {
     const held: HeldLease = { lease, publisher };
     this.leases.set(publisher.id, held);
+    // Relays admitted for an earlier epoch (of this node or another) pull again, asking for this one.
+    this.fenceRelayPullsOf(hub.app, hub.stream, { owner: this.cfg.node_id, epoch: lease.epoch }, 'new ownership lease here');
     const gate = (): boolean => {
       if (hub.publisher !== publisher) return true;
       this.checkPaused();
@@ -227,6 +235,7 @@ export class NodeMesh implements MeshBinding {
       }
       // Fence: another node owns the stream now (or we could not renew, or were paused); never serve it as a stale owner.
       this.log.warn({ app: hub.app, stream: hub.stream, reason: reason.code, detail: reason.message }, 'ownership lease lost; dropping the publisher');
+      this.fenceRelayPullsOf(hub.app, hub.stream, undefined, `ownership lease lost (${reason.code})`);
       publisher.evict(`ownership lease lost (${reason.code})`);
       if (hub.inputGate === gate) hub.inputGate = undefined;
       // Viewers here stay: play the stream from whoever owns it now (the watch may not report it, e.g. after a pause).
@@ -318,6 +327,48 @@ export class NodeMesh implements MeshBinding {
     return { ok: true, hub };
   }
 
+  /**
+   * The ownership epoch this node serves for a stream: its own lease's when a publisher here owns it,
+   * else the epoch its relay pulls (or last pulled). Undefined when it serves none it could vouch for.
+   */
+  private servingEpoch(hub: StreamHub): StreamEpoch | undefined {
+    const publisher = hub.publisher;
+    if (publisher && publisher.kind !== 'relay') {
+      const held = this.leases.get(publisher.id);
+      return held?.lease.held ? { owner: this.cfg.node_id, epoch: held.lease.epoch } : undefined;
+    }
+    return this.relays.get(hub.key)?.epoch;
+  }
+
+  /**
+   * The epoch fence, parent side: a relay's pull is served only if this node owns the epoch the relay
+   * asks for, or relays that same epoch. A relay here that has not pulled any epoch yet takes the pull
+   * and fences it once its own pull shows which epoch it serves.
+   */
+  admitRelayPull(req: StreamRequest): Refusal | undefined {
+    const pull = req.meshPull;
+    if (!pull) return epochRefusal(this.cfg.node_id, req.app, req.stream, { kind: 'no-epoch' });
+    if (pull.app !== req.app || pull.stream !== req.stream) return epochRefusal(this.cfg.node_id, req.app, req.stream, { kind: 'other-stream', asked: pull });
+    const asked: StreamEpoch = { owner: pull.owner, epoch: pull.epoch };
+    const hub = this.node.registry.get(req.app, req.stream);
+    const serving = hub ? this.servingEpoch(hub) : undefined;
+    const provisional = serving === undefined && hub !== undefined && pull.owner !== this.cfg.node_id && this.relays.has(hub.key);
+    if (!sameEpoch(serving, asked) && !provisional) {
+      return epochRefusal(this.cfg.node_id, req.app, req.stream, serving ? { kind: 'other-epoch', asked, serving } : { kind: 'not-serving', asked });
+    }
+    this.pullFence.admitted(req.app, req.stream, req.sessionId, asked);
+    return undefined;
+  }
+
+  /**
+   * Closes at once the relay pulls of app/stream admitted for any epoch other than `keep` (all of them
+   * when `keep` is undefined). The ownership code calls it when this node's lease is lost or superseded
+   * and when it takes a new one; the relay actor calls it when its own pull moves to another epoch.
+   */
+  fenceRelayPullsOf(app: string, stream: string, keep: StreamEpoch | undefined, why: string): number {
+    return this.pullFence.fence(app, stream, keep, why);
+  }
+
   /** Where placement wants this viewer, when configured to redirect and that is another node (else undefined: serve here). */
   async redirectPlay(req: StreamRequest): Promise<string | undefined> {
     if (!this.cfg.mesh.rtmp_redirect || req.protocol !== 'rtmp' || req.meshPeer) return undefined;
@@ -356,6 +407,7 @@ export class NodeMesh implements MeshBinding {
         membership: this.membership,
         events: this.events,
         log: this.log,
+        onEpoch: (epoch) => this.fenceRelayPullsOf(hub.app, hub.stream, epoch, 'this relay now pulls another epoch'),
       },
       (a) => {
         if (this.relays.get(hub.key) === a) this.relays.delete(hub.key);

@@ -6,13 +6,20 @@
  *
  * It re-parents without closing viewers when the owner changes, the parent dies or the
  * parent stalls; it lingers after the last viewer leaves, then releases its claim.
+ *
+ * Epoch fence, child side: each pull names the ownership epoch (owner node + lease epoch) that
+ * the owner record showed, signed in the mesh credential. A parent that does not serve that
+ * epoch refuses the pull, or closes it later when its own epoch moves, with EPOCH_FENCE_CODE;
+ * the relay then re-reads the owner record and pulls again (backing off if refused again),
+ * keeping its viewers. When its own pull moves to another epoch it fences its children in turn
+ * (`onEpoch`), so no viewer below it gets an older epoch's frames after a newer one's.
  */
-import { RtmpClient } from '../client/rtmp-client.ts';
+import { RtmpClient, RtmpClientError } from '../client/rtmp-client.ts';
 import { decodeAmf0, asAmfObject, type AmfValue, type RtmpMessage } from '@meshcast/proto';
 import { Backoff, FailureLogLimiter, chooseRelayParent, encodeStreamToken, type BackoffOptions, type Membership, type MeshEvents, type OwnershipRegistry, type RelayClaims, type RelayLease } from '@meshcast/mesh';
 import type { Logger } from '../log.ts';
 import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
-import { signCredential } from './mesh-credential.ts';
+import { EPOCH_FENCE_CODE, describeEpoch, sameEpoch, signCredential, type StreamEpoch } from './mesh-credential.ts';
 
 export interface RelayContext {
   nodeId: string;
@@ -28,22 +35,25 @@ export interface RelayContext {
   log: Logger;
   /** Retry pacing (tests inject their random source); defaults to the shared backoff's. */
   backoff?: BackoffOptions;
+  /** This relay now pulls `epoch`: pulls of its children admitted for another epoch must be closed. */
+  onEpoch?: (epoch: StreamEpoch) => void;
 }
 
 type RelayState =
   | { kind: 'idle' }
   | { kind: 'awaitingOwner' }
   | { kind: 'connecting'; seq: number; since: number }
-  | { kind: 'pulling'; parent: string; client: RtmpClient; since: number }
+  | { kind: 'pulling'; parent: string; client: RtmpClient; since: number; epoch: StreamEpoch }
   | { kind: 'backoff'; until: number }
   | { kind: 'stopped' };
 
 export type RelayMessage =
   | { type: 'start' }
-  | { type: 'ownerChanged'; owner: string | undefined }
-  | { type: 'connected'; seq: number; client: RtmpClient; parent: string; early: RtmpMessage[] }
-  | { type: 'connectFailed'; seq: number; reason: string; parent?: string }
-  | { type: 'upstreamClosed'; client: RtmpClient; reason: string }
+  | { type: 'ownerChanged'; owner: StreamEpoch | undefined }
+  | { type: 'connected'; seq: number; client: RtmpClient; parent: string; epoch: StreamEpoch; early: RtmpMessage[] }
+  /** `fenced`: the parent refused the epoch asked for (it serves another, or none). */
+  | { type: 'connectFailed'; seq: number; reason: string; parent?: string; fenced?: boolean }
+  | { type: 'upstreamClosed'; client: RtmpClient; reason: string; fenced: boolean }
   | { type: 'tick' }
   | { type: 'reclaimed'; seq: number; lost: RelayLease; lease: RelayLease | undefined; error?: string }
   | { type: 'evicted'; reason: string }
@@ -67,6 +77,8 @@ export interface RelayStatus {
   stream: string;
   state: RelayState['kind'];
   parent: string | undefined;
+  /** The ownership epoch pulled (or last pulled), as `epoch N of node`. */
+  epoch: string | undefined;
   upstreams: number;
   lastFrameAgoMs: number | undefined;
   viewers: number;
@@ -80,6 +92,8 @@ export class RelayActor {
   private lastFrameAt = 0;
   private lingerSince: number | undefined;
   private ownerLive = false;
+  /** The epoch of the current pull, kept after it ends until another one starts. */
+  private lastEpoch: StreamEpoch | undefined;
   private upstreams = 0;
   private readonly avoid = new Map<string, number>();
   private reclaim: { inFlight: boolean; retryAt: number } = { inFlight: false, retryAt: 0 };
@@ -114,12 +128,18 @@ export class RelayActor {
     return this.handle_;
   }
 
+  /** The ownership epoch this relay serves its children: the one it pulls, or last pulled while it re-parents. */
+  get epoch(): StreamEpoch | undefined {
+    return this.lastEpoch;
+  }
+
   status(): RelayStatus {
     return {
       app: this.hub.app,
       stream: this.hub.stream,
       state: this.state.kind,
       parent: this.state.kind === 'pulling' ? this.state.parent : undefined,
+      epoch: this.lastEpoch ? describeEpoch(this.lastEpoch) : undefined,
       upstreams: this.upstreams,
       lastFrameAgoMs: this.lastFrameAt ? Date.now() - this.lastFrameAt : undefined,
       viewers: this.hub.sinkCount,
@@ -136,25 +156,29 @@ export class RelayActor {
       case 'start':
         if (this.state.kind === 'idle') this.connect();
         return;
-      case 'ownerChanged':
-        this.ownerLive = msg.owner !== undefined && msg.owner !== this.ctx.nodeId;
+      case 'ownerChanged': {
+        const owner = msg.owner?.owner;
+        this.ownerLive = owner !== undefined && owner !== this.ctx.nodeId;
         if (!this.ownerLive) return;
-        // Our parent is the old owner (or we have none): move now. A relay parent re-parents itself.
-        if (this.state.kind === 'pulling' && this.state.parent !== msg.owner && this.isOwnerParent()) this.reparent('stream owner changed');
+        // Our parent is the old owner, or the owner under another epoch (or we have none): move now. A relay
+        // parent re-parents itself, then fences us.
+        if (this.state.kind === 'pulling' && this.isOwnerParent() && !sameEpoch(this.state.epoch, msg.owner)) this.reparent('stream owner changed');
         else if (this.state.kind === 'awaitingOwner' || this.state.kind === 'backoff') this.connect();
         // An attempt under way may have looked up the old owner: if it fails, try again at once rather than after the backoff.
         else if (this.state.kind === 'connecting') this.ownerMovedWhileConnecting = true;
         return;
+      }
       case 'connected':
         if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) {
           msg.client.close('superseded');
           return;
         }
-        this.onConnected(msg.client, msg.parent, msg.early);
+        this.onConnected(msg.client, msg.parent, msg.epoch, msg.early);
         return;
       case 'connectFailed':
         if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) return;
-        if (msg.parent) this.avoid.set(msg.parent, Date.now() + AVOID_MS);
+        // A fenced owner is asked again after the owner record is read again (it may own a newer epoch); a fenced relay parent is avoided.
+        if (msg.parent && !(msg.fenced && msg.parent === this.lastOwner)) this.avoid.set(msg.parent, Date.now() + AVOID_MS);
         if (msg.reason === 'no owner') {
           // Not a failure: nobody publishes the stream (yet, or any more). The ownership watch wakes us.
           if (this.state.kind === 'connecting') this.log.debug('relay waiting for a stream owner');
@@ -170,8 +194,9 @@ export class RelayActor {
         return;
       case 'upstreamClosed':
         if (this.state.kind !== 'pulling' || this.state.client !== msg.client) return;
-        this.avoid.set(this.state.parent, Date.now() + AVOID_MS);
-        this.reparent(`upstream closed: ${msg.reason}`);
+        // A parent that fenced our epoch is alive and will serve the current one: read the owner again and ask anew.
+        if (!msg.fenced) this.avoid.set(this.state.parent, Date.now() + AVOID_MS);
+        this.reparent(msg.fenced ? `parent fenced epoch: ${msg.reason}` : `upstream closed: ${msg.reason}`);
         return;
       case 'tick':
         this.onTick();
@@ -324,6 +349,7 @@ export class RelayActor {
     this.ownerLive = true;
     const owner = info.record.owner;
     this.lastOwner = owner;
+    const epoch: StreamEpoch = { owner, epoch: info.record.epoch };
     const claims = await withTimeout(this.ctx.relays.list(app, stream), LIST_CLAIMS_MS).then(
       (list) => {
         this.listFailures.success();
@@ -354,7 +380,7 @@ export class RelayActor {
     try {
       client = await RtmpClient.connect(url, {
         timeoutMs: 3000,
-        connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId) } },
+        connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId, { app, stream, ...epoch }) } },
       });
     } catch (err) {
       // Unreachable, or refused ("mesh pull refused: …"): avoid this parent for a while and back off.
@@ -367,16 +393,21 @@ export class RelayActor {
       await client.play(stream, 3000);
     } catch (err) {
       client.close();
-      return { type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err), parent };
+      const fenced = err instanceof RtmpClientError && err.code === EPOCH_FENCE_CODE;
+      return { type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err), parent, fenced };
     }
-    return { type: 'connected', seq, client, parent, early };
+    return { type: 'connected', seq, client, parent, epoch, early };
   }
 
-  private onConnected(client: RtmpClient, parent: string, early: RtmpMessage[]): void {
+  private onConnected(client: RtmpClient, parent: string, epoch: StreamEpoch, early: RtmpMessage[]): void {
     this.upstreams++;
     this.pullRetry.reset();
     const failedAttempts = this.pullFailures.success();
-    this.state = { kind: 'pulling', parent, client, since: Date.now() };
+    this.state = { kind: 'pulling', parent, client, since: Date.now(), epoch };
+    const previous = this.lastEpoch;
+    this.lastEpoch = epoch;
+    // Children admitted for another epoch (or before this relay knew one) must not get this one's frames after theirs.
+    this.ctx.onEpoch?.(epoch);
     if (!this.attached) {
       this.hub.attachPublisher(this.handle_);
       this.attached = true;
@@ -385,8 +416,15 @@ export class RelayActor {
     }
     for (const m of early) this.onFrame(m);
     client.onFrame = (m) => this.onFrame(m);
-    client.once('close', (reason: string) => this.handle({ type: 'upstreamClosed', client, reason }));
-    this.log.info({ parent, ...(failedAttempts > 0 ? { failedAttempts } : {}) }, 'relay pulling');
+    let fenced = false;
+    client.on('status', (s: { code?: unknown }) => {
+      if (s.code === EPOCH_FENCE_CODE) fenced = true;
+    });
+    client.once('close', (reason: string) => this.handle({ type: 'upstreamClosed', client, reason, fenced }));
+    this.log.info(
+      { parent, epoch: describeEpoch(epoch), ...(previous && !sameEpoch(previous, epoch) ? { previousEpoch: describeEpoch(previous) } : {}), ...(failedAttempts > 0 ? { failedAttempts } : {}) },
+      'relay pulling',
+    );
     this.ctx.events
       .append({ type: 'relayStarted', at: Date.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, parent })
       .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append relayStarted'));

@@ -34,6 +34,7 @@ import { FRAME_AUDIO, FRAME_DATA, FRAME_VIDEO, type FrameType, type WireFormat }
 import { checkName, splitQuery, type MediaHost, type StreamRequest } from '../media/host.ts';
 import type { MediaSink, PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import type { Logger } from '../log.ts';
+import type { MeshPull } from '../mesh/mesh-credential.ts';
 import { newSessionId, type Session, type SessionInfo, type SessionRole } from '../sessions.ts';
 
 type ConnState = 'handshake' | 'awaitConnect' | 'connected' | 'closed';
@@ -93,6 +94,8 @@ export class RtmpSession implements Session {
   private appParams = new URLSearchParams();
   private objectEncoding = 0;
   private meshPeer: string | undefined;
+  /** The stream and ownership epoch the relay's credential names (with `meshPeer`). */
+  private meshPull: MeshPull | undefined;
   private peerWindow = 0;
   private lastAcked = 0;
   private readonly startedAt = Date.now();
@@ -345,6 +348,7 @@ export class RtmpSession implements Session {
         return this.close(`mesh pull refused: ${check.reason}`, 'info');
       }
       this.meshPeer = check.node;
+      this.meshPull = check.pull;
       this.log = this.log.child({ peer: check.node });
     }
     this.app = name;
@@ -385,6 +389,7 @@ export class RtmpSession implements Session {
     for (const [k, v] of params) merged.set(k, v);
     const req: StreamRequest = { app: this.app, stream: name, params: merged, sessionId: this.id, remote: this.remote, protocol: 'rtmp' };
     if (this.meshPeer) req.meshPeer = this.meshPeer;
+    if (this.meshPull) req.meshPull = this.meshPull;
     return { req };
   }
 
@@ -545,6 +550,13 @@ export class RtmpSession implements Session {
 
   kick(reason: string): void {
     this.handle({ type: 'kick', reason });
+  }
+
+  /** Tells the peer why on each playing stream (a relay fenced off a stale epoch reads the code), then closes. */
+  closeWithStatus(code: string, description: string): void {
+    if (this.state === 'closed') return;
+    for (const ns of this.streams.values()) if (ns.kind === 'playing') this.sendStatus(ns.id, 'error', code, description);
+    this.handle({ type: 'kick', reason: description });
   }
 
   private write(buf: Buffer): void {
