@@ -422,7 +422,7 @@ describe('decoder control handling', () => {
 // ---------------------------------------------------------------------------
 describe('decoder limits', () => {
   test('defaults', () => {
-    assert.deepEqual(DEFAULT_CHUNK_DECODER_LIMITS, { maxMessageLength: 8 * 1024 * 1024, maxChunkSize: 65536, maxChunkStreams: 64 });
+    assert.deepEqual(DEFAULT_CHUNK_DECODER_LIMITS, { maxMessageLength: 8 * 1024 * 1024, maxChunkSize: 65536, maxChunkStreams: 64, maxPartialBytes: 32 * 1024 * 1024 });
   });
 
   test('a header claiming 10 MB with the limit at 8 MiB → MESSAGE_TOO_LONG right away, nothing allocated', (t) => {

@@ -45,12 +45,20 @@ export interface ChunkDecoderLimits {
   maxChunkSize: number;
   /** Largest number of distinct chunk stream ids a connection may use. */
   maxChunkStreams: number;
+  /**
+   * Largest total of bytes held for unfinished messages, over all chunk streams: each
+   * partial message counts its announced length from its first chunk on (that is what its
+   * assembly buffer reserves). Without it one connection may hold maxChunkStreams ×
+   * maxMessageLength. The owner may change it while decoding (see setMaxPartialBytes).
+   */
+  maxPartialBytes: number;
 }
 
 export const DEFAULT_CHUNK_DECODER_LIMITS: ChunkDecoderLimits = Object.freeze({
   maxMessageLength: 8 * 1024 * 1024,
   maxChunkSize: 65536,
   maxChunkStreams: 64,
+  maxPartialBytes: 32 * 1024 * 1024,
 });
 
 /** Chunk size both directions start with. */
@@ -117,9 +125,12 @@ function checkLimit(name: string, v: number, min: number, max: number): void {
  * - Set Chunk Size of 0 or above `maxChunkSize` → CHUNK_SIZE; shorter than 4
  *   bytes → MESSAGE_MALFORMED (same for Abort).
  *
+ * - a message whose first chunk would take the bytes reserved for unfinished
+ *   messages over `maxPartialBytes` → PARTIAL_TOO_LARGE.
+ *
  * Memory: partial messages are held in one Buffer.allocUnsafe of the announced
- * length (≤ maxMessageLength), allocated when their first chunk arrives; at most
- * maxChunkStreams of them exist at once. Payload aliasing: see ALIAS_RATIO.
+ * length (≤ maxMessageLength), allocated when their first chunk arrives; their
+ * total is bounded by maxPartialBytes. Payload aliasing: see ALIAS_RATIO.
  */
 export class ChunkStreamDecoder {
   readonly #limits: ChunkDecoderLimits;
@@ -136,6 +147,9 @@ export class ChunkStreamDecoder {
   #carryLen = 0;
   /** Output of the header parser (avoids allocating a result object per chunk). */
   #hdrStream: InStream | undefined;
+  /** Bytes reserved by the assembly buffers of unfinished messages. */
+  #partialBytes = 0;
+  #maxPartialBytes: number;
 
   /**
    * Limits default to DEFAULT_CHUNK_DECODER_LIMITS. Values above what the wire
@@ -148,11 +162,28 @@ export class ChunkStreamDecoder {
     checkLimit('maxMessageLength', l.maxMessageLength, 0, Number.MAX_SAFE_INTEGER);
     checkLimit('maxChunkSize', l.maxChunkSize, 1, Number.MAX_SAFE_INTEGER);
     checkLimit('maxChunkStreams', l.maxChunkStreams, 1, Number.MAX_SAFE_INTEGER);
+    checkLimit('maxPartialBytes', l.maxPartialBytes, 0, Number.MAX_SAFE_INTEGER);
     this.#limits = {
       maxMessageLength: Math.min(l.maxMessageLength, MAX_MESSAGE_LENGTH_WIRE),
       maxChunkSize: Math.min(l.maxChunkSize, MAX_CHUNK_SIZE_WIRE),
       maxChunkStreams: Math.min(l.maxChunkStreams, MAX_CSID - MIN_CSID + 1),
+      maxPartialBytes: l.maxPartialBytes,
     };
+    this.#maxPartialBytes = l.maxPartialBytes;
+  }
+
+  /** Bytes currently reserved for unfinished messages (see maxPartialBytes). */
+  get partialBytes(): number {
+    return this.#partialBytes;
+  }
+
+  /**
+   * Changes the partial-bytes bound from the next chunk on, e.g. raised once a publish is
+   * authorised. Bytes already held above a lowered bound fail the next message that starts.
+   */
+  setMaxPartialBytes(n: number): void {
+    checkLimit('maxPartialBytes', n, 0, Number.MAX_SAFE_INTEGER);
+    this.#maxPartialBytes = n;
   }
 
   /** Current incoming chunk size (128 until the peer sends Set Chunk Size). */
@@ -239,8 +270,15 @@ export class ChunkStreamDecoder {
       }
       let buf = st.buf;
       if (buf === undefined) {
+        if (this.#partialBytes + st.length > this.#maxPartialBytes) {
+          return this.#fail(
+            'PARTIAL_TOO_LARGE',
+            `a ${st.length}-byte message on chunk stream ${st.csid} would raise the bytes held for unfinished messages to ${this.#partialBytes + st.length}, over the ${this.#maxPartialBytes}-byte limit`,
+          );
+        }
         buf = Buffer.allocUnsafe(st.length);
         st.buf = buf;
+        this.#partialBytes += buf.length;
       }
       data.copy(buf, st.received, pos, pos + n);
       st.received += n;
@@ -248,6 +286,7 @@ export class ChunkStreamDecoder {
       this.#bodyLeft -= n;
       if (st.received === st.length) {
         st.buf = undefined;
+        this.#partialBytes -= buf.length;
         const err = this.#emit(out, st, buf);
         if (err !== undefined) return err;
       }
@@ -274,6 +313,7 @@ export class ChunkStreamDecoder {
       }
       const target = this.#streams.get(payload.readUInt32BE(0));
       if (target !== undefined) {
+        if (target.buf !== undefined) this.#partialBytes -= target.buf.length;
         target.buf = undefined;
         target.received = 0;
       }
@@ -281,10 +321,11 @@ export class ChunkStreamDecoder {
     return undefined;
   }
 
-  #fail(code: 'CHUNK_SIZE' | 'CHUNK_HEADER' | 'MESSAGE_TOO_LONG' | 'MESSAGE_MALFORMED' | 'TOO_MANY_CHUNK_STREAMS', msg: string): RtmpProtocolError {
+  #fail(code: 'CHUNK_SIZE' | 'CHUNK_HEADER' | 'MESSAGE_TOO_LONG' | 'MESSAGE_MALFORMED' | 'TOO_MANY_CHUNK_STREAMS' | 'PARTIAL_TOO_LARGE', msg: string): RtmpProtocolError {
     const err = new RtmpProtocolError(code, msg);
     this.#error = err;
     this.#streams.clear();
+    this.#partialBytes = 0;
     this.#cur = undefined;
     this.#hdrStream = undefined;
     return err;
