@@ -17,7 +17,19 @@ function frames(seq: Array<[pub: number | undefined, n: number]>): { frames: Fra
 
 test('interleave check: publishers one after another are fine', () => {
   const c = interleaving(frames([[1, 0], [1, 1], [2, 100], [2, 101], [3, 200]]));
-  assert.deepEqual(c, { violations: 0, publishers: 3, unstamped: 0 });
+  assert.deepEqual(c, { violations: 0, publishers: 3, unstamped: 0, unknown: 0 });
+});
+
+test('epoch invariant: with the publishers in the order they took the stream, an older epoch after a newer one is a violation even when first seen late', () => {
+  // The viewer got epoch 2 first, then (never seen before) epoch 1: by arrival order that looks fine, by epoch order it is not.
+  const late = frames([[2, 100], [2, 101], [1, 5]]);
+  assert.equal(interleaving(late).violations, 0);
+  const c = interleaving(late, [1, 2]);
+  assert.equal(c.violations, 1);
+  assert.match(c.first ?? '', /frame 5 of epoch #1 after epoch #2/);
+  // In order, nothing to flag; a publisher outside the order is counted apart, not judged.
+  assert.deepEqual(interleaving(frames([[1, 0], [1, 1], [2, 100], [9, 3]]), [1, 2]), { violations: 0, publishers: 2, unstamped: 0, unknown: 1 });
+  assert.equal(interleavingAll([late, frames([[1, 0]])], [1, 2]).violations, 1);
 });
 
 test('interleave check: a frame of an earlier publisher after a later one started is a violation', () => {

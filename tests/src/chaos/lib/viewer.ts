@@ -9,7 +9,9 @@
  *   keyframe (a decoder would show garbage otherwise);
  * - max inter-frame gap over a window (for viewers that must see no interruption at all);
  * - no interleaving: once a viewer got a frame of a newer publisher, it never gets another frame
- *   of an older one (frames carry their publisher's identity, see `stampPublisher`).
+ *   of an older one (frames carry their publisher's identity, see `stampPublisher`). Given the
+ *   publishers in the order they took the stream, this is the epoch invariant: each takeover is a
+ *   new ownership epoch, and no viewer gets a frame of an older epoch after one of a newer epoch.
  */
 import { RtmpClient, syntheticPublisherId, type RtmpClientOptions } from '@meshcast/node/client';
 import type { RtmpMessage } from '@meshcast/proto';
@@ -142,25 +144,32 @@ export function mediaGap(v: RecordingViewer, faultAt: number, resumed: (f: Frame
 }
 
 export interface InterleaveCheck {
-  /** Frames of a publisher received after the first frame of a publisher that appeared later. */
+  /** Frames of a publisher received after the first frame of a later publisher (a newer epoch). */
   violations: number;
-  /** Publishers in the order their first frame arrived. */
+  /** Publishers this viewer got frames of. */
   publishers: number;
   /** Numbered video frames that carried no publisher stamp (the check cannot judge them). */
   unstamped: number;
+  /** Stamped frames of a publisher not in the given epoch order (the check cannot place them). */
+  unknown: number;
   first?: string;
 }
 
 /**
- * Media-level "one source at a time": a viewer sees publishers in the order their first frames
- * arrive, and after the first frame of publisher B it must never receive a frame of a publisher
- * A that it saw before B (A's frames interleaved with B's would be two sources feeding one stream).
+ * Media-level "one source at a time": after the first frame of publisher B a viewer must never
+ * receive a frame of a publisher A that comes before B (A's frames interleaved with B's would be
+ * two sources feeding one stream). With `epochs`, the publishers' ids in the order they took the
+ * stream (one ownership epoch each), "before" is that order: a frame of an older epoch after one of
+ * a newer epoch is a violation even if the viewer had not seen the older one yet. Without it, the
+ * order is the one in which the viewer first saw them.
  */
-export function interleaving(v: Pick<RecordingViewer, 'frames'>): InterleaveCheck {
-  const order = new Map<number, number>();
+export function interleaving(v: Pick<RecordingViewer, 'frames'>, epochs?: readonly number[]): InterleaveCheck {
+  const order = new Map<number, number>(epochs?.map((id, i) => [id, i]));
+  const seen = new Set<number>();
   let newest = -1;
   let violations = 0;
   let unstamped = 0;
+  let unknown = 0;
   let first: string | undefined;
   for (const f of v.frames) {
     if (f.n === undefined) continue;
@@ -170,25 +179,34 @@ export function interleaving(v: Pick<RecordingViewer, 'frames'>): InterleaveChec
     }
     let rank = order.get(f.pub);
     if (rank === undefined) {
+      if (epochs) {
+        unknown++;
+        continue;
+      }
       rank = order.size;
       order.set(f.pub, rank);
     }
+    seen.add(f.pub);
     if (rank < newest) {
       violations++;
-      first ??= `frame ${f.n} of publisher #${rank + 1} after publisher #${newest + 1} had started`;
+      first ??= `frame ${f.n} of ${epochs ? 'epoch' : 'publisher'} #${rank + 1} after ${epochs ? 'epoch' : 'publisher'} #${newest + 1} had started`;
     }
     newest = Math.max(newest, rank);
   }
-  return { violations, publishers: order.size, unstamped, ...(first ? { first } : {}) };
+  return { violations, publishers: seen.size, unstamped, unknown, ...(first ? { first } : {}) };
 }
 
 /** Interleave violations summed over viewers, with the first one seen (for rows and failure messages). */
-export function interleavingAll(viewers: ReadonlyArray<Pick<RecordingViewer, 'frames' | 'label'>>): { violations: number; unstamped: number; perViewer: number[]; first?: string } {
-  const checks = viewers.map((v) => ({ v, c: interleaving(v) }));
+export function interleavingAll(
+  viewers: ReadonlyArray<Pick<RecordingViewer, 'frames' | 'label'>>,
+  epochs?: readonly number[],
+): { violations: number; unstamped: number; unknown: number; perViewer: number[]; first?: string } {
+  const checks = viewers.map((v) => ({ v, c: interleaving(v, epochs) }));
   const bad = checks.find((x) => x.c.first !== undefined);
   return {
     violations: checks.reduce((s, x) => s + x.c.violations, 0),
     unstamped: checks.reduce((s, x) => s + x.c.unstamped, 0),
+    unknown: checks.reduce((s, x) => s + x.c.unknown, 0),
     perViewer: checks.map((x) => x.c.violations),
     ...(bad ? { first: `${bad.v.label}: ${bad.c.first}` } : {}),
   };
