@@ -272,6 +272,10 @@ export const NODE_SCHEMA = z.strictObject(
       max_publishers: num(500, { description: 'Publishers this node takes before it redirects new ones to another ingest node.' }),
       connection_rate_per_ip: num(0, { description: 'New connections per second one address may open (token bucket; 0 = no rate limit).' }),
       connection_burst_per_ip: num(20, { description: 'Connections one address may open at once before the rate applies (bucket size).' }),
+      reply_buffer_bytes: num(256 * 1024, {
+        description:
+          'Bytes written to one connection that its peer has not read yet, past which the node answers none of its requests (pings, commands) and reads no more of them until it drains. Media to viewers has its own bound (`media.viewer_queue_bytes`).',
+      }),
     }),
     media: group('Fan-out of media to viewers.', {
       gop_cache: bool(true, { description: 'Keep the last GOP so a new viewer starts at a keyframe at once.' }),

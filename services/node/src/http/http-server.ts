@@ -80,12 +80,37 @@ export function buildHttpServer(host: MediaHost, registry: StreamRegistry, limit
     const id = newSessionId('f');
     const params = new URLSearchParams((req.raw.url ?? '').split('?')[1] ?? '');
     const sreq = { app: appName, stream, params, sessionId: id, remote: `${remoteIp}:${req.socket.remotePort ?? 0}`, protocol: 'http-flv' as const };
-    const admission = await host.admitPlay(sreq);
+    // A viewer may hang up while admission is pending (a slow on_play hook, a relay starting):
+    // whatever admission then grants is released here, not left to a session nobody will close.
+    const socket = req.raw.socket;
+    let gone = false;
+    const onGone = (): void => {
+      gone = true;
+    };
+    socket.once('close', onGone);
+    let admission;
+    try {
+      admission = await host.admitPlay(sreq);
+    } catch (err) {
+      limiter.release(remoteIp);
+      throw err;
+    } finally {
+      socket.off('close', onGone);
+    }
     if (!admission.ok) {
       limiter.release(remoteIp);
       if (admission.redirect) return void reply.redirect(admission.redirect, 302);
       const status = admission.code.endsWith('StreamNotFound') ? 404 : 403;
       return void reply.code(status).send({ error: admission.description, code: admission.code });
+    }
+    if (gone || socket.destroyed) {
+      limiter.release(remoteIp);
+      host.endPlay(admission.hub);
+      // The play was allowed (on_play said yes): its end is told like any other.
+      host.sessionDone('play', sreq, { bytesIn: 0, bytesOut: 0, durationMs: 0 });
+      reply.hijack();
+      socket.destroy();
+      return;
     }
     reply.hijack();
     const session = new HttpFlvSession(id, req.raw.socket, admission.hub, sreq, host, (s) => {

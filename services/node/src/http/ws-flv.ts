@@ -7,8 +7,11 @@
  *
  * The upgrade is taken from the HTTP server's `upgrade` event for paths under `/ws/` ending
  * in `.flv`; admission (authorisation, relay from the owner) happens before the 101, so a
- * refusal is a plain HTTP status. From the client, pings are answered, a close is echoed and
- * data frames are ignored (bounded).
+ * refusal is a plain HTTP status. A client that hangs up while admission is pending is noticed
+ * (its socket is read meanwhile) and everything admitted for it is released when admission ends.
+ * From the client, pings are answered, a close is echoed and data frames are ignored (bounded).
+ * Replies respect `limits.reply_buffer_bytes`: a client that does not read gets no more pongs,
+ * and its socket is not read until what is queued drains.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
@@ -24,6 +27,9 @@ import { checkUpgrade, closeFrame, controlFrame, httpErrorResponse, upgradeRespo
 
 type State = 'streaming' | 'closed';
 
+/** Bytes a client may send before the 101 (it should send none; a frame header at most by mistake). */
+const EARLY_BYTES = 1024;
+
 export class WsFlvSession implements Session, MediaSink {
   readonly format: WireFormat = { kind: 'ws-flv' };
   private state: State = 'streaming';
@@ -32,6 +38,9 @@ export class WsFlvSession implements Session, MediaSink {
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private readonly reader: WsFrameReader;
+  /** Pings left unanswered because the client was not reading. */
+  private unanswered = 0;
+  private readingHeld = false;
 
   constructor(
     readonly id: string,
@@ -43,7 +52,7 @@ export class WsFlvSession implements Session, MediaSink {
   ) {
     this.log = host.log.child({ session: id, app: req.app, stream: req.stream, remote: req.remote });
     this.reader = new WsFrameReader({
-      ping: (payload) => this.write(controlFrame(WsOpcode.PONG, payload)),
+      ping: (payload) => this.reply(controlFrame(WsOpcode.PONG, payload)),
       close: (code, reason) => this.close(`client closed the WebSocket (${code}${reason ? ` ${reason}` : ''})`, code),
       error: (code, message) => this.close(`WebSocket protocol error: ${message}`, code),
     });
@@ -53,6 +62,8 @@ export class WsFlvSession implements Session, MediaSink {
   start(accept: string, head: Buffer): void {
     this.socket.setNoDelay(true);
     this.socket.on('close', () => this.close('peer closed the connection'));
+    // The upgraded socket is half-open capable: a client that ends its side is gone.
+    this.socket.on('end', () => this.close('peer ended the connection'));
     this.socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
     this.socket.on('data', (d: Buffer) => this.onData(d));
     this.write(upgradeResponse(accept));
@@ -70,6 +81,33 @@ export class WsFlvSession implements Session, MediaSink {
 
   bufferedBytes(): number {
     return this.socket.writableLength;
+  }
+
+  /**
+   * A control reply (pong). Past the reply bound it is not sent (RFC 6455 §5.5.3 lets a pong
+   * answer only the latest ping), and the client's further frames are left unread until the
+   * socket drains: its pings then wait in its own send buffer, not in our memory.
+   */
+  private reply(frame: Buffer): void {
+    const bound = this.host.config.limits.reply_buffer_bytes;
+    if (this.socket.writableLength > bound) {
+      this.unanswered++;
+      this.holdReading();
+      return;
+    }
+    this.write(frame);
+    if (this.socket.writableLength > bound) this.holdReading();
+  }
+
+  private holdReading(): void {
+    // Without a pending 'drain' (bound below the socket's own high-water mark) nothing would resume us.
+    if (this.readingHeld || this.state === 'closed' || !this.socket.writableNeedDrain) return;
+    this.readingHeld = true;
+    this.socket.pause();
+    this.socket.once('drain', () => {
+      this.readingHeld = false;
+      if (this.state !== 'closed') this.socket.resume();
+    });
   }
 
   write(buf: Buffer): void {
@@ -94,7 +132,7 @@ export class WsFlvSession implements Session, MediaSink {
     this.hub.removeSink(this);
     this.host.endPlay(this.hub);
     this.host.sessionDone('play', this.req, { bytesIn: this.bytesIn, bytesOut: this.bytesOut, durationMs: Date.now() - this.startedAt });
-    this.log.debug({ reason, code }, 'WebSocket-FLV viewer closed');
+    this.log.debug({ reason, code, unansweredPings: this.unanswered }, 'WebSocket-FLV viewer closed');
     if (!this.socket.destroyed) this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
     this.onClosed(this);
@@ -161,6 +199,20 @@ export function registerWsFlv(app: FastifyInstance, ctx: HttpFeatureContext): vo
       protocol: 'ws-flv',
     };
     handshaking.add(socket);
+    // Read the socket while admission is pending, so a client that hangs up is noticed. A client
+    // may not send frames before the 101: anything beyond a frame header's worth is refused.
+    let gone = false;
+    let early: Buffer = head;
+    const onEarly = (d: Buffer): void => {
+      early = Buffer.concat([early, d]);
+      if (early.length > EARLY_BYTES) socket.destroy();
+    };
+    const onGone = (): void => {
+      gone = true;
+    };
+    socket.on('data', onEarly);
+    socket.on('end', onGone);
+    socket.on('close', onGone);
     let admission;
     try {
       admission = await host.admitPlay(sreq);
@@ -170,16 +222,24 @@ export function registerWsFlv(app: FastifyInstance, ctx: HttpFeatureContext): vo
       return reject(socket, 500, { error: 'admission failed' });
     } finally {
       handshaking.delete(socket);
+      socket.off('data', onEarly);
+      socket.off('end', onGone);
+      socket.off('close', onGone);
     }
     if (!admission.ok) {
       limiter.release(remoteIp);
+      if (gone) return void socket.destroy();
       const status = admission.code.endsWith('StreamNotFound') ? 404 : /draining/.test(admission.description) ? 503 : 403;
       return reject(socket, status, { error: admission.description, code: admission.code });
     }
-    if (socket.destroyed || closing) {
+    if (gone || socket.destroyed || closing) {
+      // Admitted for a client that is no longer there: undo the admission (relay reference,
+      // limiter slot) and close the play the authoriser allowed, so on_play_done goes out.
       limiter.release(remoteIp);
       host.endPlay(admission.hub);
-      if (!socket.destroyed) reject(socket, 503, { error: 'node is shutting down' });
+      host.sessionDone('play', sreq, { bytesIn: 0, bytesOut: 0, durationMs: 0 });
+      if (!socket.destroyed && !gone) reject(socket, 503, { error: 'node is shutting down' });
+      else socket.destroy();
       return;
     }
     const session = new WsFlvSession(id, socket, admission.hub, sreq, host, (s) => {
@@ -189,7 +249,7 @@ export function registerWsFlv(app: FastifyInstance, ctx: HttpFeatureContext): vo
     });
     sessions.add(session);
     host.sessions.add(session);
-    session.start(check.accept, head);
+    session.start(check.accept, early);
   }
 
   const onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
