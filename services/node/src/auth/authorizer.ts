@@ -6,7 +6,8 @@ import type { StreamRequest } from '../media/host.ts';
 
 export type AuthAction = 'publish' | 'play';
 
-export type AuthDecision = { ok: true } | { ok: false; reason: string };
+/** `validUntil` (ms): when the credential that allowed it lapses (a signed token's `exp`); absent = it does not. */
+export type AuthDecision = { ok: true; validUntil?: number } | { ok: false; reason: string };
 
 export interface SessionSummary {
   bytesIn: number;

@@ -7,6 +7,7 @@ import type { AuthConfig, AuthRule, NodeConfig, WebhooksConfig } from '../config
 import type { Logger } from '../log.ts';
 import type { StreamRequest } from '../media/host.ts';
 import type { AuthAction, AuthDecision, Authorizer, SessionSummary } from './authorizer.ts';
+import { repeatedParam, repeatedParamReason } from './params.ts';
 import { KeySet } from './static-keys.ts';
 import { verifyToken } from './token.ts';
 import { WebhookClient } from './webhooks.ts';
@@ -101,14 +102,22 @@ export class ConfiguredAuthorizer implements Authorizer {
 
   async authorize(action: AuthAction, req: StreamRequest): Promise<AuthDecision> {
     const rule = this.ruleFor(req.app, action);
-    let d: AuthDecision = rule ? checkRule(rule, action, req) : { ok: true };
-    if (d.ok) d = await this.hooks.check(action, req);
+    // Whenever a key, a token or a hook reads the parameters, a repeated name is refused (params.ts).
+    const readsParams = (rule !== undefined && !rule.public) || this.hooks.asks(action);
+    const repeated = readsParams ? repeatedParam(req.params) : undefined;
+    let d: AuthDecision = repeated !== undefined ? { ok: false, reason: repeatedParamReason(repeated) } : rule ? checkRule(rule, action, req) : { ok: true };
+    if (d.ok) {
+      const validUntil = d.validUntil;
+      d = await this.hooks.check(action, req);
+      if (d.ok && validUntil !== undefined) d = { ok: true, validUntil };
+    }
     if (!d.ok) {
       const reason = `${action} ${req.app}/${req.stream} unauthorised: ${d.reason}`;
       this.log.info({ action, app: req.app, stream: req.stream, remote: req.remote, session: req.sessionId, protocol: req.protocol, reason: d.reason }, 'authorisation refused');
       return { ok: false, reason };
     }
     this.log.debug({ action, app: req.app, stream: req.stream, remote: req.remote, session: req.sessionId }, 'authorised');
+    if (d.validUntil !== undefined) req.authorizedUntil = d.validUntil;
     return d;
   }
 

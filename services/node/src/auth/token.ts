@@ -66,5 +66,6 @@ export function verifyToken(
   if (!timingSafeEqual(expected, Buffer.from(sig, 'hex'))) return { ok: false, reason: `signed token invalid for ${action} ${app}/${stream}` };
   const nowS = Math.floor(now / 1000);
   if (exp < nowS) return { ok: false, reason: `signed token expired ${nowS - exp} s ago (exp ${exp})` };
-  return { ok: true };
+  // Valid through the whole second `exp`, as the check above reads it.
+  return { ok: true, validUntil: (exp + 1) * 1000 };
 }

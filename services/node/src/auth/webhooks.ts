@@ -10,6 +10,7 @@ import type { WebhooksConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import type { StreamRequest } from '../media/host.ts';
 import type { AuthAction, AuthDecision, SessionSummary } from './authorizer.ts';
+import { paramsRecord } from './params.ts';
 
 export type HookAction = 'publish' | 'play' | 'publish_done' | 'play_done';
 
@@ -48,7 +49,7 @@ export function hookBody(action: HookAction, req: StreamRequest, node: string, s
     action,
     app: req.app,
     stream: req.stream,
-    params: Object.fromEntries(req.params),
+    params: paramsRecord(req.params),
     client_id: req.sessionId,
     ip,
     port,
@@ -111,6 +112,11 @@ export class WebhookClient {
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
       return { kind: 'unreachable', error: cause?.code ?? cause?.message ?? (err as Error).message };
     }
+  }
+
+  /** Whether an on_publish / on_play hook is configured for the action. */
+  asks(action: AuthAction): boolean {
+    return Boolean(action === 'publish' ? this.cfg.on_publish : this.cfg.on_play);
   }
 
   /** on_publish / on_play: allows when no hook is configured for the action. */

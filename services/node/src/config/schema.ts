@@ -331,6 +331,10 @@ export const NODE_SCHEMA = z.strictObject(
       playlist_length: int(6, 1, 1000, { description: 'Segments listed in the live playlist.' }),
       idle_timeout_s: num(30, { description: 'A stream\'s segmenter stops after this long without playlist or segment requests (more than 0).' }, z.number({ error: 'expected a number' }).positive({ error: 'must be greater than 0' })),
       max_stream_bytes: num(64 * 1024 * 1024, { description: 'Bytes of segments one stream may hold in memory (the window plus the segment being cut).' }),
+      admission_cache_bytes: num(16 * 1024 * 1024, {
+        description:
+          'Memory for remembering admitted HLS viewers (one entry per stream and query string, e.g. per token; about 500 bytes each). When full, the viewer seen least recently is forgotten and admitted again on its next request, so nobody is locked out.',
+      }),
     }),
     apps: z
       .preprocess(nullToEmpty, z.record(z.string(), APP_OVERRIDES, { error: 'expected a mapping of app name to settings' }))

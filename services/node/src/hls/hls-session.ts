@@ -3,7 +3,8 @@
  * session table (protocol "hls"). It listens to the stream's hub (which keeps a relay of
  * the stream alive while it runs), starts from the hub's snapshot (headers and the GOP so
  * far, so the first segment does not wait for the next keyframe), and stops after a spell
- * without playlist or segment requests.
+ * without playlist or segment requests. Which players may fetch from it is HlsAdmissions'
+ * business (per viewer), not the segmenter's.
  */
 import type { MediaFrame } from '../media/frame.ts';
 import type { MediaHost, StreamRequest } from '../media/host.ts';
@@ -15,9 +16,6 @@ import { HlsSegmenter, type SegmenterOptions } from './segmenter.ts';
 export interface HlsSessionOptions extends SegmenterOptions {
   idleTimeoutMs: number;
 }
-
-/** Distinct query strings (tokens) remembered as admitted per stream; beyond that each new one is asked again. */
-const MAX_ADMITTED = 256;
 
 export class HlsStreamSession implements Session {
   readonly segmenter: HlsSegmenter;
@@ -32,29 +30,23 @@ export class HlsStreamSession implements Session {
   private stopped = false;
   private readonly idleTimer: NodeJS.Timeout;
   private readonly log: Logger;
-  /** Query strings admitted for this stream, each with the request that was admitted (for the done notification). */
-  private readonly admitted = new Map<string, StreamRequest>();
 
   constructor(
     readonly id: string,
     readonly hub: StreamHub,
-    req: StreamRequest,
+    /** The request that started the segmenter (listed as the session's remote). */
+    private readonly firstReq: StreamRequest,
     private readonly host: MediaHost,
     private readonly opts: HlsSessionOptions,
     private readonly onStopped: (s: HlsStreamSession) => void,
   ) {
-    this.admitted.set(req.params.toString(), req);
-    this.log = host.log.child({ session: id, app: req.app, stream: req.stream, protocol: 'hls' });
+    this.log = host.log.child({ session: id, app: firstReq.app, stream: firstReq.stream, protocol: 'hls' });
     this.segmenter = new HlsSegmenter(opts);
     const every = Math.max(50, Math.min(1000, opts.idleTimeoutMs / 4));
     this.idleTimer = setInterval(() => {
       if (this.inFlight === 0 && Date.now() - this.lastAccess >= this.opts.idleTimeoutMs) this.stop('no HLS requests within the idle timeout');
     }, every);
     this.idleTimer.unref();
-  }
-
-  private get firstReq(): StreamRequest {
-    return this.admitted.values().next().value!;
   }
 
   get active(): boolean {
@@ -100,15 +92,6 @@ export class HlsStreamSession implements Session {
     }
   }
 
-  isAdmitted(query: string): boolean {
-    return this.admitted.has(query);
-  }
-
-  /** Another query string (token) was admitted for this stream. */
-  addAdmitted(query: string, req: StreamRequest): void {
-    if (this.admitted.size < MAX_ADMITTED) this.admitted.set(query, req);
-  }
-
   kick(reason: string): void {
     this.stop(reason);
   }
@@ -122,8 +105,6 @@ export class HlsStreamSession implements Session {
     this.hub.off('unpublish', this.onPublisherChange);
     this.segmenter.wakeWaiters();
     this.host.endPlay(this.hub);
-    const summary = { bytesIn: 0, bytesOut: this.bytesOut, durationMs: Date.now() - this.startedAt };
-    for (const req of this.admitted.values()) this.host.sessionDone('play', req, summary);
     this.log.info({ reason, segments: this.segmenter.stats.segments, requests: this.requests }, 'HLS segmenter stopped');
     this.onStopped(this);
   }

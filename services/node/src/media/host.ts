@@ -19,6 +19,8 @@ export interface StreamRequest {
   protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls';
   /** Set when the connection proved (mesh credential) that it is another node's relay pulling. */
   meshPeer?: string;
+  /** Set by authorisation: when the credential that admitted this request lapses (a signed token's `exp`), in ms. */
+  authorizedUntil?: number;
   /** With `meshPeer`: the stream and ownership epoch the relay expects (signed in its credential). */
   meshPull?: MeshPull;
 }

@@ -36,6 +36,7 @@ import type { MediaSink, PublisherHandle, StreamHub } from '../media/stream-hub.
 import type { Logger } from '../log.ts';
 import type { MeshPull } from '../mesh/mesh-credential.ts';
 import { newSessionId, type Session, type SessionInfo, type SessionRole } from '../sessions.ts';
+import { joinParams } from '../auth/params.ts';
 
 type ConnState = 'handshake' | 'awaitConnect' | 'connected' | 'closed';
 
@@ -385,8 +386,8 @@ export class RtmpSession implements Session {
     const { name, params } = splitQuery(rawName);
     const problem = checkName('stream', name, this.host.config.limits.max_stream_name_bytes);
     if (problem) return { problem };
-    const merged = new URLSearchParams(this.appParams);
-    for (const [k, v] of params) merged.set(k, v);
+    // One list, the app's query first: a name in both is a repeat, which the authoriser refuses (auth/params.ts).
+    const merged = joinParams(this.appParams, params);
     const req: StreamRequest = { app: this.app, stream: name, params: merged, sessionId: this.id, remote: this.remote, protocol: 'rtmp' };
     if (this.meshPeer) req.meshPeer = this.meshPeer;
     if (this.meshPull) req.meshPull = this.meshPull;
