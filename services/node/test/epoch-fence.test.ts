@@ -24,10 +24,13 @@ afterEach(async () => {
   nodes = [];
 });
 
+/** A second publisher takes the stream over (a new epoch) whatever the default duplicate_publish is. */
+const TAKEOVER = { apps: { live: { duplicate_publish: 'takeover' } } };
+
 async function mesh(count: number): Promise<MediaNode[]> {
   const net = new MemoryBusNetwork();
   nodes = [];
-  for (let i = 1; i <= count; i++) nodes.push(await inProcessNode(net, `n${i}`));
+  for (let i = 1; i <= count; i++) nodes.push(await inProcessNode(net, `n${i}`, TAKEOVER));
   await until('membership converged', () => nodes.every((n) => meshOf(n).membership.table().filter((v) => v.state === 'alive').length === count));
   return nodes;
 }

@@ -42,7 +42,8 @@ after(async () => {
 });
 
 async function node(id: string, roles: string): Promise<NodeProcess> {
-  const n = await NodeProcess.start({ nodeId: id, config: { mesh: { ...MESH, nats: [nats!.url] } }, args: ['--roles', roles] });
+  // A second publisher takes the stream over (a new epoch) whatever the default duplicate_publish is.
+  const n = await NodeProcess.start({ nodeId: id, config: { mesh: { ...MESH, nats: [nats!.url] }, apps: { live: { duplicate_publish: 'takeover' } } }, args: ['--roles', roles] });
   nodes.push(n);
   return n;
 }
