@@ -148,6 +148,16 @@ export interface OwnershipMovedEvent extends EventBase {
   epoch: number;
   revision?: number;
 }
+/** A publisher took over a stream: a standby promoted (its primary went silent or left) or a takeover. */
+export interface StandbyPromotedEvent extends EventBase {
+  type: 'standbyPromoted';
+  app: string;
+  stream: string;
+  from?: string;
+  to: string;
+  epoch?: number;
+  reason: string;
+}
 export interface RelayStartedEvent extends EventBase { type: 'relayStarted'; app: string; stream: string; node: string; parent: string }
 export interface RelayStoppedEvent extends EventBase { type: 'relayStopped'; app: string; stream: string; node: string; reason?: string }
 export interface NodeJoinedEvent extends EventBase { type: 'nodeJoined'; node: string; roles: NodeRole[] }
@@ -158,6 +168,7 @@ export type MeshEvent =
   | PublishedEvent
   | UnpublishedEvent
   | OwnershipMovedEvent
+  | StandbyPromotedEvent
   | RelayStartedEvent
   | RelayStoppedEvent
   | NodeJoinedEvent
@@ -168,6 +179,7 @@ export const MESH_EVENT_TYPES: readonly MeshEventType[] = [
   'published',
   'unpublished',
   'ownershipMoved',
+  'standbyPromoted',
   'relayStarted',
   'relayStopped',
   'nodeJoined',
@@ -448,6 +460,11 @@ function readEvent(o: Obj): MeshEvent {
       };
       withOpt(ev, 'from', optNodeId(o, 'from'));
       return withOpt(ev, 'revision', optInt(o, 'revision'));
+    }
+    case 'standbyPromoted': {
+      const ev: StandbyPromotedEvent = { type, at, app: str(o, 'app', MAX_NAME), stream: str(o, 'stream', MAX_NAME), to: nodeId(o, 'to'), reason: str(o, 'reason', MAX_TEXT) };
+      withOpt(ev, 'from', optNodeId(o, 'from'));
+      return withOpt(ev, 'epoch', optInt(o, 'epoch'));
     }
     case 'relayStarted':
       return {

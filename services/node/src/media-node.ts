@@ -217,20 +217,25 @@ export class MediaNode implements MediaHost {
     const auth = await this.authorizer.authorize('publish', req);
     if (!auth.ok) return { ok: false, code: 'NetStream.Publish.Unauthorized', description: auth.reason };
     const hub = this.registry.open(req.app, req.stream);
-    if (hub.publisher && hub.publisher.kind === 'rtmp' && app.duplicate_publish === 'reject') {
-      return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published` };
+    if (!this.mesh) {
+      if (hub.publisher && hub.publisher.kind === 'rtmp' && app.duplicate_publish === 'reject') {
+        return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published` };
+      }
+      hub.attachPublisher(publisher);
+      return { ok: true, hub };
     }
-    if (this.mesh) {
-      const claimed = await this.mesh.claimPublish(req, hub, publisher);
-      if (!claimed.ok) return claimed;
+    // The stream's PublishedStream actor decides primary, standby or refusal, and attaches the publisher itself.
+    const claimed = await this.mesh.claimPublish(req, hub, publisher);
+    if (!claimed.ok) return claimed;
+    if (this.state !== 'running') {
+      this.endPublish(hub, publisher);
+      return { ok: false, code: 'NetStream.Publish.Denied', description: 'node is draining' };
     }
-    if (this.state !== 'running') return { ok: false, code: 'NetStream.Publish.Denied', description: 'node is draining' };
-    hub.attachPublisher(publisher);
-    return { ok: true, hub };
+    return claimed;
   }
 
   endPublish(hub: StreamHub, publisher: PublisherHandle): void {
-    if (hub.publisher !== publisher) return;
+    if (hub.publisher !== publisher && hub.standby !== publisher) return;
     hub.detachPublisher(publisher);
     this.mesh?.releasePublish(hub, publisher);
   }

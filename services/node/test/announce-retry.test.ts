@@ -39,5 +39,5 @@ test('an owner whose lease expired while cut off announces the stream again when
   }, 8000);
   assert.equal(back.record.owner, 'n1');
   assert.equal(pub.client.closed, false, 'and the publisher was never dropped');
-  await until('n1 holds the lease', () => a.sessions.list().some((s) => s.role === 'publisher') && (meshOf(a) as unknown as { leases: Map<string, unknown> }).leases.size === 1, 5000);
+  await until('n1 holds the lease', () => a.sessions.list().some((s) => s.role === 'publisher') && meshOf(a).nodeInfo()['leases'] === 1, 5000);
 });

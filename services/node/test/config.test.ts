@@ -93,7 +93,7 @@ test('wrong types and bad values are named with the setting, its flag and its en
   assert.match(m, /MESHCAST_RTMP_PORT/);
   assert.match(refusal({ flags: { roles: 'ingest,edge' } }), /"roles\[1\]": roles are "ingest" and "playback"/);
   assert.match(refusal({ flags: { 'node-id': 'a.b' } }), /"node_id": must be 1-64 characters/);
-  assert.match(refusal({ file: file('apps:\n  live:\n    duplicate_publish: sometimes\n') }), /"apps\.live\.duplicate_publish": expected "takeover" or "reject".*MESHCAST_APPS/);
+  assert.match(refusal({ file: file('apps:\n  live:\n    duplicate_publish: sometimes\n') }), /"apps\.live\.duplicate_publish": expected "standby", "takeover" or "reject".*MESHCAST_APPS/);
   assert.match(refusal({ env: { MESHCAST_MEDIA_GOP_CACHE: 'yes' } }), /"media\.gop_cache": expected true or false, got "yes" \(env MESHCAST_MEDIA_GOP_CACHE\)/);
   assert.match(refusal({ file: file('- a\n- b\n') }), /expected a mapping of settings/);
   assert.match(refusal({ file: file('media: [1]\n') }), /"media": expected a mapping/);
@@ -109,7 +109,7 @@ test('per-app settings override the defaults', () => {
   const c = loadConfig({ file: file('node_id: x\napps:\n  live:\n    duplicate_publish: reject\n  "*":\n    play_not_found: reject\n') });
   assert.equal(appConfig(c, 'live').duplicate_publish, 'reject');
   assert.equal(appConfig(c, 'live').play_not_found, 'reject');
-  assert.equal(appConfig(c, 'other').duplicate_publish, 'takeover');
+  assert.equal(appConfig(c, 'other').duplicate_publish, 'standby');
   assert.equal(appConfig(c, 'other').play_not_found, 'reject');
 });
 

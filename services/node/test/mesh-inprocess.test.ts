@@ -112,7 +112,8 @@ test('fan-out cap 2 with 6 playback nodes builds a tree; killing a mid-tier rela
 });
 
 test('takeover: the publisher moves from A to B, viewers on C keep their connection, A holds no lease', async () => {
-  const { nodes: [a, b, c] } = await mesh(3);
+  // duplicate_publish: takeover — under the default (standby) a second live publisher waits as the standby.
+  const { nodes: [a, b, c] } = await mesh(3, { apps: { live: { duplicate_publish: 'takeover' } } });
   const p1 = await syntheticPublisher(rtmpUrl(a!, 'live/move'));
   await until('owner a', async () => (await meshOf(c!).ownership.lookup('live', 'move'))?.record.owner === 'n1');
   const v = await recordingViewer(rtmpUrl(c!, 'live/move'));
@@ -129,7 +130,7 @@ test('takeover: the publisher moves from A to B, viewers on C keep their connect
   const ts = v.frames.filter((f) => f.type !== 18).map((f) => f.timestamp);
   for (let i = 1; i < ts.length; i++) assert.ok(ts[i]! >= ts[i - 1]!, 'timestamps never go back for the viewer');
   assert.equal(a!.registry.get('live', 'move')?.publisher, undefined, 'a no longer publishes');
-  assert.equal((meshOf(a!) as unknown as { leases: Map<string, unknown> }).leases.size, 0, 'a holds no lease');
+  assert.equal(meshOf(a!).nodeInfo()['leases'], 0, 'a holds no lease');
   p1.stop();
 });
 

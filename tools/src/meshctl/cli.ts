@@ -286,6 +286,8 @@ function describeEvent(e: MeshEvent): string {
       return `${e.app}/${e.stream} on ${e.node}${e.reason ? ` (${e.reason})` : ''}`;
     case 'ownershipMoved':
       return `${e.app}/${e.stream} ${e.from ?? '?'} → ${e.to} (epoch ${e.epoch}${e.revision !== undefined ? `, revision ${e.revision}` : ''})`;
+    case 'standbyPromoted':
+      return `${e.app}/${e.stream} ${e.from ?? '?'} → ${e.to}: ${e.reason}${e.epoch !== undefined ? ` (epoch ${e.epoch})` : ''}`;
     case 'relayStarted':
       return `${e.app}/${e.stream} on ${e.node} from ${e.parent}`;
     case 'relayStopped':

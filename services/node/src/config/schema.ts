@@ -121,7 +121,7 @@ function group<T extends z.core.$ZodLooseShape>(description: string, shape: T) {
 // ------------------------------------------------------------------ value types shared by several settings
 
 const ROLES = ['ingest', 'playback'] as const;
-const DUPLICATE_PUBLISH = ['takeover', 'reject'] as const;
+const DUPLICATE_PUBLISH = ['standby', 'takeover', 'reject'] as const;
 const PLAY_NOT_FOUND = ['wait', 'reject'] as const;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -165,7 +165,8 @@ const APP_AUTH = z.preprocess(
 );
 
 const appFields = {
-  duplicate_publish: z.enum(DUPLICATE_PUBLISH, { error: 'expected "takeover" or "reject"' }),
+  duplicate_publish: z.enum(DUPLICATE_PUBLISH, { error: 'expected "standby", "takeover" or "reject"' }),
+  publisher_silence_ms: z.preprocess(toNumber, z.number({ error: 'expected a number' }).int({ error: 'expected a whole number' }).min(250, { error: 'expected at least 250 (ms)' })),
   play_not_found: z.enum(PLAY_NOT_FOUND, { error: 'expected "wait" or "reject"' }),
   play_wait_ms: z.preprocess(toNumber, z.number({ error: 'expected a number' }).nonnegative({ error: 'expected a non-negative number' })),
   allow_publish: z.preprocess(toBoolean, z.boolean({ error: 'expected true or false' })),
@@ -177,6 +178,7 @@ const APP_OVERRIDES = z.preprocess(
   z.strictObject(
     {
       duplicate_publish: appFields.duplicate_publish.optional(),
+      publisher_silence_ms: appFields.publisher_silence_ms.optional(),
       play_not_found: appFields.play_not_found.optional(),
       play_wait_ms: appFields.play_wait_ms.optional(),
       allow_publish: appFields.allow_publish.optional(),
@@ -344,7 +346,15 @@ export const NODE_SCHEMA = z.strictObject(
       meta('list', { description: 'Interop with servers outside the mesh: `{pull: rtmp://…, as: app/stream}` brings a stream in; `{push: app/stream, to: rtmp://…}` sends one out.' }),
     ),
     app_defaults: group('What an app does when `apps` says nothing about it.', {
-      duplicate_publish: appFields.duplicate_publish.default('takeover').meta(meta('"takeover" | "reject"', { description: 'A second publish of a live key: take the stream over (publisher reconnect) or refuse it with BadName.' })),
+      duplicate_publish: appFields.duplicate_publish.default('standby').meta(
+        meta('"standby" | "takeover" | "reject"', {
+          description:
+            'A second publish of a key whose publisher is live (here or on another node): keep it connected as the one standby, promoted within about a second when the primary goes silent or leaves (`standby`; a third publisher is refused with BadName); take the stream over at once (`takeover`); or refuse it with BadName (`reject`). Under `standby` and `takeover` a publisher whose predecessor is silent takes over at once.',
+        }),
+      ),
+      publisher_silence_ms: appFields.publisher_silence_ms.default(1000).meta(
+        meta('number', { description: 'Milliseconds: a publisher that sent no media for this long is silent: a new publisher of its key takes over at once, and its standby is promoted.' }),
+      ),
       play_not_found: appFields.play_not_found.default('wait').meta(meta('"wait" | "reject"', { description: 'A play of a key nobody publishes: wait for the publisher, or answer StreamNotFound.' })),
       play_wait_ms: appFields.play_wait_ms.default(0).meta(meta('number', { description: 'How long a waiting viewer waits for a publisher (0 = forever).' })),
       allow_publish: appFields.allow_publish.default(true).meta(meta('boolean', { description: 'Accept publishers.' })),

@@ -34,7 +34,8 @@ export type Refusal = {
   redirect?: string;
 };
 
-export type PublishAdmission = { ok: true; hub: StreamHub } | Refusal;
+/** `standby`: kept connected as the stream's standby publisher (its frames are not served until it is promoted). */
+export type PublishAdmission = { ok: true; hub: StreamHub; standby?: boolean } | Refusal;
 export type PlayAdmission = { ok: true; hub: StreamHub } | Refusal;
 
 export interface MediaHost {

@@ -17,6 +17,7 @@ import { EventEmitter } from 'node:events';
 import { encodeAmf0, type AmfObject } from '@meshcast/proto';
 import { isAudioSequenceHeader, isVideoKeyframe, isVideoSequenceHeader } from '@meshcast/proto';
 import { FRAME_AUDIO, FRAME_DATA, FRAME_VIDEO, MediaFrame, serialise, wireKey, type FrameType, type WireFormat } from './frame.ts';
+import { sanitizeMetadata } from './metadata.ts';
 import type { Logger } from '../log.ts';
 
 export interface MediaSink {
@@ -89,10 +90,17 @@ export class StreamHub extends EventEmitter {
   private tsOffset = 0;
   private rebase = true;
   /**
-   * Set by the mesh around a publisher whose ownership must be re-confirmed (the process was paused): while it
-   * returns false, published frames are dropped; afterwards media resumes at the next keyframe.
+   * Set by the stream's PublishedStream actor: asked on every published frame (that is how a pause is noticed
+   * first); while it returns false (ownership being re-confirmed after a pause, or fenced), frames are dropped
+   * and media resumes at the next keyframe.
    */
   inputGate: (() => boolean) | undefined;
+  private standbyHandle: PublisherHandle | undefined;
+  private standbySinceAt = 0;
+  private primaryMediaAt = 0;
+  private standbyMediaAt = 0;
+  /** The standby's metadata, sequence headers and frames since its last keyframe: what viewers need at its promotion. */
+  private warm: { meta: AmfObject | undefined; frames: Array<{ type: FrameType; ts: number; payload: Buffer; header: boolean }>; bytes: number } = { meta: undefined, frames: [], bytes: 0 };
   private skipToKeyframe = false;
   readonly stats: HubStats = { framesIn: 0, bytesIn: 0, bytesOut: 0, droppedFrames: 0, evictedSinks: 0, publishedAt: undefined };
 
@@ -135,20 +143,79 @@ export class StreamHub extends EventEmitter {
     return this.publisherHandle === undefined && this.sinks.size === 0 && this.listeners_.size === 0;
   }
 
-  /** Attaches a publisher. A current one is evicted (takeover); the caller decides whether takeover is allowed. */
-  attachPublisher(p: PublisherHandle): void {
+  /**
+   * Attaches a publisher. A current one is evicted (takeover); the caller decides whether takeover is allowed.
+   * A promoted standby brings its warm frames (headers, the GOP so far): viewers resume on its keyframe at once.
+   */
+  attachPublisher(p: PublisherHandle, reason = 'taken over by a newer publisher'): void {
     const old = this.publisherHandle;
     if (old) {
       this.flush();
       this.publisherHandle = undefined;
-      old.evict('taken over by a newer publisher');
+      old.evict(reason);
     }
+    const warm = this.standbyHandle === p ? this.warm : undefined;
+    if (this.standbyHandle === p) this.setStandby(undefined);
     this.publisherHandle = p;
+    this.primaryMediaAt = Date.now();
     this.resetMediaState();
     this.rebase = true;
     this.stats.publishedAt = Date.now();
-    for (const rec of this.sinks.values()) rec.sink.onPublishStart?.();
+    for (const rec of this.sinks.values()) {
+      rec.sink.onPublishStart?.();
+      // The next frames are a new publisher's: resume on its keyframe, with its headers.
+      if (rec.state === 'live') rec.state = 'waitKey';
+    }
     this.emit('publish', p);
+    if (warm) {
+      if (warm.meta) this.setMetadata(warm.meta);
+      for (const f of warm.frames) this.ingest(f.type, f.ts, f.payload, p);
+    }
+  }
+
+  get standby(): PublisherHandle | undefined {
+    return this.standbyHandle;
+  }
+
+  get standbySince(): number | undefined {
+    return this.standbyHandle ? this.standbySinceAt : undefined;
+  }
+
+  /** Keeps `p` connected as the stream's standby (its frames are read and kept only as a warm GOP), or clears the slot. */
+  setStandby(p: PublisherHandle | undefined): void {
+    this.standbyHandle = p;
+    this.standbySinceAt = Date.now();
+    this.standbyMediaAt = Date.now();
+    this.warm = { meta: undefined, frames: [], bytes: 0 };
+  }
+
+  /** When `p` (the publisher or the standby) last sent a frame, ms since epoch; 0 for anyone else. */
+  lastMediaAt(p: PublisherHandle): number {
+    if (p === this.publisherHandle) return this.primaryMediaAt;
+    if (p === this.standbyHandle) return this.standbyMediaAt;
+    return 0;
+  }
+
+  private keepWarm(type: FrameType, ts: number, payload: Buffer): void {
+    if (payload.length === 0) return;
+    const header = type === FRAME_VIDEO ? isVideoSequenceHeader(payload) : type === FRAME_AUDIO ? isAudioSequenceHeader(payload) : false;
+    const w = this.warm;
+    if (header) {
+      w.frames = [...w.frames.filter((f) => !(f.header && f.type === type)), { type, ts, payload, header }];
+    } else if (type === FRAME_VIDEO && isVideoKeyframe(payload)) {
+      w.frames = [...w.frames.filter((f) => f.header), { type, ts, payload, header }];
+      w.bytes = payload.length;
+      return;
+    } else {
+      if (!w.frames.some((f) => !f.header)) return; // nothing to resume on before the first keyframe
+      w.bytes += payload.length;
+      if (w.bytes > this.opts.gopCacheMaxBytes) {
+        w.frames = w.frames.filter((f) => f.header);
+        w.bytes = 0;
+        return;
+      }
+      w.frames.push({ type, ts, payload, header });
+    }
   }
 
   /**
@@ -165,6 +232,7 @@ export class StreamHub extends EventEmitter {
   }
 
   detachPublisher(p: PublisherHandle): void {
+    if (this.standbyHandle === p) this.setStandby(undefined);
     if (this.publisherHandle !== p) return;
     this.flush();
     this.publisherHandle = undefined;
@@ -190,7 +258,13 @@ export class StreamHub extends EventEmitter {
     this.gopValid = false;
   }
 
-  setMetadata(meta: AmfObject): void {
+  setMetadata(raw: AmfObject, from?: PublisherHandle): void {
+    // Kept, sent to viewers and listed by the API: only a bounded copy (see sanitizeMetadata).
+    const meta = sanitizeMetadata(raw);
+    if (from !== undefined && from !== this.publisherHandle) {
+      if (from === this.standbyHandle) this.warm.meta = meta;
+      return;
+    }
     this.metadataValue = meta;
     const payload = encodeAmf0(['onMetaData', meta]);
     // Metadata is stamped 0: players (ffmpeg's FLV demuxer among them) read a script tag with a
@@ -200,8 +274,19 @@ export class StreamHub extends EventEmitter {
     this.enqueue(frame);
   }
 
-  /** A media or data message from the publisher, on the publisher's own timeline. */
-  ingest(type: FrameType, timestamp: number, payload: Buffer): void {
+  /**
+   * A media or data message from the publisher, on the publisher's own timeline. `from` names the sender: a
+   * standby's frames are only kept warm, anyone else's (an evicted publisher's last frames) are dropped.
+   */
+  ingest(type: FrameType, timestamp: number, payload: Buffer, from?: PublisherHandle): void {
+    if (from !== undefined && from !== this.publisherHandle) {
+      if (from === this.standbyHandle) {
+        this.standbyMediaAt = Date.now();
+        this.keepWarm(type, timestamp, payload);
+      }
+      return;
+    }
+    this.primaryMediaAt = Date.now();
     if (this.inputGate !== undefined && !this.inputGate()) {
       this.skipToKeyframe = true;
       return;

@@ -6,22 +6,17 @@
  */
 import type { FastifyInstance } from 'fastify';
 import {
-  BusNoRespondersError,
-  BusTimeoutError,
-  BusUnavailableError,
   Membership,
   MemoryBusNetwork,
   MeshEvents,
   OwnershipRegistry,
   RelayClaims,
-  StreamOwnedError,
   StreamTokenError,
   StreamNameError,
-  Backoff,
-  FailureLogLimiter,
   connectNatsBus,
   encodeStreamToken,
   type Bus,
+  type BusSubscription,
   type OwnershipLease,
 } from '@meshcast/mesh';
 import { appConfig, type NodeConfig } from '../config.ts';
@@ -30,6 +25,7 @@ import type { PlayAdmission, PublishAdmission, Refusal, StreamRequest } from '..
 import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import type { MediaNode, MeshBinding } from '../media-node.ts';
 import { RelayActor } from './relay-actor.ts';
+import { FREEZE_MS, PublishedStream, TICK_MS, decodeLivenessBeat, livenessSubject, type AttachReply, type PublishedEffects } from './published-stream.ts';
 import { RelayPullFence } from './relay-pull-fence.ts';
 import { epochRefusal, sameEpoch, type StreamEpoch } from './mesh-credential.ts';
 import { startNodeControl, type NodeControl } from './node-control.ts';
@@ -42,23 +38,10 @@ export function embeddedNetwork(): MemoryBusNetwork {
   return (processNetwork ??= new MemoryBusNetwork());
 }
 
-interface HeldLease {
-  lease: OwnershipLease;
-  publisher: PublisherHandle;
-}
-
-/** The mesh cannot be reached right now (closed, reconnecting, or not answering): publish locally and announce later. */
-function meshUnreachable(err: unknown): boolean {
-  return err instanceof BusUnavailableError || err instanceof BusTimeoutError || err instanceof BusNoRespondersError;
-}
-
-/** An event-loop gap this long means the process was paused (SIGSTOP, VM freeze): it cannot know what the mesh did meanwhile. */
-const FREEZE_MS = 1500;
-/** While the bus is down, a stream waiting to be announced checks for it this often (a local check, not a retry). */
-const BUS_WAIT_MS = 500;
 
 export class NodeMesh implements MeshBinding {
-  private readonly leases = new Map<string, HeldLease>();
+  /** One PublishedStream actor per stream key with a publisher (primary or standby) on this node. */
+  private readonly published = new Map<string, PublishedStream>();
   private readonly relays = new Map<string, RelayActor>();
   private unwatchOwners: (() => void) | undefined;
   private readonly log: Logger;
@@ -67,10 +50,8 @@ export class NodeMesh implements MeshBinding {
   /** Operator RPCs (kick, drain, stats) for meshctl. */
   private control: NodeControl | undefined;
   private lastTickAt = Date.now();
-  private lastFreezeEndedAt = 0;
-  private readonly freezeTimer: NodeJS.Timeout;
-  /** Publishers whose ownership is being re-confirmed after a pause: their frames are held back meanwhile. */
-  private readonly unconfirmed = new Set<string>();
+  private readonly tickTimer: NodeJS.Timeout;
+  private unwatchBus: (() => void) | undefined;
   /** The relay pulls this node serves, by the epoch each was admitted for (the epoch fence, parent side). */
   private readonly pullFence: RelayPullFence;
 
@@ -87,8 +68,12 @@ export class NodeMesh implements MeshBinding {
     this.log = log.child({ component: 'mesh' });
     this.router = new ViewerRouter(cfg.node_id, bus, membership, () => node.admitViewerHere(), cfg.mesh.placement_load_factor, this.log);
     this.pullFence = new RelayPullFence(node.sessions, this.log);
-    this.freezeTimer = setInterval(() => this.checkPaused(), 250);
-    this.freezeTimer.unref();
+    this.tickTimer = setInterval(() => this.tick(), TICK_MS);
+    this.tickTimer.unref();
+    this.unwatchBus = bus.onStatus((status) => {
+      const msg = status === 'connected' ? ({ type: 'busUp' } as const) : ({ type: 'busDown' } as const);
+      for (const a of [...this.published.values()]) a.handle(msg);
+    });
   }
 
   static async start(node: MediaNode, network?: MemoryBusNetwork): Promise<NodeMesh> {
@@ -141,170 +126,139 @@ export class NodeMesh implements MeshBinding {
   }
 
   async claimPublish(req: StreamRequest, hub: StreamHub, publisher: PublisherHandle): Promise<PublishAdmission> {
-    const app = appConfig(this.cfg, req.app);
     try {
       encodeStreamToken(req.app, req.stream);
     } catch (err) {
       if (err instanceof StreamNameError || err instanceof StreamTokenError) return { ok: false, code: 'NetStream.Publish.BadName', description: err.message };
       throw err;
     }
-    let lease: OwnershipLease;
+    const actor = this.publishedStream(hub);
+    const reply = await new Promise<AttachReply>((resolve) => actor.handle({ type: 'publisherAttached', publisher, reply: resolve }));
+    if (!reply.ok) return { ok: false, code: reply.code, description: reply.description };
+    return { ok: true, hub, ...(reply.role === 'standby' ? { standby: true } : {}) };
+  }
+
+  /** The stream's PublishedStream actor, created with its liveness subscription on first use. */
+  private publishedStream(hub: StreamHub): PublishedStream {
+    const existing = this.published.get(hub.key);
+    if (existing && existing.state !== 'released') return existing;
+    const app = appConfig(this.cfg, hub.app);
+    const subject = livenessSubject(this.bus.names.prefix, hub.app, hub.stream);
+    let lastEpoch: number | undefined;
+    const fx: PublishedEffects = {
+      now: () => Date.now(),
+      busConnected: () => this.bus.status === 'connected',
+      acquire: async (takeover) => {
+        const lease = await this.ownership.acquire(hub.app, hub.stream, { rtmp: this.selfRtmp }, { takeover });
+        lease.onLost((reason) => {
+          if (reason.code === 'EXPIRED_LOCALLY') actor.handle({ type: 'leaseLost', lease, detail: reason.message });
+          else actor.handle({ type: 'leaseSuperseded', lease, detail: `${reason.code}: ${reason.message}` });
+        });
+        return lease;
+      },
+      confirm: (lease) => lease.updateTracks(lease.record.tracks),
+      lastMediaAt: (p) => hub.lastMediaAt(p),
+      serve: (p, reason) => {
+        if (hub.publisher !== p) hub.attachPublisher(p, reason);
+        hub.inputGate = gate;
+      },
+      setStandby: (p) => hub.setStandby(p),
+      evict: (p, reason) => {
+        // Relays pulling the epoch we no longer serve stop at once, not only new viewers.
+        this.fenceRelayPullsOf(hub.app, hub.stream, undefined, reason);
+        p.evict(reason);
+      },
+      hold: () => undefined,
+      beat: (b) => {
+        if (this.bus.status !== 'connected') return;
+        if (b.epoch !== undefined && b.epoch !== lastEpoch) {
+          // Relays admitted for an earlier epoch (of this node or another) pull again, asking for this one.
+          lastEpoch = b.epoch;
+          this.fenceRelayPullsOf(hub.app, hub.stream, { owner: this.cfg.node_id, epoch: b.epoch }, 'new ownership lease here');
+        }
+        try {
+          this.bus.publish(subject, Buffer.from(JSON.stringify(b)));
+        } catch (err) {
+          this.log.debug({ err: String(err), stream: hub.key }, 'cannot publish the liveness heartbeat');
+        }
+      },
+      fenced: () => {
+        if (hub.inputGate === gate) hub.inputGate = undefined;
+        // Viewers here stay: play the stream from whoever owns it now (the watch may not report it, e.g. after a pause).
+        setImmediate(() => {
+          if (!this.stopped && !hub.isLive && hub.sinkCount > 0) this.ensureRelay(hub).handle({ type: 'start' });
+        });
+      },
+      promoted: (f) => {
+        this.events
+          .append({ type: 'standbyPromoted', at: f.at, app: hub.app, stream: hub.stream, to: f.to, reason: f.reason, ...(f.from ? { from: f.from } : {}), ...(f.epoch !== undefined ? { epoch: f.epoch } : {}) })
+          .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append standbyPromoted'));
+      },
+      published: () => {
+        this.events
+          .append({ type: 'published', at: Date.now(), app: hub.app, stream: hub.stream, node: this.cfg.node_id })
+          .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append published'));
+      },
+      released: (lease) => {
+        sub?.unsubscribe();
+        if (hub.inputGate === gate) hub.inputGate = undefined;
+        if (this.published.get(hub.key) === actor) this.published.delete(hub.key);
+        if (!lease) return;
+        lease.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'lease release failed'));
+        this.events
+          .append({ type: 'unpublished', at: Date.now(), app: hub.app, stream: hub.stream, node: this.cfg.node_id })
+          .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append unpublished'));
+      },
+    };
+    const actor = new PublishedStream(hub.app, hub.stream, this.cfg.node_id, app.duplicate_publish, app.publisher_silence_ms, fx, this.log);
+    // The hub asks on every published frame: that is how a pause is noticed before the timer runs (after SIGCONT
+    // the event loop handles socket data first), and how frames are held back until the lease is re-confirmed.
+    const gate = (): boolean => {
+      const p = hub.publisher;
+      if (!p || p.kind === 'relay') return true;
+      this.checkPaused();
+      return actor.accepts(p);
+    };
+    let sub: BusSubscription | undefined;
     try {
-      lease = await this.ownership.acquire(req.app, req.stream, { rtmp: this.selfRtmp }, { takeover: app.duplicate_publish !== 'reject' });
+      sub = this.bus.subscribe(subject, (m) => {
+        const beat = decodeLivenessBeat(m.data);
+        if (beat) actor.handle({ type: 'peerBeat', beat });
+        else this.log.debug({ subject }, 'undecodable liveness heartbeat; dropped');
+      });
     } catch (err) {
-      if (err instanceof StreamOwnedError) {
-        return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published on node ${err.owner}` };
-      }
-      if (meshUnreachable(err)) {
-        // Cut off from the mesh (bus down, or NATS not answering before the client notices): publish locally
-        // (viewers here keep working) and announce when the bus returns.
-        this.log.warn({ app: req.app, stream: req.stream, err: String(err) }, 'mesh unavailable; publishing locally without an ownership lease');
-        this.retryAnnounce(req, hub, publisher, { takeover: app.duplicate_publish !== 'reject' });
-        return { ok: true, hub };
-      }
-      throw err;
+      this.log.warn({ err: String(err), stream: hub.key }, 'cannot follow the owner\'s liveness heartbeat; a standby here is promoted when the ownership record goes');
     }
-    this.holdLease(hub, publisher, lease);
-    this.events
-      .append({ type: 'published', at: Date.now(), app: req.app, stream: req.stream, node: this.cfg.node_id })
-      .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append published'));
-    return { ok: true, hub };
+    this.published.set(hub.key, actor);
+    return actor;
   }
 
   /**
-   * Notices that the process was paused, either on the timer or on the first published frame after the pause
-   * (after SIGCONT the event loop handles socket data before timers). Every held lease is then re-confirmed by a
-   * CAS write before its publisher's frames flow again: another node may have taken the stream over meanwhile,
-   * and frames that waited in our socket during the pause must not be served by a stale owner.
+   * Notices that the process was paused, either on the tick or on the first published frame after the pause
+   * (after SIGCONT the event loop handles socket data before timers). Each PublishedStream then re-confirms its
+   * lease by a CAS write before its publisher's frames flow again.
    */
   private checkPaused(): void {
     const now = Date.now();
-    if (now - this.lastTickAt > FREEZE_MS) {
-      this.lastFreezeEndedAt = now;
-      this.log.warn({ pausedMs: now - this.lastTickAt, leases: this.leases.size }, 'process was paused; re-confirming stream ownership before serving');
-      for (const held of this.leases.values()) this.reconfirm(held);
-    }
+    const gap = now - this.lastTickAt;
     this.lastTickAt = now;
+    if (gap <= FREEZE_MS) return;
+    this.log.warn({ pausedMs: gap, streams: this.published.size }, 'process was paused; re-confirming stream ownership before serving');
+    for (const a of [...this.published.values()]) a.handle({ type: 'clockJump', pausedMs: gap });
   }
 
-  private reconfirm(held: HeldLease): void {
-    const id = held.publisher.id;
-    if (this.unconfirmed.has(id)) return;
-    this.unconfirmed.add(id);
-    const retry = new Backoff();
-    const attempt = (): void => {
-      if (this.stopped || !held.lease.held || this.leases.get(id) !== held) {
-        this.unconfirmed.delete(id);
-        return;
-      }
-      held.lease.updateTracks(held.lease.record.tracks).then(
-        () => {
-          this.unconfirmed.delete(id);
-          this.log.info({ stream: held.lease.key }, 'stream ownership confirmed after the pause');
-        },
-        // A CAS failure loses the lease (onLost fences the publisher); a bus error is retried, jittered so the
-        // streams of a node that woke up do not all retry in lockstep.
-        () => setTimeout(attempt, retry.next()).unref(),
-      );
-    };
-    attempt();
-  }
-
-  private holdLease(hub: StreamHub, publisher: PublisherHandle, lease: OwnershipLease): void {
-    const held: HeldLease = { lease, publisher };
-    this.leases.set(publisher.id, held);
-    // Relays admitted for an earlier epoch (of this node or another) pull again, asking for this one.
-    this.fenceRelayPullsOf(hub.app, hub.stream, { owner: this.cfg.node_id, epoch: lease.epoch }, 'new ownership lease here');
-    const gate = (): boolean => {
-      if (hub.publisher !== publisher) return true;
-      this.checkPaused();
-      return !this.unconfirmed.has(publisher.id);
-    };
-    hub.inputGate = gate;
-    lease.onLost((reason) => {
-      if (this.leases.get(publisher.id) === held) this.leases.delete(publisher.id);
-      this.unconfirmed.delete(publisher.id);
-      if (hub.publisher !== publisher) return;
-      if (reason.code === 'EXPIRED_LOCALLY' && !this.wasPaused() && !this.stopped) {
-        // Renewals went unanswered while this process ran and the publisher kept sending here: the mesh is
-        // unreachable, not taken over (a takeover would have failed our CAS or shown on the watch). Keep serving
-        // locally and announce again when the mesh answers; a record written meanwhile by another node wins.
-        this.log.warn({ app: hub.app, stream: hub.stream, detail: reason.message }, 'ownership lease expired while the mesh was unreachable; publishing locally until it returns');
-        this.retryAnnounce({ app: hub.app, stream: hub.stream }, hub, publisher, { takeover: false });
-        return;
-      }
-      // Fence: another node owns the stream now (or we could not renew, or were paused); never serve it as a stale owner.
-      this.log.warn({ app: hub.app, stream: hub.stream, reason: reason.code, detail: reason.message }, 'ownership lease lost; dropping the publisher');
-      this.fenceRelayPullsOf(hub.app, hub.stream, undefined, `ownership lease lost (${reason.code})`);
-      publisher.evict(`ownership lease lost (${reason.code})`);
-      if (hub.inputGate === gate) hub.inputGate = undefined;
-      // Viewers here stay: play the stream from whoever owns it now (the watch may not report it, e.g. after a pause).
-      if (!this.stopped && !hub.isLive && hub.sinkCount > 0) this.ensureRelay(hub).handle({ type: 'start' });
-    });
-  }
-
-  /** True while the process is (or just was) paused: its view of the mesh is stale, so it must fence rather than carry on. */
-  private wasPaused(): boolean {
-    const now = Date.now();
-    return now - this.lastTickAt > FREEZE_MS || now - this.lastFreezeEndedAt < FREEZE_MS;
-  }
-
-  /**
-   * Announce a stream published here without a lease, once the mesh answers. `takeover: false` (re-announcing after
-   * a lease expired during an outage) only takes a free or stale record, or our own: a live record of another node
-   * means the stream moved meanwhile, and the local publisher is fenced. One attempt at a time.
-   */
-  private retryAnnounce(req: Pick<StreamRequest, 'app' | 'stream'>, hub: StreamHub, publisher: PublisherHandle, opts: { takeover: boolean }): void {
-    // Failed announces back off with jitter (the nodes that lost NATS together do not retry together); waiting
-    // for the bus to come back is only a local check.
-    const retry = new Backoff();
-    const failures = new FailureLogLimiter();
-    const later = (ms: number): void => void setTimeout(tick, ms).unref();
-    const tick = (): void => {
-      if (this.stopped || hub.publisher !== publisher) return;
-      if (this.bus.status !== 'connected') return later(BUS_WAIT_MS);
-      const attempt = (takeover: boolean): Promise<OwnershipLease> => this.ownership.acquire(req.app, req.stream, { rtmp: this.selfRtmp }, { takeover });
-      attempt(opts.takeover)
-        .catch((err: unknown) => {
-          // Our own record from before the outage, not yet stale: nobody wrote the key since, so taking it is safe.
-          if (err instanceof StreamOwnedError && err.owner === this.cfg.node_id) return attempt(true);
-          throw err;
-        })
-        .then(
-          (lease) => {
-            if (hub.publisher !== publisher || this.stopped) {
-              void lease.release();
-              return;
-            }
-            this.log.info({ app: req.app, stream: req.stream, failedAttempts: failures.success() }, 'mesh back; stream ownership announced');
-            this.holdLease(hub, publisher, lease);
-          },
-          (err: unknown) => {
-            if (err instanceof StreamOwnedError) {
-              if (hub.publisher === publisher) publisher.evict(`stream is owned by ${err.owner} in the mesh`);
-              return;
-            }
-            const delay = retry.next();
-            const d = failures.failure();
-            const fields = { app: req.app, stream: req.stream, err: String(err), retryInMs: delay, failures: d.streak };
-            if (d.level === 'warn') this.log.warn({ ...fields, suppressed: d.suppressed }, 'cannot announce stream ownership yet; will retry');
-            else this.log.debug(fields, 'cannot announce stream ownership yet; will retry');
-            later(delay);
-          },
-        );
-    };
-    later(BUS_WAIT_MS);
+  private tick(): void {
+    this.checkPaused();
+    for (const a of [...this.published.values()]) a.handle({ type: 'tick' });
   }
 
   releasePublish(hub: StreamHub, publisher: PublisherHandle): void {
-    this.unconfirmed.delete(publisher.id);
-    const held = this.leases.get(publisher.id);
-    if (!held) return;
-    this.leases.delete(publisher.id);
-    held.lease.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'lease release failed'));
-    this.events
-      .append({ type: 'unpublished', at: Date.now(), app: hub.app, stream: hub.stream, node: this.cfg.node_id })
-      .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append unpublished'));
+    this.published.get(hub.key)?.handle({ type: 'publisherDetached', publisher });
+  }
+
+  /** The PublishedStream actors of this node (the stream API shows primary, standby and failovers). */
+  publishedStatus(app: string, stream: string): Record<string, unknown> | undefined {
+    return this.published.get(`${app}/${stream}`)?.status();
   }
 
   async resolvePlay(req: StreamRequest, hub: StreamHub): Promise<PlayAdmission> {
@@ -334,8 +288,9 @@ export class NodeMesh implements MeshBinding {
   private servingEpoch(hub: StreamHub): StreamEpoch | undefined {
     const publisher = hub.publisher;
     if (publisher && publisher.kind !== 'relay') {
-      const held = this.leases.get(publisher.id);
-      return held?.lease.held ? { owner: this.cfg.node_id, epoch: held.lease.epoch } : undefined;
+      const actor = this.published.get(hub.key);
+      const epoch = actor?.accepts(publisher) ? actor.epoch : undefined;
+      return epoch !== undefined ? { owner: this.cfg.node_id, epoch } : undefined;
     }
     return this.relays.get(hub.key)?.epoch;
   }
@@ -428,7 +383,7 @@ export class NodeMesh implements MeshBinding {
   nodeInfo(): Record<string, unknown> {
     return {
       bus: { kind: this.cfg.mesh.nats.length > 0 ? 'nats' : 'embedded', status: this.bus.status },
-      leases: this.leases.size,
+      leases: [...this.published.values()].filter((a) => a.epoch !== undefined).length,
       relays: this.relays.size,
     };
   }
@@ -486,14 +441,19 @@ export class NodeMesh implements MeshBinding {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    clearInterval(this.freezeTimer);
+    clearInterval(this.tickTimer);
+    this.unwatchBus?.();
     for (const r of [...this.relays.values()]) r.handle({ type: 'stop', reason: 'node stopping' });
     this.unwatchOwners?.();
     this.control?.stop();
     this.router.stop();
-    const leases = [...this.leases.values()];
-    this.leases.clear();
-    await Promise.allSettled(leases.map((l) => l.lease.release()));
+    const leases: OwnershipLease[] = [];
+    for (const a of [...this.published.values()]) {
+      const l = a.stop();
+      if (l) leases.push(l);
+    }
+    this.published.clear();
+    await Promise.allSettled(leases.map((l) => l.release()));
     await this.membership.stop({ bye: true, reason: 'drain' }).catch(() => undefined);
     await Promise.allSettled([this.ownership.close(), this.relayClaims.close()]);
     await this.bus.close().catch(() => undefined);

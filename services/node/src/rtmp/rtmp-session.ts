@@ -234,7 +234,7 @@ export class RtmpSession implements Session {
     const ns = this.streams.get(m.streamId);
     if (!ns || ns.kind !== 'publishing' || !ns.hub) return;
     ns.lastMediaAt = Date.now();
-    ns.hub.ingest(type, m.timestamp, m.payload);
+    ns.hub.ingest(type, m.timestamp, m.payload, ns.handle);
   }
 
   private onData(m: RtmpMessage): void {
@@ -250,12 +250,12 @@ export class RtmpSession implements Session {
     if (v[0] === 'onMetaData') {
       const meta = asAmfObject(v[1] as AmfValue);
       if (meta) {
-        ns.hub.setMetadata(meta);
+        ns.hub.setMetadata(meta, ns.handle);
         return;
       }
     }
     // Other script data (cue points, captions, the load tester's clock) passes through as AMF0.
-    ns.hub.ingest(FRAME_DATA, m.timestamp, m.type === MessageType.DATA_AMF0 ? m.payload : encodeAmf0(v, { preserveAvmplus: false }));
+    ns.hub.ingest(FRAME_DATA, m.timestamp, m.type === MessageType.DATA_AMF0 ? m.payload : encodeAmf0(v, { preserveAvmplus: false }), ns.handle);
   }
 
   private async runCommands(): Promise<void> {
