@@ -91,3 +91,4 @@ export {
   type FailureLogDecision,
   type FailureLogOptions,
 } from './backoff.ts';
+export { PeerLogLimiter, DEFAULT_PEER_LOG_BURST, DEFAULT_PEER_LOG_INTERVAL_MS, DEFAULT_PEER_LOG_MAX_PEERS, type PeerLogOptions } from './peer-log.ts';

@@ -294,6 +294,9 @@ function checkSecurity(cfg: NodeConfig): void {
   if (lim.connection_rate_per_ip > 0 && lim.connection_burst_per_ip < 1) {
     throw settingError('limits.connection_burst_per_ip', 'must be at least 1 when limits.connection_rate_per_ip is set');
   }
+  if (lim.max_unfinished_message_bytes < lim.max_message_bytes) {
+    throw settingError('limits.max_unfinished_message_bytes', `${lim.max_unfinished_message_bytes} must be at least limits.max_message_bytes (${lim.max_message_bytes}), or a publisher's largest message could never be assembled`);
+  }
   for (const [app, a] of Object.entries(cfg.auth.apps)) {
     for (const action of ['publish', 'play'] as const) {
       const rule = a[action];

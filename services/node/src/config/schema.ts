@@ -274,6 +274,21 @@ export const NODE_SCHEMA = z.strictObject(
       max_publishers: num(500, { description: 'Publishers this node takes before it redirects new ones to another ingest node.' }),
       connection_rate_per_ip: num(0, { description: 'New connections per second one address may open (token bucket; 0 = no rate limit).' }),
       connection_burst_per_ip: num(20, { description: 'Connections one address may open at once before the rate applies (bucket size).' }),
+      idle_connection_timeout_ms: num(30000, {
+        description:
+          'An RTMP connection that has neither published nor played (nor has a publish or play waiting for admission) for this long after its `connect` is closed: it holds a connection slot.',
+      }),
+      max_amf_expanded_bytes: num(1024 * 1024, {
+        description:
+          'Largest decoded size of one RTMP command or data message, each AMF reference counted at the full size of what it points to every time it is used. A larger command closes the connection; a larger data message is dropped.',
+      }),
+      max_unfinished_message_bytes: num(32 * 1024 * 1024, {
+        description:
+          'Bytes a publishing RTMP connection may hold in messages it has started and not finished, over all its chunk streams (each counted at its announced length); past it the connection is closed. At least `max_message_bytes`.',
+      }),
+      max_unfinished_message_bytes_unpublished: num(1024 * 1024, {
+        description: 'The same bound for an RTMP connection that has no authorised publish (before `publish`, and for viewers): they send only small commands.',
+      }),
       reply_buffer_bytes: num(256 * 1024, {
         description:
           'Bytes written to one connection that its peer has not read yet, past which the node answers none of its requests (pings, commands) and reads no more of them until it drains. Media to viewers has its own bound (`media.viewer_queue_bytes`).',

@@ -1,5 +1,6 @@
 /** The RTMP listener: admits connections against the node's limits and starts a session for each. */
 import net from 'node:net';
+import { PeerLogLimiter } from '@meshcast/mesh';
 import type { MediaHost } from '../media/host.ts';
 import type { ConnectionLimiter } from '../sessions.ts';
 import { RtmpSession } from './rtmp-session.ts';
@@ -11,6 +12,8 @@ const DEADLINE_SLACK_MS = 5;
 export class RtmpServer {
   private readonly server: net.Server;
   private readonly live = new Set<RtmpSession>();
+  /** One per listener: lines caused by one address's bad input, over all its connections. */
+  private readonly peerLog = new PeerLogLimiter();
 
   constructor(
     private readonly host: MediaHost,
@@ -35,7 +38,7 @@ export class RtmpServer {
       this.live.delete(s);
       this.host.sessions.remove(s);
       this.limiter.release(ip);
-    });
+    }, this.peerLog);
     // The session checks its deadlines on a 1 s tick; these wake it exactly when the handshake
     // and first-command deadlines pass, so a half-open flood is closed on time, not up to 1 s late.
     const lim = this.host.config.limits;

@@ -15,6 +15,7 @@ import {
   RtmpProtocolError,
   RtmpServerHandshake,
   UserControlEvent,
+  DEFAULT_AMF_LIMITS,
   asAmfObject,
   decodeAmf0,
   decodeAmf3Command,
@@ -26,10 +27,12 @@ import {
   userControlMessage,
   windowAckSizeMessage,
   ackMessage,
+  type AmfLimits,
   type AmfObject,
   type AmfValue,
   type RtmpMessage,
 } from '@meshcast/proto';
+import type { PeerLogLimiter } from '@meshcast/mesh';
 import { FRAME_AUDIO, FRAME_DATA, FRAME_VIDEO, type FrameType, type WireFormat } from '../media/frame.ts';
 import { checkName, splitQuery, type MediaHost, type StreamRequest } from '../media/host.ts';
 import type { MediaSink, PublisherHandle, StreamHub } from '../media/stream-hub.ts';
@@ -53,6 +56,20 @@ export type RtmpSessionMessage =
   | { type: 'socketClosed' };
 
 const MAX_QUEUED_COMMANDS = 64;
+/**
+ * A publisher whose data messages keep failing to decode is broken or hostile: past this many in
+ * BAD_DATA_WINDOW_MS it is closed, so that it cannot keep the event loop busy building errors.
+ */
+const MAX_BAD_DATA_MESSAGES = 100;
+const BAD_DATA_WINDOW_MS = 10_000;
+/** Longest client-supplied text echoed back or logged (FCPublish names, unknown command names, tcUrl). */
+const MAX_ECHO_CHARS = 256;
+
+/** A client-supplied value as text for an echo or a log line: strings only, cut to MAX_ECHO_CHARS; never String() of a tree. */
+function clientText(v: unknown): string {
+  if (typeof v !== 'string') return '';
+  return v.length > MAX_ECHO_CHARS ? `${v.slice(0, MAX_ECHO_CHARS)}…` : v;
+}
 const WINDOW_ACK_SIZE = 5_000_000;
 const PEER_BANDWIDTH = 5_000_000;
 
@@ -106,19 +123,34 @@ export class RtmpSession implements Session {
   private readonly timer: NodeJS.Timeout;
   private log: Logger;
   private readonly remote: string;
+  private readonly amfLimits: AmfLimits;
+  /** Last time this connection published, played or had a command in flight (idle_connection_timeout_ms). */
+  private lastActiveAt = Date.now();
+  /** Reading is paused because the peer does not read our replies (limits.reply_buffer_bytes). */
+  private readPaused = false;
+  private badData = { since: 0, count: 0 };
 
   constructor(
     readonly socket: Socket,
     private readonly host: MediaHost,
     private readonly onClosed: (s: RtmpSession) => void,
+    /** Shared by every connection of the node: bounds the lines one address's bad input writes. */
+    private readonly peerLog?: PeerLogLimiter,
   ) {
     this.id = newSessionId('r');
     this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
     this.log = host.log.child({ session: this.id, remote: this.remote });
     const lim = host.config.limits;
-    this.decoder = new ChunkStreamDecoder({ maxMessageLength: lim.max_message_bytes, maxChunkSize: lim.max_chunk_size });
+    this.amfLimits = { ...DEFAULT_AMF_LIMITS, maxExpandedBytes: lim.max_amf_expanded_bytes };
+    // Lower until a publish is authorised: before that a peer sends only small commands.
+    this.decoder = new ChunkStreamDecoder({
+      maxMessageLength: lim.max_message_bytes,
+      maxChunkSize: lim.max_chunk_size,
+      maxPartialBytes: lim.max_unfinished_message_bytes_unpublished,
+    });
     socket.setNoDelay(true);
     socket.on('data', (data: Buffer) => this.handle({ type: 'bytes', data }));
+    socket.on('drain', () => this.resumeReading());
     socket.on('close', () => this.handle({ type: 'socketClosed' }));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
     this.timer = setInterval(() => this.handle({ type: 'timer' }), 1000);
@@ -129,6 +161,7 @@ export class RtmpSession implements Session {
     switch (msg.type) {
       case 'bytes':
         this.onBytes(msg.data);
+        this.checkReplyBuffer();
         return;
       case 'timer':
         this.onTimer();
@@ -230,6 +263,37 @@ export class RtmpSession implements Session {
     }
   }
 
+  /**
+   * A peer that does not read what we send gets no more answers: past limits.reply_buffer_bytes
+   * unread, we stop reading its requests (pings, commands, acks to send) until its socket
+   * drains, so replies never pile up in memory. TCP backpressure then slows the peer itself.
+   */
+  private checkReplyBuffer(): void {
+    if (this.state === 'closed' || this.readPaused) return;
+    if (this.socket.writableLength > this.host.config.limits.reply_buffer_bytes) {
+      this.readPaused = true;
+      this.socket.pause();
+      this.log.debug({ buffered: this.socket.writableLength }, 'peer is not reading; reading paused');
+    }
+  }
+
+  private resumeReading(): void {
+    if (!this.readPaused || this.state === 'closed') return;
+    this.readPaused = false;
+    this.socket.resume();
+  }
+
+  /** A line caused by this peer's input: at most a few per address per window, then a count of the rest. */
+  private peerWarn(fields: Record<string, unknown>, msg: string): void {
+    if (!this.peerLog) {
+      this.log.warn(fields, msg);
+      return;
+    }
+    const admitted = this.peerLog.admit(this.socket.remoteAddress ?? '?');
+    if (admitted === undefined) return;
+    this.log.warn(admitted.dropped > 0 ? { ...fields, dropped: admitted.dropped } : fields, admitted.dropped > 0 ? `${msg} (dropped ${admitted.dropped} more)` : msg);
+  }
+
   private onMedia(type: FrameType, m: RtmpMessage): void {
     const ns = this.streams.get(m.streamId);
     if (!ns || ns.kind !== 'publishing' || !ns.hub) return;
@@ -240,9 +304,14 @@ export class RtmpSession implements Session {
   private onData(m: RtmpMessage): void {
     const ns = this.streams.get(m.streamId);
     if (!ns || ns.kind !== 'publishing' || !ns.hub) return;
-    const values = m.type === MessageType.DATA_AMF3 ? decodeAmf3Command(m.payload) : decodeAmf0(m.payload);
+    const values = m.type === MessageType.DATA_AMF3 ? decodeAmf3Command(m.payload, this.amfLimits) : decodeAmf0(m.payload, this.amfLimits);
     if (values instanceof Error) {
-      this.log.warn({ err: values.message, code: values.code }, 'undecodable data message; dropped');
+      const now = Date.now();
+      if (now - this.badData.since > BAD_DATA_WINDOW_MS) this.badData = { since: now, count: 0 };
+      if (++this.badData.count > MAX_BAD_DATA_MESSAGES) {
+        return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `more than ${MAX_BAD_DATA_MESSAGES} undecodable data messages in ${BAD_DATA_WINDOW_MS} ms (last: ${values.code})`));
+      }
+      this.peerWarn({ err: values.message, code: values.code }, 'undecodable data message; dropped');
       return;
     }
     let v = values;
@@ -275,14 +344,14 @@ export class RtmpSession implements Session {
   }
 
   private async onCommand(m: RtmpMessage): Promise<void> {
-    const values = m.type === MessageType.COMMAND_AMF3 ? decodeAmf3Command(m.payload) : decodeAmf0(m.payload);
-    if (values instanceof Error) return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `undecodable command: ${values.message}`));
+    const values = m.type === MessageType.COMMAND_AMF3 ? decodeAmf3Command(m.payload, this.amfLimits) : decodeAmf0(m.payload, this.amfLimits);
+    if (values instanceof Error) return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `undecodable command (${values.code}): ${values.message}`));
     const [name, txnRaw, , ...args] = values;
     if (typeof name !== 'string') return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', 'command without a name'));
     const txn = typeof txnRaw === 'number' ? txnRaw : 0;
     const cmdObj = values[2];
     if (this.state === 'awaitConnect' && name !== 'connect') {
-      return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `"${name}" before connect`));
+      return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `"${clientText(name)}" before connect`));
     }
     switch (name) {
       case 'connect':
@@ -292,11 +361,11 @@ export class RtmpSession implements Session {
       case 'releaseStream':
       case 'FCPublish':
       case 'FCSubscribe':
-        if (name === 'FCPublish') this.sendCommand(0, ['onFCPublish', 0, null, { code: 'NetStream.Publish.Start', description: String(args[0] ?? '') }]);
+        if (name === 'FCPublish') this.sendCommand(0, ['onFCPublish', 0, null, { code: 'NetStream.Publish.Start', description: clientText(args[0]) }]);
         if (txn > 0) this.sendCommand(0, ['_result', txn, null, undefined]);
         return;
       case 'FCUnpublish':
-        this.sendCommand(0, ['onFCUnpublish', 0, null, { code: 'NetStream.Unpublish.Success', description: String(args[0] ?? '') }]);
+        this.sendCommand(0, ['onFCUnpublish', 0, null, { code: 'NetStream.Unpublish.Success', description: clientText(args[0]) }]);
         if (txn > 0) this.sendCommand(0, ['_result', txn, null, undefined]);
         return;
       case 'publish':
@@ -323,9 +392,9 @@ export class RtmpSession implements Session {
       case 'seek':
         return;
       default:
-        this.log.debug({ command: name }, 'unknown command');
+        this.log.debug({ command: clientText(name) }, 'unknown command');
         if (txn > 0) {
-          this.sendCommand(0, ['_error', txn, null, { level: 'error', code: 'NetConnection.Call.Failed', description: `Method not found (${name}).` }]);
+          this.sendCommand(0, ['_error', txn, null, { level: 'error', code: 'NetConnection.Call.Failed', description: `Method not found (${clientText(name)}).` }]);
         }
     }
   }
@@ -368,7 +437,8 @@ export class RtmpSession implements Session {
       { fmsVer: 'FMS/3,5,7,7009', capabilities: 31, mode: 1 },
       { level: 'status', code: 'NetConnection.Connect.Success', description: 'Connection succeeded.', objectEncoding: this.objectEncoding },
     ]);
-    this.log.debug({ tcUrl: cmd?.tcUrl, flashVer: cmd?.flashVer }, 'connected');
+    this.lastActiveAt = Date.now();
+    this.log.debug({ tcUrl: clientText(cmd?.tcUrl), flashVer: clientText(cmd?.flashVer) }, 'connected');
   }
 
   private onCreateStream(txn: number): void {
@@ -429,6 +499,8 @@ export class RtmpSession implements Session {
     }
     pending.hub = admission.hub;
     pending.lastMediaAt = Date.now();
+    // An authorised publisher sends media: it may now hold larger unfinished messages.
+    this.decoder.setMaxPartialBytes(this.host.config.limits.max_unfinished_message_bytes);
     this.log = this.log.child({ stream });
     this.sendControl(userControlMessage(UserControlEvent.STREAM_BEGIN, streamId));
     this.sendStatus(streamId, 'status', 'NetStream.Publish.Start', `${app}/${stream} is now published.`);
@@ -519,21 +591,28 @@ export class RtmpSession implements Session {
       case 'awaitConnect':
         if (now - this.startedAt > lim.first_command_timeout_ms) this.close('no connect command in time', 'info');
         return;
-      case 'connected':
+      case 'connected': {
+        let active = this.commandRunning;
         for (const ns of this.streams.values()) {
           if (ns.kind === 'publishing' && ns.hub && now - ns.lastMediaAt > lim.idle_publisher_timeout_ms) {
             this.close(`publisher sent no media for ${lim.idle_publisher_timeout_ms} ms`, 'info');
             return;
           }
+          if (ns.kind !== 'idle') active = true;
+        }
+        if (active) this.lastActiveAt = now;
+        else if (now - this.lastActiveAt > lim.idle_connection_timeout_ms) {
+          this.close(`neither published nor played within ${lim.idle_connection_timeout_ms} ms`, 'info');
         }
         return;
+      }
       case 'closed':
         return;
     }
   }
 
   private fail(err: RtmpProtocolError): void {
-    this.log.warn({ code: err.code, err: err.message }, 'protocol error; closing connection');
+    this.peerWarn({ code: err.code, err: err.message }, 'protocol error; closing connection');
     this.close(err.message, 'debug');
   }
 
