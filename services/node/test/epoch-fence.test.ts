@@ -195,3 +195,40 @@ test("a relay whose parent relay moves to a new epoch is fenced, re-reads the ow
   await until('viewer plays the new publisher', () => viewer.frames.filter((f) => syntheticPublisherId(f.type, f.payload) === p2.publisherId).length > 10);
   assert.equal(viewer.client.closed, false);
 });
+
+test('a relay that misses the owner change (cut off from the bus) is fenced by the old owner, retries reading the owner with backoff, and re-parents once it can, keeping its viewer', async () => {
+  const net = new MemoryBusNetwork();
+  nodes = [];
+  for (let i = 1; i <= 3; i++) nodes.push(await inProcessNode(net, `n${i}`, TAKEOVER));
+  const [a, b, c] = nodes;
+  await until('membership converged', () => nodes.every((n) => meshOf(n).membership.table().filter((v) => v.state === 'alive').length === 3));
+  const p1 = await syntheticPublisher(rtmpUrl(a!, 'live/cut'));
+  cleanups.push(p1.stop);
+  const first = await until('owner a', async () => meshOf(b!).ownership.lookup('live', 'cut'));
+  const viewer = await recordingViewer(rtmpUrl(c!, 'live/cut'));
+  cleanups.push(() => viewer.client.close());
+  await until('relay on n3 pulling from n1', () => meshOf(c!).relayStatus()[0]?.state === 'pulling' && meshOf(c!).relayStatus()[0]?.parent === 'n1');
+  await until('viewer plays', () => viewer.video().length > 10);
+
+  // n3 no longer hears the mesh: only the old owner's fence can tell its relay that epoch 1 is over.
+  net.partition(meshOf(c!).bus);
+  const p2 = await syntheticPublisher(rtmpUrl(b!, 'live/cut'), { startTs: 0 });
+  cleanups.push(p2.stop);
+  await until('the relay on n3 lost its pull (fenced by n1)', () => meshOf(c!).relayStatus()[0]?.state !== 'pulling', 4000);
+  assert.equal(meshOf(c!).relayStatus()[0]?.epoch, `epoch ${first.record.epoch} of n1`, 'it still names the epoch it last pulled');
+  // While it cannot read the owner it keeps retrying (backoff), and its viewer stays.
+  await new Promise((r) => setTimeout(r, 800));
+  assert.notEqual(meshOf(c!).relayStatus()[0]?.state, 'pulling');
+  assert.equal(viewer.client.closed, false);
+  assert.equal(viewer.frames.some((f) => syntheticPublisherId(f.type, f.payload) === p2.publisherId), false, 'no new-epoch frame before it could read the owner');
+
+  net.heal(meshOf(c!).bus);
+  await until('relay on n3 re-parented to n2 at the new epoch', () => {
+    const r = meshOf(c!).relayStatus()[0];
+    return r?.state === 'pulling' && r.parent === 'n2' && r.epoch === `epoch ${first.record.epoch + 1} of n2`;
+  }, 10_000);
+  await until('viewer plays the new epoch', () => viewer.frames.filter((f) => syntheticPublisherId(f.type, f.payload) === p2.publisherId).length > 10);
+  assert.equal(viewer.client.closed, false, 'the viewer kept its connection');
+  const order = viewer.frames.map((f) => syntheticPublisherId(f.type, f.payload)).filter((id) => id !== undefined);
+  assert.equal(order.slice(order.indexOf(p2.publisherId)).filter((id) => id !== p2.publisherId).length, 0, 'no old-epoch frame after a new one');
+});

@@ -53,7 +53,8 @@ export type RelayMessage =
   | { type: 'connected'; seq: number; client: RtmpClient; parent: string; epoch: StreamEpoch; early: RtmpMessage[] }
   /** `fenced`: the parent refused the epoch asked for (it serves another, or none). */
   | { type: 'connectFailed'; seq: number; reason: string; parent?: string; fenced?: boolean }
-  | { type: 'upstreamClosed'; client: RtmpClient; reason: string; fenced: boolean }
+  /** `fenced`: the parent's EPOCH_FENCE_CODE status (why it stopped serving our epoch), when it sent one before closing. */
+  | { type: 'upstreamClosed'; client: RtmpClient; reason: string; fenced: string | undefined }
   | { type: 'tick' }
   | { type: 'reclaimed'; seq: number; lost: RelayLease; lease: RelayLease | undefined; error?: string }
   | { type: 'evicted'; reason: string }
@@ -195,8 +196,8 @@ export class RelayActor {
       case 'upstreamClosed':
         if (this.state.kind !== 'pulling' || this.state.client !== msg.client) return;
         // A parent that fenced our epoch is alive and will serve the current one: read the owner again and ask anew.
-        if (!msg.fenced) this.avoid.set(this.state.parent, Date.now() + AVOID_MS);
-        this.reparent(msg.fenced ? `parent fenced epoch: ${msg.reason}` : `upstream closed: ${msg.reason}`);
+        if (msg.fenced === undefined) this.avoid.set(this.state.parent, Date.now() + AVOID_MS);
+        this.reparent(msg.fenced !== undefined ? `parent fenced our epoch: ${msg.fenced}` : `upstream closed: ${msg.reason}`);
         return;
       case 'tick':
         this.onTick();
@@ -416,9 +417,9 @@ export class RelayActor {
     }
     for (const m of early) this.onFrame(m);
     client.onFrame = (m) => this.onFrame(m);
-    let fenced = false;
-    client.on('status', (s: { code?: unknown }) => {
-      if (s.code === EPOCH_FENCE_CODE) fenced = true;
+    let fenced: string | undefined;
+    client.on('status', (s: { code?: unknown; description?: unknown }) => {
+      if (s.code === EPOCH_FENCE_CODE) fenced = String(s.description ?? s.code);
     });
     client.once('close', (reason: string) => this.handle({ type: 'upstreamClosed', client, reason, fenced }));
     this.log.info(
