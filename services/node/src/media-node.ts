@@ -27,6 +27,8 @@ export interface MeshBinding {
   /** A relay's pull (`req.meshPeer`): refused unless this node serves the ownership epoch it names (`req.meshPull`). */
   admitRelayPull?(req: StreamRequest): Refusal | undefined;
   playEnded(hub: StreamHub): void;
+  /** The stream's publishing state here: primary, standby (node, since when), failovers (the stream API). */
+  publishedStatus?(app: string, stream: string): Record<string, unknown> | undefined;
   /** Routes for anyone on the public listener (the route API, `/play` redirects). */
   registerPublicRoutes?(app: FastifyInstance): void;
   /** Routes for the operator on the admin listener (the mesh API). */
@@ -98,6 +100,7 @@ export class MediaNode implements MediaHost {
       registerPublic: (app) => this.mesh?.registerPublicRoutes?.(app),
       registerAdmin: (app) => this.mesh?.registerAdminRoutes?.(app),
       nodeInfo: () => this.nodeInfo(),
+      publishing: (app, stream) => this.mesh?.publishedStatus?.(app, stream),
       readiness: () => this.readiness(),
       drain: (reason) => this.drain(reason),
     };

@@ -69,6 +69,7 @@ class World {
       lastMediaAt: (p) => this.media.get(p) ?? 0,
       serve: (p, reason) => {
         this.served.push({ id: p.id, reason });
+        if (this.standby === p) this.standby = undefined;
         this.media.set(p, this.t);
       },
       setStandby: (p) => {

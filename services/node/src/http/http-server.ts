@@ -32,6 +32,8 @@ export interface HttpApiExtras {
   registerPublic?: (app: FastifyInstance) => void;
   registerAdmin?: (app: FastifyInstance) => void;
   nodeInfo: () => Record<string, unknown>;
+  /** Primary, standby and failovers of a stream published here (undefined when nobody publishes it here). */
+  publishing?: (app: string, stream: string) => Record<string, unknown> | undefined;
   readiness: () => Readiness;
   /** Starts the node's graceful drain (the same path as SIGTERM and `meshctl drain`). */
   drain: (reason: string) => void;
@@ -144,6 +146,7 @@ export function buildAdminServer(host: MediaHost, registry: StreamRegistry, limi
       stream: hub.stream,
       live: hub.isLive,
       publisher: hub.publisher ? { session: hub.publisher.id, kind: hub.publisher.kind } : null,
+      publishing: extras.publishing?.(hub.app, hub.stream) ?? null,
       viewers: hub.sinkCount,
       framesIn: hub.stats.framesIn,
       bytesIn: hub.stats.bytesIn,

@@ -119,7 +119,7 @@ export interface PublishedEffects {
   confirm(lease: OwnershipLease): Promise<void>;
   /** When the local publisher last sent media (ms, the effects' clock). */
   lastMediaAt(p: PublisherHandle): number;
-  /** Make `p` the hub's publisher (the current one, if any, is evicted with `reason`). */
+  /** Make `p` the hub's publisher (the current one, if any, is evicted with `reason`); serving the standby empties the standby slot. */
   serve(p: PublisherHandle, reason: string): void;
   /** Keep `p` attached as the standby (frames dropped), or clear the slot. */
   setStandby(p: PublisherHandle | undefined): void;
@@ -380,16 +380,16 @@ export class PublishedStream {
     const s = this.standby;
     if (this.primary) {
       // Local primary (silent or gone): switch the hub now, move the lease to a new epoch behind it.
+      // The hub clears its standby slot itself when it serves the standby (keeping its warm GOP for viewers).
       this.standby = undefined;
-      this.fx.setStandby(undefined);
       this.log.info({ stream: this.key, standby: s.p.id, reason }, 'standby promoted');
       this.takeLocal(s.p, reason);
       return;
     }
     if (this.stateName === 'owning' || this.stateName === 'confirming' || this.stateName === 'local') {
       // The local primary left; the lease is ours already.
+      // The hub clears its standby slot itself when it serves the standby (keeping its warm GOP for viewers).
       this.standby = undefined;
-      this.fx.setStandby(undefined);
       this.log.info({ stream: this.key, standby: s.p.id, reason }, 'standby promoted');
       this.takeLocal(s.p, reason);
       return;
@@ -444,7 +444,6 @@ export class PublishedStream {
         if (!this.standby) return void lease.release();
         const s = this.standby;
         this.standby = undefined;
-        this.fx.setStandby(undefined);
         this.adopt(lease);
         this.primary = { p: s.p, since: this.fx.now() };
         this.primarySilent = false;
