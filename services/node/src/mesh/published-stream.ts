@@ -41,8 +41,12 @@ export type PublishedStateName = 'idle' | 'claiming' | 'owning' | 'confirming' |
 export const TICK_MS = 250;
 /** An event-loop gap this long means the process was paused (SIGSTOP, VM freeze): it cannot know what the mesh did meanwhile. */
 export const FREEZE_MS = 1500;
-/** How long a claim waits for the live owner's heartbeat before it decides the owner's publisher is silent. */
-export const CLAIM_WAIT_MS = 2 * TICK_MS + 100;
+/**
+ * How long a claim waits for the live owner's heartbeat before it decides the owner's publisher is silent: one
+ * heartbeat interval and a margin. Short on purpose: a publisher moving off a paused or dead owner takes over
+ * before the relays' stall detection leaves that owner (relay_stall_ms), as it did before standby existed.
+ */
+export const CLAIM_WAIT_MS = TICK_MS + 100;
 const MAX_FAILOVERS = 20;
 
 /** The liveness heartbeat on `<prefix>.live.<app>.<stream>`. */
