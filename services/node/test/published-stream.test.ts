@@ -316,6 +316,20 @@ test('a takeover racing a renewal: the superseded old lease does not fence the n
   void p;
 });
 
+test('a takeover racing a renewal: the watch reports our own takeover write before its answer; the old lease\'s loss does not fence', async () => {
+  const { w, p, lease } = await owning();
+  const s = pub('p2');
+  await w.attach(s);
+  w.actor.handle({ type: 'publisherDetached', publisher: p });
+  assert.equal(w.acquires[0]?.takeover, true);
+  w.actor.handle({ type: 'leaseSuperseded', lease, detail: 'SUPERSEDED by our own write' });
+  assert.equal(s.evicted.length, 0);
+  assert.equal(w.actor.state, 'owning');
+  await w.grant(2);
+  assert.equal(w.actor.epoch, 2);
+  assert.equal(w.actor.accepts(s), true);
+});
+
 test('a renewal that lands after the takeover decision: the late grant of an abandoned attempt is released', async () => {
   const w = new World();
   const p = pub('p1');

@@ -157,6 +157,8 @@ export class PublishedStream {
   /** Waiting for the claim's outcome (reply once). */
   private pendingReply: ((r: AttachReply) => void) | undefined;
   private lease: OwnershipLease | undefined;
+  /** The lease our own takeover write (a new epoch here) is replacing: its loss is that write, not a fence. */
+  private replacing: OwnershipLease | undefined;
   private attempt = 0;
   private inFlight = false;
   private claimStartedAt = 0;
@@ -241,7 +243,7 @@ export class PublishedStream {
         }
         return;
       case 'leaseLost':
-        if (msg.lease !== this.lease) return;
+        if (msg.lease !== this.lease || msg.lease === this.replacing) return;
         this.lease = undefined;
         if (this.stateName === 'confirming' || this.fx.now() - this.lastJumpAt < FREEZE_MS) return this.fence(`ownership lease lost after a pause (${msg.detail})`);
         // Availability: the mesh is unreachable, not taken over (a takeover fails our CAS or shows on the watch).
@@ -250,7 +252,7 @@ export class PublishedStream {
         this.to('local');
         return;
       case 'leaseSuperseded':
-        if (msg.lease !== this.lease) return;
+        if (msg.lease !== this.lease || msg.lease === this.replacing) return;
         this.lease = undefined;
         return this.fence(`ownership moved to another node (${msg.detail})`);
       case 'peerBeat':
@@ -351,8 +353,12 @@ export class PublishedStream {
     this.fx.serve(p, reason === 'primary silent' ? 'primary went silent; a newer publisher took over' : 'taken over by a newer publisher');
     this.recordFailover(this.nodeId, reason, old ? undefined : this.remotePrimary?.node);
     if (this.stateName === 'confirming') this.fx.hold(false);
-    // A new epoch: relays that pulled the old one re-read the owner.
-    if (this.lease) this.acquire(true);
+    // A new epoch: relays that pulled the old one re-read the owner. The watch may report our write (the old
+    // lease superseded) before the write's own answer: that loss is ours, not a fence.
+    if (this.lease) {
+      this.replacing = this.lease;
+      this.acquire(true);
+    }
     if (this.stateName !== 'local') this.to('owning');
   }
 
@@ -424,6 +430,7 @@ export class PublishedStream {
 
   private adopt(lease: OwnershipLease): void {
     this.lease = lease;
+    this.replacing = undefined;
     this.backoff.reset();
   }
 
@@ -476,6 +483,7 @@ export class PublishedStream {
   private onAcquireFailed(n: number, err: unknown): void {
     if (n !== this.attempt) return;
     this.inFlight = false;
+    this.replacing = undefined;
     const now = this.fx.now();
     if (err instanceof StreamOwnedError) {
       if (err.owner === this.nodeId) {
