@@ -72,7 +72,7 @@ export class ChaosMesh {
     return this.cluster ? this.cluster.urls : [this.nats!.url];
   }
 
-  async node(id: string, extra: { mesh?: Record<string, unknown>; config?: Record<string, unknown>; roles?: string } = {}): Promise<NodeProcess> {
+  async node(id: string, extra: { mesh?: Record<string, unknown>; config?: Record<string, unknown>; roles?: string; env?: Record<string, string> } = {}): Promise<NodeProcess> {
     const n = await NodeProcess.start({
       nodeId: id,
       config: {
@@ -81,6 +81,7 @@ export class ChaosMesh {
         mesh: { mesh_secret: 'chaos-secret', ...this.opts.timings, nats: this.natsUrls, ...(this.opts.mesh ?? {}), ...(extra.mesh ?? {}) },
       },
       ...(extra.roles ? { args: ['--roles', extra.roles] } : {}),
+      ...(extra.env ? { env: extra.env } : {}),
     });
     this.nodes.push(n);
     return n;
