@@ -280,7 +280,8 @@ test('heartbeat: concrete garbage cases give clear errors', () => {
 });
 
 test('events: every event type has a schema and unknown types are rejected', () => {
-  assert.equal(MESH_EVENT_TYPES.length, 8);
+  assert.equal(MESH_EVENT_TYPES.length, 9);
+  assert.ok(MESH_EVENT_TYPES.includes('standbyPromoted'));
   const r = decodeMeshEvent(rawPackr.pack({ v: 1, type: 'exploded', at: 1 }));
   assert.ok(r instanceof MeshMessageError);
   assert.match(r.message, /unknown event type/);

@@ -293,7 +293,7 @@ test('segmenter: a restarted segmenter continues the media and discontinuity seq
 
 test('config: hls defaults, overrides and bad values', () => {
   const d = loadConfig({ flags: { 'node-id': 'a' } });
-  assert.deepEqual(d.hls, { target_duration_s: 2, playlist_length: 6, idle_timeout_s: 30, max_stream_bytes: 64 * 1024 * 1024 });
+  assert.deepEqual(d.hls, { target_duration_s: 2, playlist_length: 6, idle_timeout_s: 30, max_stream_bytes: 64 * 1024 * 1024, admission_cache_bytes: 16 * 1024 * 1024 });
   const c = loadConfig({ inline: { node_id: 'a', hls: { target_duration_s: 4, playlist_length: 3, idle_timeout_s: 0.5 } } });
   assert.equal(c.hls.target_duration_s, 4);
   assert.equal(c.hls.playlist_length, 3);
