@@ -274,8 +274,9 @@ describe('RTMP work an unauthenticated peer can cause is bounded', () => {
     raw.destroy();
     const gap = maxGapSince(from);
     t.diagnostic(JSON.stringify({ case: 'never reads', growthMB: +(growth / MiB).toFixed(1), answeredMB: +((mine?.bytesOut ?? 0) / MiB).toFixed(1), readMB: +((mine?.bytesIn ?? 0) / MiB).toFixed(1), maxGapMs: gap }));
-    assert.ok(mine, 'the session is still listed');
-    assert.ok(mine.bytesOut < 16 * MiB, `${(mine.bytesOut / MiB).toFixed(1)} MiB of answers written to a client that reads none`);
+    // The node may already have closed it (idle or backlog limits): that bounds it too; if it is
+    // still open, what it was sent must be bounded.
+    if (mine) assert.ok(mine.bytesOut < 16 * MiB, `${(mine.bytesOut / MiB).toFixed(1)} MiB of answers written to a client that reads none`);
     assert.ok(growth < 40 * MiB, `RSS grew ${(growth / MiB).toFixed(1)} MiB`);
     assert.ok(gap < 1000, `viewer gap ${gap} ms`);
   });
