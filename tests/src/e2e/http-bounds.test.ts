@@ -205,7 +205,9 @@ describe('HTTP and WebSocket clients cannot make the node hold unbounded memory 
     viewer.client.close();
     // The node stopped reading: the flood stalls in the kernel's buffers, far short of the budget.
     assert.ok(sent < 64 * 1024 * 1024, `the client got ${sentMB} MiB of pings into the node`);
-    assert.ok(growth < 40 * 1024 * 1024, `RSS grew ${Math.round(growth / 1048576)} MB`);
+    // Peak RSS includes the pings the node read before it stopped reading (bounded above) and
+    // garbage not yet collected; an unbounded pong queue grew by hundreds of MB here.
+    assert.ok(growth < 96 * 1024 * 1024, `RSS grew ${Math.round(growth / 1048576)} MB`);
     assert.ok(gap < 1000, `the other stream's viewer saw a gap of ${gap} ms`);
     await waitFor('the flooding session gone', async () => (await node.api<{ sessions: Array<{ protocol: string }> }>('/api/v1/sessions')).sessions.every((s) => s.protocol !== 'ws-flv'), 5000);
   });

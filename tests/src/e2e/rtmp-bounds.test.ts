@@ -277,7 +277,9 @@ describe('RTMP work an unauthenticated peer can cause is bounded', () => {
     // The node may already have closed it (idle or backlog limits): that bounds it too; if it is
     // still open, what it was sent must be bounded.
     if (mine) assert.ok(mine.bytesOut < 16 * MiB, `${(mine.bytesOut / MiB).toFixed(1)} MiB of answers written to a client that reads none`);
-    assert.ok(growth < 40 * MiB, `RSS grew ${(growth / MiB).toFixed(1)} MiB`);
+    // Peak RSS also holds the pings the node read and has not yet collected (up to ~30 MB of input);
+    // the unbounded node grew 256 MB here, the bounded one 20-50 MB depending on the allocator.
+    assert.ok(growth < 96 * MiB, `RSS grew ${(growth / MiB).toFixed(1)} MiB`);
     assert.ok(gap < 1000, `viewer gap ${gap} ms`);
   });
 
