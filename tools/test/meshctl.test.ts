@@ -67,6 +67,13 @@ describe('meshctl pieces', () => {
       encodeControlMessage({ op: 'statsResult', node: 'B', state: 'running', sessions: 2, viewers: 1, publishers: 0, relayPulls: 1, streams: [{ app: 'live', stream: 'x', live: true, publisher: 'relay', viewers: 1, relayPulls: 1 }], streamsTotal: 1, rss: 1, uptimeMs: 2, sentAt: 3 }),
     );
     assert.ok(!(s instanceof Error) && s.op === 'statsResult' && s.streams[0]!.viewers === 1);
+    // A node's part of who publishes: carried whole; a malformed one makes the whole answer an error.
+    const publishing = { state: 'standby', epoch: null, primary: { node: 'A', since: 1, live: true }, standby: { node: 'B', since: 2, session: 'r9' }, failovers: [{ at: 3, from: 'A', to: 'B', epoch: 7, reason: 'primary gone' }] };
+    const stat = (p: unknown) => ({ op: 'statsResult', node: 'B', state: 'running', sessions: 1, viewers: 0, publishers: 1, relayPulls: 0, streams: [{ app: 'live', stream: 'x', live: false, publisher: 'rtmp', viewers: 0, relayPulls: 0, publishing: p }], streamsTotal: 1, rss: 1, uptimeMs: 2, sentAt: 3 }) as never;
+    const withP = decodeControlMessage(encodeControlMessage(stat(publishing)));
+    assert.ok(!(withP instanceof Error) && withP.op === 'statsResult');
+    assert.deepEqual(withP.streams[0]!.publishing, publishing);
+    assert.match(String(decodeControlMessage(encodeControlMessage(stat({ ...publishing, failovers: [{ at: 1 }] })))), /publishing of live\/x/);
     assert.ok(decodeControlMessage(encodeControlMessage({ op: 'kick', sentAt: 1 } as never)) instanceof Error);
     assert.ok(decodeControlMessage(Buffer.from([0xc1])) instanceof Error);
   });
@@ -172,7 +179,14 @@ describe('meshctl against a 3-node mesh', { timeout: 60_000 }, () => {
     assert.match(text.out, /^live\/show {2}epoch 1/);
     assert.match(text.out, /\nA {2}\(owner, 0 viewers, 1 child\)\n└── B {2}\(relay, 1 viewer\)/);
     const s = await ctl([...base(), 'streams']);
-    assert.match(s.out, /live\/show\s+A\s+1\s+\d+\s+\S+\s+1\s+1\s+B:1/);
+    // OWNER EPOCH REV AGE PRIMARY STANDBY FAILOVERS RELAYS VIEWERS PER-NODE
+    assert.match(s.out, /live\/show\s+A\s+1\s+\d+\s+\S+\s+A \(\d+s\)\s+-\s+0\s+1\s+1\s+B:1/);
+    const j = JSON.parse((await ctl([...base(), 'streams', '--json'])).out) as { streams: Array<{ stream: string; publishing: { primary: { node: string; session?: string } | null; standby: unknown; failovers: unknown[] } }> };
+    const pubShow = j.streams.find((x) => x.stream === 'show')?.publishing;
+    assert.equal(pubShow?.primary?.node, 'A', 'the primary is the node the publisher is on');
+    assert.ok(pubShow?.primary?.session, 'with its session id, from the node itself');
+    assert.equal(pubShow?.standby, null);
+    assert.deepEqual(pubShow?.failovers, []);
     assert.equal((await ctl([...base(), 'tree', 'live/nothing'])).code, 1);
   });
 

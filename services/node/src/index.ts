@@ -7,3 +7,4 @@ export * from './media/stream-hub.ts';
 export * from './media/host.ts';
 export * from './sessions.ts';
 export * from './auth/token.ts';
+export * from './mesh/publishing-status.ts';

@@ -16,6 +16,7 @@ import { ConnectionLimiter, SessionTable } from './sessions.ts';
 import { verifyCredential, type CredentialCheck } from './mesh/mesh-credential.ts';
 import { OPEN_ACCESS, type Authorizer } from './auth/authorizer.ts';
 import { startStaticRelays, type StaticRelayLink } from './relay/static-relay.ts';
+import type { PublishingStatus } from './mesh/publishing-status.ts';
 
 /** Hooks the mesh layer plugs into; a lone node runs without them. */
 export interface MeshBinding {
@@ -28,7 +29,7 @@ export interface MeshBinding {
   admitRelayPull?(req: StreamRequest): Refusal | undefined;
   playEnded(hub: StreamHub): void;
   /** The stream's publishing state here: primary, standby (node, since when), failovers (the stream API). */
-  publishedStatus?(app: string, stream: string): Record<string, unknown> | undefined;
+  publishedStatus?(app: string, stream: string): PublishingStatus | undefined;
   /** Routes for anyone on the public listener (the route API, `/play` redirects). */
   registerPublicRoutes?(app: FastifyInstance): void;
   /** Routes for the operator on the admin listener (the mesh API). */

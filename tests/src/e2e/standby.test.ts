@@ -17,6 +17,7 @@ import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { NodeProcess } from '../harness/node-process.ts';
 import { FfmpegPublisher } from '../harness/ffmpeg.ts';
 import { sleep, waitFor } from '../harness/ports.ts';
+import { runMeshctl } from '@meshcast/tools';
 
 const MESH = {
   mesh_secret: 'e2e-secret',
@@ -114,6 +115,22 @@ function videoGap(v: Viewer, at: number): number {
   return gap;
 }
 
+interface MeshctlStreams {
+  streams: Array<{ stream: string; owner: string; publishing: { primary: { node: string } | null; standby: { node: string; since: number } | null; failovers: Array<{ to: string; reason: string; epoch: number | null }> } }>;
+}
+
+/** `meshctl streams` over NATS, as an operator runs it: the JSON and the table. */
+async function meshctlStreams(natsUrl: string): Promise<{ json: MeshctlStreams; text: string }> {
+  const run = async (extra: string[]): Promise<string> => {
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await runMeshctl(['--nats', natsUrl, 'streams', ...extra], { out: (t) => out.push(t), err: (t) => err.push(t), readStdin: async () => Buffer.alloc(0), env: {} });
+    assert.equal(code, 0, err.join('\n'));
+    return out.join('\n');
+  };
+  return { json: JSON.parse(await run(['--json'])) as MeshctlStreams, text: await run([]) };
+}
+
 function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
@@ -178,6 +195,16 @@ describe('redundant encoders on one key (duplicate_publish: standby)', () => {
     assert.equal(onA?.standby?.node, 'SB', 'the owner knows its standby (node, since)');
     assert.equal(onB?.primary?.node, 'SA');
     assert.equal(onB?.standby?.node, 'SB');
+    // meshctl (over NATS) and the dashboard (admin listener of the playback node) show the same.
+    const ctl = await meshctlStreams(nats.url);
+    const red = ctl.json.streams.find((s) => s.stream === 'red');
+    assert.equal(red?.publishing.primary?.node, 'SA', ctl.text);
+    assert.equal(red?.publishing.standby?.node, 'SB', ctl.text);
+    assert.match(ctl.text, /live\/red\s+SA\s+\d+\s+\d+\s+\S+\s+SA \([^)]*\)\s+SB \([^)]*\)/);
+    const snap = await p.api<{ streams: Array<{ key: string; publishing: MeshctlStreams['streams'][number]['publishing'] | null }> }>('/api/v1/dashboard/snapshot');
+    const onDash = snap.streams.find((s) => s.key === 'live/red')?.publishing;
+    assert.equal(onDash?.primary?.node, 'SA');
+    assert.equal(onDash?.standby?.node, 'SB');
   });
 
   test(`a third encoder is refused with BadName; the primary encoder SIGKILLed: viewers on the playback node see video again within 1 s without reconnecting (${FAILOVERS} failovers)`, async () => {
@@ -216,6 +243,14 @@ describe('redundant encoders on one key (duplicate_publish: standby)', () => {
     const now = o.owner === 'SA' ? a : b;
     const pub = (await now.api<StreamsApi>('/api/v1/streams')).streams.find((s) => s.stream === 'red')?.publishing;
     assert.ok(pub && pub.failovers.length >= 1 && pub.failovers.every((f) => f.reason.length > 0), JSON.stringify(pub));
+    // meshctl merges both ingest nodes' parts: every failover of this run, each with its reason.
+    const ctl = await meshctlStreams(nats.url);
+    const red = ctl.json.streams.find((s) => s.stream === 'red')!;
+    assert.ok(red.publishing.failovers.length >= FAILOVERS, `meshctl lists ${red.publishing.failovers.length} failovers: ${ctl.text}`);
+    assert.ok(red.publishing.failovers.every((f) => f.reason.length > 0 && (f.to === 'SA' || f.to === 'SB')));
+    assert.match(ctl.text, /\nfailovers:\n/);
+    const snap = await p.api<{ streams: Array<{ key: string; publishing: { failovers: unknown[] } | null }> }>('/api/v1/dashboard/snapshot');
+    assert.ok((snap.streams.find((s) => s.key === 'live/red')?.publishing?.failovers.length ?? 0) >= FAILOVERS, 'the dashboard lists them too');
     v.client.close();
   });
 });

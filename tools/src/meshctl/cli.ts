@@ -30,9 +30,11 @@ import {
   natsAuthFromEnv,
   observeMesh,
   openRegistries,
+  publishingOf,
   viewersOf,
   type ObservedMesh,
 } from './mesh-view.ts';
+import { describeSeat } from '@meshcast/node';
 import { mintStreamToken } from './token.ts';
 
 export interface MeshctlIO {
@@ -182,6 +184,7 @@ async function cmdStreams(c: Ctx): Promise<number> {
         relays: relays[i]!.map((r) => r.claim.node).sort(),
         viewers,
         viewersTotal: Object.values(viewers).reduce((a, b) => a + b, 0),
+        publishing: publishingOf(stats, o.app, o.stream),
       };
     });
     if (c.json) {
@@ -198,13 +201,28 @@ async function cmdStreams(c: Ctx): Promise<number> {
       String(s.epoch),
       String(s.revision),
       duration(s.ageMs),
+      describeSeat(s.publishing.primary, now),
+      describeSeat(s.publishing.standby, now),
+      String(s.publishing.failovers.length),
       String(s.relays.length),
       String(s.viewersTotal),
       Object.entries(s.viewers)
         .map(([n, v]) => `${n}:${v}`)
         .join(' ') || '-',
     ]);
-    c.io.out(table(['STREAM', 'OWNER', 'EPOCH', 'REV', 'AGE', 'RELAYS', 'VIEWERS', 'PER NODE'], rows, ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'l']));
+    c.io.out(table(['STREAM', 'OWNER', 'EPOCH', 'REV', 'AGE', 'PRIMARY', 'STANDBY', 'FAILOVERS', 'RELAYS', 'VIEWERS', 'PER NODE'], rows, ['l', 'l', 'r', 'r', 'r', 'l', 'l', 'r', 'r', 'r', 'l']));
+    // Every failover, with its reason: the operator's answer to "why did the picture change?"
+    const failovers = list.flatMap((s) => s.publishing.failovers.map((f) => ({ key: `${s.app}/${s.stream}`, ...f })));
+    if (failovers.length) {
+      c.io.out('\nfailovers:');
+      c.io.out(
+        table(
+          ['STREAM', 'AGO', 'FROM', 'TO', 'EPOCH', 'REASON'],
+          failovers.sort((a, b) => a.at - b.at).map((f) => [f.key, duration(Math.max(0, now - f.at)), f.from ?? '-', f.to, f.epoch === null ? '-' : String(f.epoch), f.reason]),
+          ['l', 'r', 'l', 'l', 'r', 'l'],
+        ),
+      );
+    }
     const missing = obs.views.filter((v) => !stats.has(v.id)).map((v) => v.id);
     if (missing.length) c.io.out(`\nviewer counts unknown for: ${missing.join(', ')} (no answer to stats)`);
     return 0;
@@ -553,7 +571,7 @@ const COMMANDS: Record<string, Command> = {
   },
   streams: {
     args: '',
-    summary: 'live streams: owner, epoch, KV revision, age, relays, viewers per node',
+    summary: 'live streams: owner, epoch, KV revision, age, primary and standby encoder, failovers (with reasons), relays, viewers per node',
     options: {},
     positionals: [0, 0],
     bus: true,

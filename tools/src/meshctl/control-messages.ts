@@ -4,6 +4,7 @@
  * naming the message. Encoders add `v`; decoders never throw (they return an Error).
  */
 import { Packr, Unpackr } from 'msgpackr';
+import { decodePublishingStatus, type PublishingStatus } from '@meshcast/node';
 
 export const CONTROL_SCHEMA_VERSION = 1;
 export const CONTROL_VERBS = ['kick', 'drain', 'stats'] as const;
@@ -14,7 +15,16 @@ export interface KickResult { op: 'kickResult'; node: string; session: string; k
 export interface DrainRequest { op: 'drain'; reason?: string; from?: string; sentAt: number }
 export interface DrainResult { op: 'drainResult'; node: string; accepted: boolean; reason?: string }
 export interface StatsRequest { op: 'stats'; from?: string; sentAt: number }
-export interface StreamStats { app: string; stream: string; live: boolean; publisher: string | null; viewers: number; relayPulls: number }
+export interface StreamStats {
+  app: string;
+  stream: string;
+  live: boolean;
+  publisher: string | null;
+  viewers: number;
+  relayPulls: number;
+  /** Primary, standby and failovers as this node sees them (nodes that publish the stream or hold its standby). */
+  publishing?: PublishingStatus;
+}
 export interface StatsResult {
   op: 'statsResult';
   node: string;
@@ -99,7 +109,13 @@ export function decodeControlMessage(buf: Uint8Array): ControlMessage | Error {
         if (s === null || typeof s !== 'object') return bad('streams entries must be maps');
         const e = s as Obj;
         if (!str(e['app']) || !str(e['stream']) || typeof e['live'] !== 'boolean' || !num(e['viewers']) || !num(e['relayPulls'])) return bad('bad stream entry');
-        streams.push({ app: e['app'], stream: e['stream'], live: e['live'], publisher: str(e['publisher'], 32) ? e['publisher'] : null, viewers: e['viewers'], relayPulls: e['relayPulls'] });
+        const entry: StreamStats = { app: e['app'], stream: e['stream'], live: e['live'], publisher: str(e['publisher'], 32) ? e['publisher'] : null, viewers: e['viewers'], relayPulls: e['relayPulls'] };
+        if (e['publishing'] != null) {
+          const p = decodePublishingStatus(e['publishing']);
+          if (p instanceof Error) return bad(`publishing of ${e['app']}/${e['stream']}: ${p.message}`);
+          entry.publishing = p;
+        }
+        streams.push(entry);
       }
       out['streams'] = streams;
       return out as unknown as StatsResult;

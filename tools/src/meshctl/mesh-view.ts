@@ -12,6 +12,7 @@ import {
   type OwnershipInfo,
   type RelayClaimInfo,
 } from '@meshcast/mesh';
+import { mergePublishing, type PublishingStatus, type PublishingView } from '@meshcast/node';
 import { decodeBye, decodeHeartbeat, MeshMessageError, type Bye, type Heartbeat } from '@meshcast/proto';
 import { decodeControlMessage, encodeControlMessage, type ControlMessage, type StatsResult } from './control-messages.ts';
 
@@ -157,6 +158,16 @@ export function viewersOf(stats: Map<string, StatsResult>, app: string, stream: 
     out.set(node, e?.viewers ?? 0);
   }
   return out;
+}
+
+/** Primary, standby and failovers of a stream, merged from every node that reported a part of it. */
+export function publishingOf(stats: Map<string, StatsResult>, app: string, stream: string): PublishingView {
+  const views: PublishingStatus[] = [];
+  for (const s of stats.values()) {
+    const e = s.streams.find((x) => x.app === app && x.stream === stream);
+    if (e?.publishing) views.push(e.publishing);
+  }
+  return mergePublishing(views);
 }
 
 export interface Registries {

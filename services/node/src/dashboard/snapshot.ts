@@ -12,6 +12,7 @@ import type { FastifyInstance } from 'fastify';
 import type { HttpFeatureContext } from '../http/features.ts';
 import { signCredential } from '../mesh/mesh-credential.ts';
 import { MESH_CREDENTIAL_HEADER, encodeCredentialHeader } from './peer-credential.ts';
+import { decodePublishingStatus, mergePublishing, type PublishingStatus, type PublishingView } from '../mesh/publishing-status.ts';
 
 export interface DashboardNode {
   id: string;
@@ -71,6 +72,8 @@ export interface DashboardStream {
   relays: DashboardRelay[];
   nodes: Record<string, DashboardStreamAtNode>;
   viewers: number;
+  /** Primary and standby encoder and the failovers, merged from every node's part (null outside a mesh). */
+  publishing: PublishingView | null;
 }
 
 export interface DashboardSnapshot {
@@ -101,6 +104,8 @@ export interface LocalStreamRow {
   bytesOut: number;
   droppedFrames: number;
   metadata: Record<string, unknown> | null;
+  /** This node's part of who publishes the stream (mesh nodes that publish it or hold its standby). */
+  publishing: PublishingStatus | null;
 }
 
 interface MeshStreamRow {
@@ -137,6 +142,7 @@ export function localStreams(ctx: HttpFeatureContext): LocalStreamRow[] {
       bytesOut: hub.stats.bytesOut,
       droppedFrames: hub.stats.droppedFrames,
       metadata: hub.metadata ? { ...hub.metadata } : null,
+      publishing: ctx.publishing?.(hub.app, hub.stream) ?? null,
     };
   });
 }
@@ -234,7 +240,7 @@ export class SnapshotBuilder {
       const key = `${app}/${stream}`;
       let s = streams.get(key);
       if (!s) {
-        s = { app, stream, key, owner: null, epoch: null, startedAt: null, video: null, audio: null, relays: [], nodes: {}, viewers: 0 };
+        s = { app, stream, key, owner: null, epoch: null, startedAt: null, video: null, audio: null, relays: [], nodes: {}, viewers: 0, publishing: null };
         streams.set(key, s);
       }
       return s;
@@ -248,8 +254,15 @@ export class SnapshotBuilder {
       if (v?.codec) s.video = { codec: v.codec, width: v.width ?? null, height: v.height ?? null, fps: v.fps ?? null };
       if (m.tracks?.audio?.codec) s.audio = m.tracks.audio.codec;
     }
+    const parts = new Map<string, PublishingStatus[]>();
     for (const [nodeId, rows] of perNode) {
       for (const r of rows) {
+        // A peer's part is checked before it is shown (it came over HTTP).
+        const part = r.publishing ? decodePublishingStatus(r.publishing) : undefined;
+        if (part && !(part instanceof Error)) {
+          const key = `${r.app}/${r.stream}`;
+          parts.set(key, [...(parts.get(key) ?? []), part]);
+        }
         // Hubs nobody publishes nor watches are transient; show only what carries media or has players.
         if (!r.live && r.viewers === 0) continue;
         const s = entry(r.app, r.stream);
@@ -274,6 +287,8 @@ export class SnapshotBuilder {
     }
     for (const s of list) {
       for (const at of Object.values(s.nodes)) s.viewers += at.viewers;
+      const p = parts.get(s.key);
+      if (p) s.publishing = mergePublishing(p);
     }
     return { at: now, self: selfId, mesh, bus, nodes, streams: list, unreachable };
   }

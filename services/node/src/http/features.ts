@@ -10,6 +10,7 @@ import { metricsFeature } from './metrics.ts';
 import { dashboardFeature, dashboardPeerFeature } from '../dashboard/dashboard.ts';
 import { HLS_FEATURE } from '../hls/hls-feature.ts';
 import { WS_FLV_FEATURE } from './ws-flv.ts';
+import type { PublishingStatus } from '../mesh/publishing-status.ts';
 
 export interface HttpFeatureContext {
   host: MediaHost;
@@ -17,6 +18,8 @@ export interface HttpFeatureContext {
   limiter: ConnectionLimiter;
   /** The node's own summary (id, roles, addresses, load, mesh status). */
   nodeInfo: () => Record<string, unknown>;
+  /** Primary, standby and failovers of a stream published here (mesh nodes only). */
+  publishing?: (app: string, stream: string) => PublishingStatus | undefined;
 }
 
 export interface HttpFeature {

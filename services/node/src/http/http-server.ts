@@ -17,6 +17,7 @@ import { newSessionId, type ConnectionLimiter } from '../sessions.ts';
 import { HttpFlvSession } from './http-flv-session.ts';
 import { HTTP_FEATURES, type HttpFeatureContext } from './features.ts';
 import { checkAdminRequest } from './admin-guard.ts';
+import type { PublishingStatus } from '../mesh/publishing-status.ts';
 
 /** What `/readyz` reports: whether this node should get new work, and why not. */
 export interface Readiness {
@@ -33,7 +34,7 @@ export interface HttpApiExtras {
   registerAdmin?: (app: FastifyInstance) => void;
   nodeInfo: () => Record<string, unknown>;
   /** Primary, standby and failovers of a stream published here (undefined when nobody publishes it here). */
-  publishing?: (app: string, stream: string) => Record<string, unknown> | undefined;
+  publishing?: (app: string, stream: string) => PublishingStatus | undefined;
   readiness: () => Readiness;
   /** Starts the node's graceful drain (the same path as SIGTERM and `meshctl drain`). */
   drain: (reason: string) => void;
@@ -65,7 +66,7 @@ export function buildHttpServer(host: MediaHost, registry: StreamRegistry, limit
   registerProbes(app, host, extras);
   app.get<{ Params: { app: string; file: string } }>('/:app/:file', (req, reply) => playFlv(req, reply));
   extras.registerPublic?.(app);
-  registerFeatures(app, 'public', { host, registry, limiter, nodeInfo: extras.nodeInfo });
+  registerFeatures(app, 'public', { host, registry, limiter, nodeInfo: extras.nodeInfo, publishing: extras.publishing });
 
   async function playFlv(req: FastifyRequest<{ Params: { app: string; file: string } }>, reply: FastifyReply): Promise<void> {
     const { app: appName, file } = req.params;
@@ -175,7 +176,7 @@ export function buildAdminServer(host: MediaHost, registry: StreamRegistry, limi
   });
 
   extras.registerAdmin?.(app);
-  registerFeatures(app, 'admin', { host, registry, limiter, nodeInfo: extras.nodeInfo });
+  registerFeatures(app, 'admin', { host, registry, limiter, nodeInfo: extras.nodeInfo, publishing: extras.publishing });
   return app;
 }
 

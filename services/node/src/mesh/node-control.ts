@@ -6,7 +6,7 @@
  * |--------------------------------|--------------------------------|-------|
  * | `<prefix>.node.<id>.rpc.kick`  | `{ op: 'kick', session, … }`   | `{ op: 'kickResult', node, session, kicked }` |
  * | `<prefix>.node.<id>.rpc.drain` | `{ op: 'drain', reason?, … }`  | `{ op: 'drainResult', node, accepted }`, then the node drains (stops admitting, `bye`, exits 0) |
- * | `<prefix>.node.<id>.rpc.stats` | `{ op: 'stats', … }`           | `{ op: 'statsResult', node, state, sessions, viewers, publishers, relayPulls, streams: [{ app, stream, live, publisher, viewers, relayPulls }], streamsTotal, rss, uptimeMs, sentAt }` |
+ * | `<prefix>.node.<id>.rpc.stats` | `{ op: 'stats', … }`           | `{ op: 'statsResult', node, state, sessions, viewers, publishers, relayPulls, streams: [{ app, stream, live, publisher, viewers, relayPulls, publishing? }], streamsTotal, rss, uptimeMs, sentAt }` |
  *
  * The full codec (every field checked, used by `meshctl` and `meshctl decode`) is in
  * tools/src/meshctl/control-messages.ts. Wiring, once the mesh bus exists (e.g. end of `NodeMesh.start`):
@@ -17,6 +17,7 @@ import { Packr, Unpackr } from 'msgpackr';
 import type { Bus, BusSubscription } from '@meshcast/mesh';
 import type { Logger } from '../log.ts';
 import type { SessionInfo } from '../sessions.ts';
+import type { PublishingStatus } from './publishing-status.ts';
 
 /** What node-control needs of the node (MediaNode has all of it). */
 export interface ControlledNode {
@@ -33,6 +34,8 @@ export interface NodeControlOptions {
   log: Logger;
   /** Starts the graceful stop. Default: the process's SIGTERM path (run-node drains, exits 0) if one is installed, else `node.stop()`. */
   drain?: (reason: string) => void;
+  /** Primary, standby and failovers of a stream this node publishes or holds the standby of. */
+  publishing?: (app: string, stream: string) => PublishingStatus | undefined;
 }
 
 export interface NodeControl {
@@ -104,9 +107,14 @@ export function startNodeControl(opts: NodeControlOptions): NodeControl {
   });
 
   on('stats', () => {
-    type S = { app: string; stream: string; live: boolean; publisher: string | null; viewers: number; relayPulls: number };
+    type S = { app: string; stream: string; live: boolean; publisher: string | null; viewers: number; relayPulls: number; publishing?: PublishingStatus };
     const per = new Map<string, S>();
-    for (const h of node.registry.list()) per.set(`${h.app}/${h.stream}`, { app: h.app, stream: h.stream, live: h.isLive, publisher: h.publisher?.kind ?? null, viewers: 0, relayPulls: 0 });
+    for (const h of node.registry.list()) {
+      const e: S = { app: h.app, stream: h.stream, live: h.isLive, publisher: h.publisher?.kind ?? null, viewers: 0, relayPulls: 0 };
+      const publishing = opts.publishing?.(h.app, h.stream);
+      if (publishing) e.publishing = publishing;
+      per.set(`${h.app}/${h.stream}`, e);
+    }
     const count = { viewer: 0, publisher: 0, 'relay-pull': 0, idle: 0 };
     const sessions = node.sessions.list();
     for (const s of sessions) {

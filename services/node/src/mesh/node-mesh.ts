@@ -29,6 +29,7 @@ import { FREEZE_MS, PublishedStream, TICK_MS, decodeLivenessBeat, livenessSubjec
 import { RelayPullFence } from './relay-pull-fence.ts';
 import { epochRefusal, sameEpoch, type StreamEpoch } from './mesh-credential.ts';
 import { startNodeControl, type NodeControl } from './node-control.ts';
+import { FailoverHistory, type PublishingStatus } from './publishing-status.ts';
 import { natsAuthOptions } from '../auth/nats-auth.ts';
 import { NoPlaybackCapacityError, ViewerRouter } from './viewer-router.ts';
 
@@ -42,6 +43,7 @@ export function embeddedNetwork(): MemoryBusNetwork {
 export class NodeMesh implements MeshBinding {
   /** One PublishedStream actor per stream key with a publisher (primary or standby) on this node. */
   private readonly published = new Map<string, PublishedStream>();
+  private readonly failoverHistory = new FailoverHistory();
   private readonly relays = new Map<string, RelayActor>();
   private unwatchOwners: (() => void) | undefined;
   private readonly log: Logger;
@@ -101,7 +103,7 @@ export class NodeMesh implements MeshBinding {
     const mesh = new NodeMesh(node, cfg, bus, membership, ownership, relayClaims, events, log);
     await membership.start();
     // meshctl drain takes the node's one drain path (the admin API's POST /api/v1/drain takes it too).
-    mesh.control = startNodeControl({ bus, nodeId: cfg.node_id, node, log, drain: (reason) => node.drain(reason) });
+    mesh.control = startNodeControl({ bus, nodeId: cfg.node_id, node, log, drain: (reason) => node.drain(reason), publishing: (app, stream) => mesh.publishedStatus(app, stream) });
     // KV may be briefly unavailable (NATS restarting): the node still serves local streams meanwhile.
     await Promise.all([ownership.start(), relayClaims.start()]).catch((err: unknown) => log.warn({ err: String(err) }, 'mesh registries not ready yet; will retry on use'));
     mesh.unwatchOwners = ownership.watch((c) => mesh.onOwnerChange(c.app, c.stream, c.kind === 'owner' && c.record ? { owner: c.record.owner, epoch: c.record.epoch } : undefined));
@@ -190,6 +192,7 @@ export class NodeMesh implements MeshBinding {
         });
       },
       promoted: (f) => {
+        this.failoverHistory.record(hub.key, { at: f.at, from: f.from ?? null, to: f.to, epoch: f.epoch ?? null, reason: f.reason });
         this.events
           .append({ type: 'standbyPromoted', at: f.at, app: hub.app, stream: hub.stream, to: f.to, reason: f.reason, ...(f.from ? { from: f.from } : {}), ...(f.epoch !== undefined ? { epoch: f.epoch } : {}) })
           .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append standbyPromoted'));
@@ -257,8 +260,13 @@ export class NodeMesh implements MeshBinding {
   }
 
   /** The PublishedStream actors of this node (the stream API shows primary, standby and failovers). */
-  publishedStatus(app: string, stream: string): Record<string, unknown> | undefined {
-    return this.published.get(`${app}/${stream}`)?.status();
+  publishedStatus(app: string, stream: string): PublishingStatus | undefined {
+    const key = `${app}/${stream}`;
+    const failovers = this.failoverHistory.of(key, Date.now());
+    const actor = this.published.get(key);
+    if (actor) return { ...actor.status(), failovers };
+    // The encoders left this node, but what happened here is still part of the stream's story.
+    return failovers.length ? { state: 'released', epoch: null, primary: null, standby: null, failovers } : undefined;
   }
 
   async resolvePlay(req: StreamRequest, hub: StreamHub): Promise<PlayAdmission> {

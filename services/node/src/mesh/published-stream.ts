@@ -33,6 +33,7 @@ import { Backoff, StreamOwnedError, encodeStreamToken, type OwnershipLease } fro
 import { NODE_ID_PATTERN } from '@meshcast/proto';
 import type { Logger } from '../log.ts';
 import type { PublisherHandle } from '../media/stream-hub.ts';
+import type { PublishingStatus } from './publishing-status.ts';
 
 export type DuplicatePolicy = 'standby' | 'takeover' | 'reject';
 export type PublishedStateName = 'idle' | 'claiming' | 'owning' | 'confirming' | 'local' | 'standby' | 'released';
@@ -47,7 +48,6 @@ export const FREEZE_MS = 1500;
  * before the relays' stall detection leaves that owner (relay_stall_ms), as it did before standby existed.
  */
 export const CLAIM_WAIT_MS = TICK_MS + 100;
-const MAX_FAILOVERS = 20;
 
 /** The liveness heartbeat on `<prefix>.live.<app>.<stream>`. */
 export interface LivenessBeat {
@@ -170,7 +170,6 @@ export class PublishedStream {
   private remotePrimary: Peer | undefined;
   private remoteStandby: Peer | undefined;
   private promoteReason = '';
-  readonly failovers: Failover[] = [];
 
   constructor(
     readonly app: string,
@@ -196,7 +195,7 @@ export class PublishedStream {
   }
 
   /** For the stream API: primary and standby (node, since when) and the failovers seen here. */
-  status(): Record<string, unknown> {
+  status(): Omit<PublishingStatus, 'failovers'> {
     const now = this.fx.now();
     const fresh = (x: Peer | undefined): Peer | undefined => (x && now - x.seenAt <= this.silenceMs * 2 ? x : undefined);
     const rp = fresh(this.remotePrimary);
@@ -206,7 +205,6 @@ export class PublishedStream {
       epoch: this.epoch ?? null,
       primary: this.primary ? { node: this.nodeId, session: this.primary.p.id, since: this.primary.since, live: !this.primarySilent } : rp ? { node: rp.node, since: rp.since, live: rp.live } : null,
       standby: this.standby ? { node: this.nodeId, session: this.standby.p.id, since: this.standby.since } : rs ? { node: rs.node, since: rs.since } : null,
-      failovers: [...this.failovers],
     };
   }
 
@@ -364,8 +362,6 @@ export class PublishedStream {
 
   private recordFailover(to: string, reason: string, from?: string): void {
     const f: Failover = { at: this.fx.now(), from: from ?? this.nodeId, to, epoch: this.lease?.epoch, reason };
-    this.failovers.push(f);
-    if (this.failovers.length > MAX_FAILOVERS) this.failovers.shift();
     this.fx.promoted(f);
   }
 

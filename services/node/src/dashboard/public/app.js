@@ -154,6 +154,17 @@ function chipTitle(id, at) {
   return `${id}: ${SOURCES[at.source] || at.source}${protocols.length ? ` · ${protocols.join(', ')}` : ''}`;
 }
 
+// Primary and standby encoder, and the failovers between them (each with its reason, in the title).
+function encodersCell(s, now) {
+  const p = s.publishing;
+  if (!p || (!p.primary && !p.standby && p.failovers.length === 0)) return h('td', { text: '–' });
+  const seat = (label, x) => (x ? h('div', { class: 'seat', title: `${label} on ${x.node} since ${new Date(x.since).toLocaleTimeString()}` }, `${label} `, h('span', { class: 'node-id', text: x.node }), x.live === false ? ' · silent' : '', ` · ${duration(now - x.since)}`) : null);
+  const failovers = p.failovers.length
+    ? h('div', { class: 'failovers', title: p.failovers.map((f) => `${new Date(f.at).toLocaleTimeString()} ${f.from || '?'} → ${f.to} (epoch ${f.epoch ?? '?'}): ${f.reason}`).join('\n') }, `${plural(p.failovers.length, 'failover')} · last: ${p.failovers[p.failovers.length - 1].reason}`)
+    : null;
+  return h('td', { class: 'encoders' }, seat('primary', p.primary), seat('standby', p.standby), failovers);
+}
+
 function renderStreams(snap) {
   const playing = player.current;
   const rows = snap.streams.map((s) => {
@@ -174,6 +185,7 @@ function renderStreams(snap) {
       { class: s.key === state.selected ? 'selected' : null, data: { key: s.key } },
       h('td', {}, live ? h('span', { class: 'live-dot', title: 'live' }) : null, h('span', { class: 'stream-key' }, h('span', { class: 'app', text: `${s.app}/` }), s.stream)),
       h('td', {}, h('span', { class: 'node-id', text: s.owner ?? '–' })),
+      encodersCell(s, snap.at),
       h('td', { text: mediaSummary(s) }),
       h('td', { class: 'num', text: s.startedAt ? duration(snap.at - s.startedAt) : '–' }),
       h('td', { class: 'num', text: String(s.viewers) }),
