@@ -75,6 +75,8 @@ export interface KvWatchOptions {
   key?: string;
   /** Deliver the current entry of every matching key first (default true). */
   initial?: boolean;
+  /** Sealed buses only (sealed-bus.ts): told of a PUT whose value failed verification, which is not delivered. */
+  onUntrusted?: (key: string, revision: number) => void;
 }
 
 export interface KvWatcher {
@@ -84,6 +86,11 @@ export interface KvWatcher {
 export interface KvWriteOptions {
   /** Per-call timeout (NATS); default the bus's request timeout. */
   timeoutMs?: number;
+  /**
+   * Sealed buses only (sealed-bus.ts): when `create` finds the key, or `update` the wrong revision,
+   * because its latest value is unverifiable (forged), write over that value. A lease holder restores its record so.
+   */
+  overUntrusted?: boolean;
 }
 
 export interface KvBucket {

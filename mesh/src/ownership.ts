@@ -176,7 +176,7 @@ export class OwnershipRegistry {
     if (this.#watcher || this.#closed) return;
     try {
       const b = await this.#kv();
-      const w = await b.watch((e) => this.#onEntry(e));
+      const w = await b.watch((e) => this.#onEntry(e), { onUntrusted: (key) => this.#onUntrusted(key) });
       if (this.#closed) w.stop();
       else this.#watcher = w;
     } catch (err) {
@@ -220,7 +220,8 @@ export class OwnershipRegistry {
       const sentAt = this.#now();
       try {
         const record = fresh(1);
-        const rev = await b.create(key, encodeOwnershipRecord(record));
+        // overUntrusted: a forged record (not sealed with the mesh secret) is no owner's; a sealed bus writes over it.
+        const rev = await b.create(key, encodeOwnershipRecord(record), { overUntrusted: true });
         return this.#makeLease(b, app, stream, key, record, rev, sentAt);
       } catch (err) {
         if (!(err instanceof KvKeyExistsError)) throw err;
@@ -451,6 +452,18 @@ export class OwnershipRegistry {
         ...(prev ? { previous: { owner: prev.record.owner, epoch: prev.record.epoch } } : {}),
       });
     }
+  }
+
+  /**
+   * A value that failed verification (sealed bus: written without the mesh secret) replaced a key. It is
+   * nobody's record: watchers keep the owner they knew, and a lease of ours on that key writes its record back
+   * at once instead of fencing its publisher.
+   */
+  #onUntrusted(key: string): void {
+    if (this.#closed) return;
+    const leases = [...(this.#leases.get(key) ?? [])];
+    if (leases.length > 0) this.#log.warn({ key }, 'an unverifiable ownership record replaced ours; restoring ours');
+    for (const l of leases) l.restoreNow();
   }
 
   #sweepExpired(): void {

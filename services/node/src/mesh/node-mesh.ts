@@ -11,6 +11,7 @@ import {
   MeshEvents,
   OwnershipRegistry,
   RelayClaims,
+  SealedBus,
   StreamTokenError,
   StreamNameError,
   connectNatsBus,
@@ -84,7 +85,8 @@ export class NodeMesh implements MeshBinding {
     const log = node.log;
     const bus =
       m.nats.length > 0
-        ? await connectNatsBus({ servers: m.nats, name: cfg.node_id, prefix: m.subject_prefix, logger: log, pingIntervalMs: 5000, replicas: Math.max(1, Math.floor(m.nats_replicas)), ...natsAuthOptions(m) })
+        ? // Everything this node says or reads on NATS is sealed with the mesh secret (sealed-bus.ts); the in-process bus has no outsiders.
+          new SealedBus(await connectNatsBus({ servers: m.nats, name: cfg.node_id, prefix: m.subject_prefix, logger: log, pingIntervalMs: 5000, replicas: Math.max(1, Math.floor(m.nats_replicas)), ...natsAuthOptions(m) }), { secret: m.mesh_secret, logger: log })
         : (network ?? embeddedNetwork()).connect(cfg.node_id);
     const events = new MeshEvents(bus, log);
     const selfRtmp = `rtmp://${cfg.public_host}:${node.rtmpPort}`;
