@@ -26,6 +26,7 @@ export { SealedBus, SealError, SEAL_WINDOW_MS, seal, sealKey, unseal, type SealC
 export { MemoryBusNetwork, type MemoryBusNetworkOptions } from './memory-bus.ts';
 export { connectNatsBus, type NatsBusOptions } from './nats-bus.ts';
 export { DEFAULT_PREFIX, meshNames, validateNodeId, validatePrefix, type MeshNames } from './names.ts';
+export { PROCESS_BOOT_ID } from './boot-id.ts';
 export {
   BusNoRespondersError,
   BusTimeoutError,

@@ -8,7 +8,9 @@
  *   (CAS update, epoch + 1) when `takeover: true` — a publisher reconnecting
  *   elsewhere — or refused with `StreamOwnedError` when `takeover: false`
  *   (`duplicate_publish: reject`; this includes a record held by this same
- *   node). A record is live while `now − createdAt ≤ maxAgeMs`, `createdAt`
+ *   node and process). A record of this node id with another boot id is the
+ *   lease of an earlier process of this node: stale, taken over at once.
+ *   A record is live while `now − createdAt ≤ maxAgeMs`, `createdAt`
  *   being the server's time of its last write (renewal): stale or
  *   undecodable records count as free and are taken over by CAS.
  * - On NATS 2.9 an expired record silently disappears (no delete marker in
@@ -32,6 +34,7 @@ import type { MeshEvents } from './events.ts';
 import { KvLease, type LeaseLostReason } from './lease.ts';
 import { errMessage, LogOnce, silentLogger, type Logger } from './log.ts';
 import { validateNodeId } from './names.ts';
+import { PROCESS_BOOT_ID } from './boot-id.ts';
 import { decodeStreamToken, encodeStreamToken } from './stream-token.ts';
 
 export interface OwnershipRegistryOptions {
@@ -49,6 +52,8 @@ export interface OwnershipRegistryOptions {
   listTimeoutMs?: number;
   logger?: Logger;
   now?: () => number;
+  /** This process instance (default PROCESS_BOOT_ID; tests simulate a restart with another). */
+  bootId?: string;
 }
 
 export interface OwnershipInfo {
@@ -117,6 +122,7 @@ const MAX_ATTEMPTS = 8;
 
 export class OwnershipRegistry {
   readonly nodeId: string;
+  readonly bootId: string;
   readonly maxAgeMs: number;
   readonly renewMs: number;
   readonly #bus: Bus;
@@ -138,6 +144,7 @@ export class OwnershipRegistry {
 
   constructor(opts: OwnershipRegistryOptions) {
     this.nodeId = validateNodeId(opts.nodeId);
+    this.bootId = opts.bootId ?? PROCESS_BOOT_ID;
     this.#bus = opts.bus;
     this.maxAgeMs = opts.maxAgeMs ?? 10_000;
     this.renewMs = opts.renewMs ?? 3000;
@@ -216,6 +223,7 @@ export class OwnershipRegistry {
         startedAt: now,
         renewedAt: now,
         tracks: rec.tracks ?? {},
+        bootId: this.bootId,
       });
       const sentAt = this.#now();
       try {
@@ -229,7 +237,9 @@ export class OwnershipRegistry {
       const cur = await b.get(key);
       if (!cur) continue; // deleted or expired meanwhile: create again
       const old = decodeOwnershipRecord(cur.value);
-      const stale = old instanceof MeshMessageError || this.#isStale(cur.createdAt);
+      // Our node id under another boot id: an earlier process of this node (restarted within the lease) left it.
+      const ownStale = !(old instanceof MeshMessageError) && old.owner === this.nodeId && old.bootId !== undefined && old.bootId !== this.bootId;
+      const stale = old instanceof MeshMessageError || ownStale || this.#isStale(cur.createdAt);
       if (old instanceof MeshMessageError) {
         this.#once.warn(key, old.message, {}, 'undecodable ownership record; treating it as free');
       }
@@ -245,7 +255,8 @@ export class OwnershipRegistry {
             .append({ type: 'ownershipMoved', at: Date.now(), app, stream, from: old.owner, to: this.nodeId, epoch: record.epoch, revision: rev })
             .catch((e: unknown) => this.#log.debug({ err: errMessage(e) }, 'cannot append ownershipMoved'));
         }
-        this.#log.info({ key, from: stale ? undefined : (old as OwnershipRecord).owner, epoch: record.epoch, revision: rev }, 'took over stream ownership');
+        if (ownStale) this.#log.info({ key, staleBootId: (old as OwnershipRecord).bootId, epoch: record.epoch, revision: rev }, 'took over the stale lease of an earlier process of this node');
+        else this.#log.info({ key, from: stale ? undefined : (old as OwnershipRecord).owner, epoch: record.epoch, revision: rev }, 'took over stream ownership');
         return lease;
       } catch (err) {
         if (!(err instanceof KvRevisionMismatchError)) throw err;

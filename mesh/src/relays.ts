@@ -13,6 +13,7 @@ import { hrwScore } from './hash.ts';
 import { KvLease, type LeaseLostReason } from './lease.ts';
 import { errMessage, LogOnce, silentLogger, type Logger } from './log.ts';
 import { validateNodeId } from './names.ts';
+import { PROCESS_BOOT_ID } from './boot-id.ts';
 import { encodeStreamToken } from './stream-token.ts';
 
 export const DEFAULT_FANOUT = 8;
@@ -28,6 +29,8 @@ export interface RelayClaimsOptions {
   bucket?: string;
   logger?: Logger;
   now?: () => number;
+  /** This process instance (default PROCESS_BOOT_ID; tests simulate a restart with another). */
+  bootId?: string;
 }
 
 export interface RelayClaimInfo {
@@ -65,6 +68,7 @@ const MAX_ATTEMPTS = 8;
 
 export class RelayClaims {
   readonly nodeId: string;
+  readonly bootId: string;
   readonly maxAgeMs: number;
   readonly renewMs: number;
   readonly #bus: Bus;
@@ -81,6 +85,7 @@ export class RelayClaims {
 
   constructor(opts: RelayClaimsOptions) {
     this.nodeId = validateNodeId(opts.nodeId);
+    this.bootId = opts.bootId ?? PROCESS_BOOT_ID;
     this.#bus = opts.bus;
     this.maxAgeMs = opts.maxAgeMs ?? 10_000;
     this.renewMs = opts.renewMs ?? 3000;
@@ -109,6 +114,7 @@ export class RelayClaims {
   start(): Promise<void> {
     this.#started ??= (async () => {
       await this.#kv();
+      await this.#dropStaleOwnClaims();
       await this.#tryWatch();
       if (!this.#watcher) void this.#retryWatch();
     })();
@@ -135,6 +141,31 @@ export class RelayClaims {
     }
   }
 
+  /**
+   * Claims under our node id left by an earlier process of this node (another boot id): nobody renews them,
+   * yet until they expire other nodes would count them as live children of their parents (the fan-out cap).
+   * Deleted at start (CAS on the revision read, so a claim written meanwhile stays).
+   */
+  async #dropStaleOwnClaims(): Promise<void> {
+    try {
+      const b = await this.#kv();
+      for (const e of await b.entries(`*.*.${this.nodeId}`)) {
+        const c = decodeRelayClaim(e.value);
+        if (c instanceof MeshMessageError || c.node !== this.nodeId || c.bootId === undefined || c.bootId === this.bootId) continue;
+        try {
+          await b.delete(e.key, { revision: e.revision });
+        } catch (err) {
+          if (err instanceof KvRevisionMismatchError) continue; // re-claimed meanwhile by this process
+          throw err;
+        }
+        this.#log.info({ key: e.key, staleBootId: c.bootId }, 'removed a relay claim left by an earlier process of this node');
+      }
+    } catch (err) {
+      // Best effort: list() ignores such claims here, and they expire everywhere after the lease.
+      this.#log.warn({ err: errMessage(err) }, 'cannot remove relay claims of an earlier process of this node');
+    }
+  }
+
   async #retryWatch(): Promise<void> {
     for (let delay = 250; !this.#watcher && !this.#closed; delay = Math.min(delay * 2, 2000)) {
       await new Promise((r) => setTimeout(r, delay).unref());
@@ -149,7 +180,7 @@ export class RelayClaims {
     const b = await this.#kv();
     void this.start().catch(() => undefined);
     const now = Date.now();
-    const claim: RelayClaim = { node: this.nodeId, parent: c.parent, children: c.children ?? 0, rtmp: c.rtmp, claimedAt: now, renewedAt: now };
+    const claim: RelayClaim = { node: this.nodeId, parent: c.parent, children: c.children ?? 0, rtmp: c.rtmp, claimedAt: now, renewedAt: now, bootId: this.bootId };
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const sentAt = this.#now();
       try {
@@ -225,6 +256,8 @@ export class RelayClaims {
       return null;
     }
     if (this.#now() - e.createdAt > this.maxAgeMs) return null;
+    // Our node id, another process instance: a claim of an earlier process of this node, not a live relay.
+    if (c.node === this.nodeId && c.bootId !== undefined && c.bootId !== this.bootId) return null;
     return { app, stream, key: e.key, claim: c, revision: e.revision, createdAt: e.createdAt };
   }
 

@@ -46,6 +46,8 @@ export function isValidNodeId(id: unknown): id is string {
 const MAX_ADDRESS = 512;
 const MAX_NAME = 1024;
 const MAX_TEXT = 1024;
+/** A process boot id (mesh/src/boot-id.ts makes 16 hex digits). */
+const MAX_BOOT_ID = 64;
 const MAX_CODEC = 64;
 
 // ---------------------------------------------------------------- types
@@ -120,6 +122,11 @@ export interface OwnershipRecord {
   startedAt: number;
   renewedAt: number;
   tracks: TracksSummary;
+  /**
+   * The owner's process instance (random at its start). A record of this node id with another boot id is a
+   * lease left by an earlier process of the same node (restarted within the lease). Absent in older records.
+   */
+  bootId?: string;
 }
 
 export interface RelayClaim {
@@ -131,6 +138,8 @@ export interface RelayClaim {
   rtmp: string;
   claimedAt: number;
   renewedAt: number;
+  /** The relay node's process instance; another boot id than the node's current one marks a stale claim. Absent in older claims. */
+  bootId?: string;
 }
 
 interface EventBase {
@@ -395,7 +404,7 @@ function readTracks(x: unknown): TracksSummary {
   return out;
 }
 function readOwnership(o: Obj): OwnershipRecord {
-  return {
+  const r: OwnershipRecord = {
     owner: nodeId(o, 'owner'),
     rtmp: str(o, 'rtmp', MAX_ADDRESS),
     epoch: int(o, 'epoch', 1),
@@ -403,6 +412,7 @@ function readOwnership(o: Obj): OwnershipRecord {
     renewedAt: num(o, 'renewedAt'),
     tracks: readTracks(o['tracks']),
   };
+  return withOpt(r, 'bootId', optStr(o, 'bootId', MAX_BOOT_ID));
 }
 export function encodeOwnershipRecord(r: OwnershipRecord): Buffer {
   return encodeVersioned(MESH_SCHEMA_VERSIONS.ownership, r);
@@ -414,7 +424,7 @@ export function decodeOwnershipRecord(buf: Uint8Array): OwnershipRecord | MeshMe
 // ---------------------------------------------------------------- relay claim
 
 function readRelayClaim(o: Obj): RelayClaim {
-  return {
+  const c: RelayClaim = {
     node: nodeId(o, 'node'),
     parent: nodeId(o, 'parent'),
     children: int(o, 'children'),
@@ -422,6 +432,7 @@ function readRelayClaim(o: Obj): RelayClaim {
     claimedAt: num(o, 'claimedAt'),
     renewedAt: num(o, 'renewedAt'),
   };
+  return withOpt(c, 'bootId', optStr(o, 'bootId', MAX_BOOT_ID));
 }
 export function encodeRelayClaim(c: RelayClaim): Buffer {
   return encodeVersioned(MESH_SCHEMA_VERSIONS.relayClaim, c);
