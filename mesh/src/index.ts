@@ -22,7 +22,7 @@ export type {
   RequestOptions,
 } from './bus.ts';
 export { subjectMatches } from './bus.ts';
-export { SealedBus, SealError, SEAL_WINDOW_MS, seal, sealKey, unseal, type SealContext, type SealedBusOptions } from './sealed-bus.ts';
+export { SealedBus, SealError, SEAL_WINDOW_MS, peelSeal, seal, sealKey, unseal, type SealContext, type SealedBusOptions } from './sealed-bus.ts';
 export { MemoryBusNetwork, type MemoryBusNetworkOptions } from './memory-bus.ts';
 export { connectNatsBus, type NatsBusOptions } from './nats-bus.ts';
 export { DEFAULT_PREFIX, meshNames, validateNodeId, validatePrefix, type MeshNames } from './names.ts';

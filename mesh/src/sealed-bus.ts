@@ -121,6 +121,16 @@ export function unseal(key: Buffer, ctx: SealContext, sealed: Uint8Array, at: nu
   return { payload, ts, mac: want.toString('hex') };
 }
 
+/**
+ * Pure, NOT a verification: the payload and time of something that looks sealed, for inspection tools
+ * (`meshctl decode` of what `nats sub` shows). Undefined when it has no seal header.
+ */
+export function peelSeal(sealed: Uint8Array): { payload: Uint8Array; ts: number } | undefined {
+  const b = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+  if (b.length < HEADER || !b.subarray(0, 4).equals(MAGIC)) return undefined;
+  return { payload: b.subarray(HEADER), ts: Number(b.readBigUInt64BE(4)) };
+}
+
 /** MACs accepted recently, each forgotten when its seal leaves the window; bounded. */
 class ReplayMemory {
   readonly #seen = new Map<string, number>();

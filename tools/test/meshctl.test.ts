@@ -6,6 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connectNatsBus, type Bus } from '@meshcast/mesh';
@@ -25,14 +27,17 @@ interface Run {
   err: string;
 }
 
-async function ctl(args: string[], stdin = Buffer.alloc(0), signal?: AbortSignal): Promise<Run> {
+/** The nodes' mesh secret in the live-mesh tests: meshctl verifies what it reads and signs what it asks with it. */
+const MESH_SECRET = 's';
+
+async function ctl(args: string[], stdin = Buffer.alloc(0), signal?: AbortSignal, env: NodeJS.ProcessEnv = { MESHCAST_MESH_SECRET: MESH_SECRET }): Promise<Run> {
   const out: string[] = [];
   const err: string[] = [];
   const code = await runMeshctl(args, {
     out: (t) => out.push(t),
     err: (t) => err.push(t),
     readStdin: async () => stdin,
-    env: {},
+    env,
     ...(signal ? { signal } : {}),
   });
   return { code, out: out.join('\n'), err: err.join('\n') };
@@ -105,7 +110,7 @@ describe('meshctl pieces', () => {
 
   it('fails clearly and fast when NATS is unreachable', async () => {
     const port = await freePort('127.0.0.1');
-    const r = await runBin(['--nats', `nats://127.0.0.1:${port}`, 'nodes']);
+    const r = await runBin(['--nats', `nats://127.0.0.1:${port}`, 'nodes'], undefined, { MESHCAST_MESH_SECRET: MESH_SECRET });
     assert.equal(r.code, 1);
     assert.match(r.err, /cannot reach NATS at nats:\/\/127\.0\.0\.1:\d+.*\n.*--nats/);
     assert.ok(r.ms < 5000, `took ${r.ms} ms`);
@@ -125,7 +130,7 @@ describe('meshctl against a 3-node mesh', { timeout: 60_000 }, () => {
 
   before(async () => {
     nats = await NatsServer.start();
-    const mesh = { nats: [nats.url], mesh_secret: 's', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 1000 };
+    const mesh = { nats: [nats.url], mesh_secret: MESH_SECRET, heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 1000 };
     const auth = { token_secret: TOKEN_SECRET, apps: { secure: { publish: { tokens: true }, play: { public: true } } } };
     [a, b, c] = await Promise.all([
       MeshcastNode.start({ id: 'A', host: '127.0.0.161', roles: 'ingest', config: { mesh, auth } }),
@@ -259,6 +264,35 @@ describe('meshctl against a 3-node mesh', { timeout: 60_000 }, () => {
     assert.equal(bViewers, 1, "B's own session list: the one RTMP viewer");
     assert.deepEqual(show?.viewers, { B: bViewers }, 'meshctl counts the same viewers, on the same node');
     assert.equal((await sessionsOf(a)).filter((s) => s.role === 'publisher').length, 1, "A's own session list: the publisher");
+  });
+
+  it('the mesh secret: without it one line naming the setting; with another secret meshctl hears nothing and is not obeyed', async () => {
+    const none = await ctl([...base(), 'nodes'], undefined, undefined, {});
+    assert.equal(none.code, 2);
+    assert.equal(none.err.split('\n').length, 1, none.err);
+    assert.match(none.err, /^meshctl: no mesh secret: set MESHCAST_MESH_SECRET \(the nodes' mesh\.mesh_secret\) or pass --mesh-secret-file FILE/);
+    const dir = mkdtempSync(join(tmpdir(), 'meshctl-secret-'));
+    const right = join(dir, 'right');
+    const wrong = join(dir, 'wrong');
+    writeFileSync(right, `${MESH_SECRET}\n`);
+    writeFileSync(wrong, 'not the mesh secret\n');
+    const viaFile = await ctl([...base(), '--mesh-secret-file', right, 'nodes', '--json'], undefined, undefined, {});
+    assert.equal(viaFile.code, 0, viaFile.err);
+    assert.equal((JSON.parse(viaFile.out) as { nodes: unknown[] }).nodes.length, 3);
+    // Another secret: every heartbeat fails verification, and the nodes do not answer its requests.
+    const forged = await ctl([...base(), '--mesh-secret-file', wrong, 'nodes', '--json'], undefined, undefined, {});
+    assert.deepEqual((JSON.parse(forged.out) as { nodes: unknown[] }).nodes, []);
+    const bViewers = (await b.api<{ sessions: Array<{ id: string; role: string }> }>('/api/v1/sessions')).sessions.filter((x) => x.role === 'viewer');
+    assert.equal(bViewers.length, 1);
+    const kick = await ctl([...base(), '--timeout', '500', '--mesh-secret-file', wrong, 'kick', bViewers[0]!.id, '--node', 'B'], undefined, undefined, {});
+    assert.notEqual(kick.code, 0, 'a kick nobody verified is not answered');
+    const drain = await ctl([...base(), '--timeout', '500', '--mesh-secret-file', wrong, 'drain', 'B', '--detach'], undefined, undefined, {});
+    assert.notEqual(drain.code, 0);
+    await new Promise((res) => setTimeout(res, 500));
+    assert.equal(viewer!.closed, false, 'the viewer was not kicked');
+    assert.equal((await b.api<{ sessions: Array<{ id: string }> }>('/api/v1/sessions')).sessions.some((x) => x.id === bViewers[0]!.id), true);
+    assert.equal((await fetch(`${b.http}/readyz`)).status, 200, 'B is not draining');
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('kick: finds the node that has the session and closes it (a viewer, then the publisher)', async () => {

@@ -26,6 +26,7 @@ import {
   MeshctlError,
   allStats,
   connectMesh,
+  meshSecret,
   controlRequest,
   natsAuthFromEnv,
   observeMesh,
@@ -57,6 +58,7 @@ const GLOBAL: Options = {
   prefix: { type: 'string' },
   wait: { type: 'string' },
   timeout: { type: 'string' },
+  'mesh-secret-file': { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 };
@@ -91,6 +93,8 @@ global options
   --wait MS        how long to listen to heartbeats for the node table (default 1500)
   --timeout MS     per-request timeout (default 2000)
   --json           machine-readable output (nodes, streams, tree, route, events, kick, drain, token)
+  --mesh-secret-file F  the nodes' mesh secret (or MESHCAST_MESH_SECRET): required by every command that
+                   talks to the mesh; what meshctl reads is verified and what it asks is signed with it
   NATS credentials: MESHCAST_NATS_USER / _PASS / _TOKEN / _NKEY_SEED / _CREDS / _CA, as for nodes.
 
 commands`;
@@ -709,7 +713,8 @@ export async function runMeshctl(argv: string[], io: MeshctlIO): Promise<number>
       const servers = raw.split(',').map((s) => s.trim()).filter(Boolean);
       if (servers.length === 0) throw new MeshctlError('meshctl: --nats is empty', 2);
       const prefix = (values['prefix'] as string | undefined) ?? io.env['MESHCAST_SUBJECT_PREFIX'] ?? DEFAULT_PREFIX;
-      bus = await connectMesh({ servers, prefix, requestTimeoutMs: timeoutMs, auth: natsAuthFromEnv(io.env) });
+      const secret = meshSecret(io.env, values['mesh-secret-file'] as string | undefined);
+      bus = await connectMesh({ servers, prefix, requestTimeoutMs: timeoutMs, auth: natsAuthFromEnv(io.env), meshSecret: secret });
     }
     return await cmd.run({ io, values, positionals, json: Boolean(values['json']), waitMs, timeoutMs, bus: bus as Bus });
   } catch (err) {

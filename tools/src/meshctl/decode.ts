@@ -15,12 +15,15 @@ import {
   decodeRelayClaim,
   MeshMessageError,
 } from '@meshcast/proto';
+import { peelSeal } from '@meshcast/mesh';
 import { decodeControlMessage } from './control-messages.ts';
 
 export interface Decoded {
   /** heartbeat, bye, ownership, relayClaim, event, admissionRequest, admissionResponse, control, or unknown (valid msgpack, no schema matched). */
   schema: string;
   value: unknown;
+  /** When the payload came in a mesh seal: the seal's time (ms). Not verified: decode needs no secret. */
+  sealedAt?: number;
 }
 
 type Decoder = (b: Uint8Array) => unknown;
@@ -60,7 +63,14 @@ function decodeAnyFirst(buf: Uint8Array): Decoded | Error {
 }
 
 /** Decodes one payload. An Error when it is not msgpack at all, or does not fit the subject's schema. */
-export function decodePayload(buf: Uint8Array, subject?: string): Decoded | Error {
+export function decodePayload(input: Uint8Array, subject?: string): Decoded | Error {
+  // Nodes on NATS seal every payload (sealed-bus.ts); what is inside is the same msgpack.
+  const sealed = peelSeal(input);
+  if (sealed) {
+    const r = decodePayload(sealed.payload, subject);
+    return r instanceof Error ? r : { ...r, sealedAt: sealed.ts };
+  }
+  const buf = input;
   if (buf.length === 0) return new Error('empty payload');
   const decoders = subject ? decodersForSubject(subject) : undefined;
   if (!decoders) return decodeAnyFirst(buf);

@@ -2,9 +2,11 @@
  * What meshctl reads from a running mesh, as a passive observer on the bus: heartbeats
  * (the same live table every node holds), the ownership and relay KV buckets, node RPCs.
  */
+import { readFileSync } from 'node:fs';
 import {
   OwnershipRegistry,
   RelayClaims,
+  SealedBus,
   connectNatsBus,
   type Bus,
   type NatsBusOptions,
@@ -36,6 +38,28 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
   auth?: Pick<NatsBusOptions, 'user' | 'pass' | 'token' | 'nkeySeed' | 'credsFile' | 'tls'>;
+  /** The nodes' mesh secret: everything meshctl reads is verified with it and every request sealed (sealed-bus.ts). */
+  meshSecret: string;
+}
+
+/**
+ * The mesh secret, from `--mesh-secret-file` or MESHCAST_MESH_SECRET (never a flag value: command lines are
+ * visible to every user of the host). Without it meshctl can neither trust what it reads nor be heard.
+ */
+export function meshSecret(env: NodeJS.ProcessEnv, file: string | undefined): string {
+  if (file) {
+    let s: string;
+    try {
+      s = readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      throw new MeshctlError(`meshctl: cannot read --mesh-secret-file ${file}: ${(err as Error).message}`, 2);
+    }
+    if (!s) throw new MeshctlError(`meshctl: --mesh-secret-file ${file} is empty`, 2);
+    return s;
+  }
+  const s = env['MESHCAST_MESH_SECRET'];
+  if (!s) throw new MeshctlError('meshctl: no mesh secret: set MESHCAST_MESH_SECRET (the nodes\' mesh.mesh_secret) or pass --mesh-secret-file FILE; mesh messages are verified with it', 2);
+  return s;
 }
 
 /** NATS credentials from the same environment variables the node reads. */
@@ -65,7 +89,7 @@ export async function connectMesh(o: ConnectOptions): Promise<Bus> {
   });
   try {
     return await Promise.race([
-      connecting,
+      connecting.then((b) => new SealedBus(b, { secret: o.meshSecret })),
       new Promise<never>((_, rej) => {
         timer = setTimeout(() => {
           timedOut = true;
