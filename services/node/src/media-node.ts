@@ -13,7 +13,7 @@ import type { PublisherHandle, StreamHub } from './media/stream-hub.ts';
 import { RtmpServer } from './rtmp/rtmp-server.ts';
 import { buildAdminServer, buildHttpServer, type HttpApiExtras, type Readiness } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
-import { verifyCredential, type CredentialCheck } from './mesh/mesh-credential.ts';
+import { NonceMemory, verifyCredential, type CredentialCheck } from './mesh/mesh-credential.ts';
 import { OPEN_ACCESS, type Authorizer } from './auth/authorizer.ts';
 import { startStaticRelays, type StaticRelayLink } from './relay/static-relay.ts';
 import type { PublishingStatus } from './mesh/publishing-status.ts';
@@ -283,8 +283,11 @@ export class MediaNode implements MediaHost {
   }
 
   verifyMeshCredential(value: unknown): CredentialCheck {
-    return verifyCredential(this.config.mesh.mesh_secret, value);
+    return verifyCredential(this.config.mesh.mesh_secret, value, { self: this.config.node_id, nonces: this.pullNonces });
   }
+
+  /** Pull credentials used here (each is single use, remembered until it expires). */
+  private readonly pullNonces = new NonceMemory();
 
   /** Graceful stop: refuse new work, close sessions, leave the mesh, close listeners. */
   async stop(reason = 'node shutting down'): Promise<void> {

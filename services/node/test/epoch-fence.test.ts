@@ -11,7 +11,7 @@ import type { RtmpMessage } from '@meshcast/proto';
 import { RtmpClient, RtmpClientError } from '../src/client/rtmp-client.ts';
 import { syntheticPublisherId } from '../src/client/synthetic-source.ts';
 import type { MediaNode } from '../src/media-node.ts';
-import { EPOCH_FENCE_CODE, signCredential, verifyCredential, type MeshPull } from '../src/mesh/mesh-credential.ts';
+import { EPOCH_FENCE_CODE, NonceMemory, PULL_CREDENTIAL_WINDOW_MS, signCredential, verifyCredential, type MeshPull } from '../src/mesh/mesh-credential.ts';
 import type { NodeMesh } from '../src/mesh/node-mesh.ts';
 import { inProcessNode, recordingViewer, rtmpUrl, syntheticPublisher, until } from './support.ts';
 
@@ -48,7 +48,7 @@ interface FakeRelayPull {
 
 /** Pulls like a relay of node `as` would, with a pull credential naming `pull`; resolves once playing. */
 async function relayPull(parent: MediaNode, as: string, pull: MeshPull, path = `${pull.app}/${pull.stream}`): Promise<FakeRelayPull> {
-  const client = await RtmpClient.connect(rtmpUrl(parent, path), { timeoutMs: 3000, connectExtras: { meshcast: { ...signCredential('test-secret', as, pull) } } });
+  const client = await RtmpClient.connect(rtmpUrl(parent, path), { timeoutMs: 3000, connectExtras: { meshcast: { ...signCredential('test-secret', as, { ...pull, to: parent.config.node_id }) } } });
   const r: FakeRelayPull = { client, frames: [], statuses: [], closedAt: undefined };
   cleanups.push(() => client.close());
   client.on('status', (s: { code: string; description: string }) => r.statuses.push({ code: s.code, description: s.description, at: Date.now() }));
@@ -68,16 +68,60 @@ async function refusal(p: Promise<unknown>): Promise<RtmpClientError> {
   assert.fail('the pull was admitted');
 }
 
-test('the pull credential signs the stream and epoch: altering either breaks the signature; a node credential carries none', () => {
-  const c = signCredential('s', 'n3', { app: 'live', stream: 'x', owner: 'n1', epoch: 4 });
-  assert.deepEqual(verifyCredential('s', c), { ok: true, node: 'n3', pull: { app: 'live', stream: 'x', owner: 'n1', epoch: 4 } });
-  assert.deepEqual(verifyCredential('s', { ...c, epoch: 5 }), { ok: false, reason: 'bad mesh credential signature' });
-  assert.deepEqual(verifyCredential('s', { ...c, owner: 'n2' }), { ok: false, reason: 'bad mesh credential signature' });
-  assert.deepEqual(verifyCredential('s', { ...c, stream: 'y' }), { ok: false, reason: 'bad mesh credential signature' });
-  assert.deepEqual(verifyCredential('s', { ...c, epoch: '4' }), { ok: false, reason: 'malformed mesh credential (stream epoch)' });
+test('the pull credential signs the stream, epoch, target node and nonce: altering any breaks the signature; a node credential carries none', () => {
+  const c = signCredential('s', 'n3', { app: 'live', stream: 'x', owner: 'n1', epoch: 4, to: 'n1' });
+  const at = (): { self: string; nonces: NonceMemory } => ({ self: 'n1', nonces: new NonceMemory() });
+  assert.deepEqual(verifyCredential('s', c, at()), { ok: true, node: 'n3', pull: { app: 'live', stream: 'x', owner: 'n1', epoch: 4 } });
+  for (const altered of [{ epoch: 5 }, { owner: 'n2' }, { stream: 'y' }, { to: 'n2' }, { nonce: '00'.repeat(12) }]) {
+    assert.deepEqual(verifyCredential('s', { ...c, ...altered }, { ...at(), self: altered.to ?? 'n1' }), { ok: false, reason: 'bad mesh credential signature' }, JSON.stringify(altered));
+  }
+  assert.deepEqual(verifyCredential('s', { ...c, epoch: '4' }, at()), { ok: false, reason: 'malformed mesh credential (stream epoch, target node and nonce)' });
   // A node credential (the dashboard's) verifies as a node, never as a pull.
   assert.deepEqual(verifyCredential('s', signCredential('s', 'n3')), { ok: true, node: 'n3' });
-  assert.deepEqual(verifyCredential('s', { ...signCredential('s', 'n3'), app: 'live', stream: 'x', owner: 'n1', epoch: 1 }), { ok: false, reason: 'bad mesh credential signature' });
+  assert.deepEqual(verifyCredential('s', { ...signCredential('s', 'n3'), app: 'live', stream: 'x', owner: 'n1', epoch: 1, to: 'n1', nonce: 'aa' }, at()), { ok: false, reason: 'bad mesh credential signature' });
+});
+
+test('a pull credential is good once, at the node it names, for 10 s', () => {
+  const now = 1_780_000_000_000;
+  const nonces = new NonceMemory();
+  const c = signCredential('s', 'n3', { app: 'live', stream: 'x', owner: 'n1', epoch: 1, to: 'n1' }, now);
+  assert.deepEqual(verifyCredential('s', c, { self: 'n2', nonces, now }), { ok: false, reason: 'mesh credential is for node n1, not this one' });
+  assert.equal(verifyCredential('s', c, { self: 'n1', nonces, now: now + 1000 }).ok, true);
+  assert.deepEqual(verifyCredential('s', c, { self: 'n1', nonces, now: now + 2000 }), { ok: false, reason: 'mesh credential already used' });
+  const late = signCredential('s', 'n3', { app: 'live', stream: 'x', owner: 'n1', epoch: 1, to: 'n1' }, now);
+  assert.deepEqual(verifyCredential('s', late, { self: 'n1', nonces, now: now + PULL_CREDENTIAL_WINDOW_MS + 1 }), { ok: false, reason: 'mesh credential expired' });
+  assert.equal(PULL_CREDENTIAL_WINDOW_MS, 10_000);
+  // Bounded: used nonces are forgotten once their credentials expired, and never exceed the cap.
+  const small = new NonceMemory(4);
+  for (let i = 0; i < 10; i++) assert.equal(small.use(`n${i}`, now + 10_000, now), true);
+  assert.ok(small.size <= 4);
+  assert.equal(small.use('late', now + 30_000, now + 20_000), true);
+  assert.equal(small.size, 1, 'expired nonces are dropped');
+});
+
+test('a captured pull credential opens nothing: replayed, shown to another node or expired it is refused; its connection plays one stream once', async () => {
+  const [a, b] = await mesh(3);
+  const pub = await syntheticPublisher(rtmpUrl(a!, 'live/cred'));
+  cleanups.push(pub.stop);
+  const pub2 = await syntheticPublisher(rtmpUrl(a!, 'live/other'));
+  cleanups.push(pub2.stop);
+  const owner = await until('owner a', async () => meshOf(b!).ownership.lookup('live', 'cred'));
+  const pull = { app: 'live', stream: 'cred', owner: owner.record.owner, epoch: owner.record.epoch };
+  const captured = signCredential('test-secret', 'n3', { ...pull, to: 'n1' });
+  const open = (n: MediaNode, cred: object): Promise<RtmpClient> => RtmpClient.connect(rtmpUrl(n, 'live/cred'), { timeoutMs: 3000, connectExtras: { meshcast: { ...cred } } });
+  const first = await open(a!, captured);
+  cleanups.push(() => first.close());
+  await first.play('cred', 3000);
+  // The same connection asks for another stream, then the same one again: both refused.
+  await assert.rejects(first.play('other', 3000), /plays one stream, once/);
+  await assert.rejects(first.play('cred', 3000), /plays one stream, once/);
+  await assert.rejects(open(a!, captured), /mesh pull refused: mesh credential already used/);
+  await assert.rejects(open(b!, signCredential('test-secret', 'n3', { ...pull, to: 'n1' })), /mesh pull refused: mesh credential is for node n1, not this one/);
+  await assert.rejects(open(a!, signCredential('test-secret', 'n3', { ...pull, to: 'n1' }, Date.now() - PULL_CREDENTIAL_WINDOW_MS - 1000)), /mesh pull refused: mesh credential expired/);
+  // A fresh one is fine: relays sign one per pull.
+  const fresh = await open(a!, signCredential('test-secret', 'n3', { ...pull, to: 'n1' }));
+  cleanups.push(() => fresh.close());
+  await fresh.play('cred', 3000);
 });
 
 test('a pull asking for a stale or foreign epoch is refused with a status naming both epochs; the current epoch is served', async () => {

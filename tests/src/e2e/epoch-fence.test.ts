@@ -57,7 +57,7 @@ interface Pull {
 
 /** Pulls as a relay of node `as` would, naming `pull` in a pull credential signed with the mesh secret. */
 async function relayPull(parent: NodeProcess, as: string, pull: MeshPull): Promise<Pull> {
-  const client = await RtmpClient.connect(`${parent.rtmpUrl}/${pull.app}/${pull.stream}`, { timeoutMs: 5000, connectExtras: { meshcast: { ...signCredential(SECRET, as, pull) } } });
+  const client = await RtmpClient.connect(`${parent.rtmpUrl}/${pull.app}/${pull.stream}`, { timeoutMs: 5000, connectExtras: { meshcast: { ...signCredential(SECRET, as, { ...pull, to: parent.nodeId }) } } });
   clients.push(client);
   const p: Pull = { client, video: 0, statuses: [], closedAt: undefined };
   client.on('status', (s: { code: string; description: string }) => p.statuses.push({ code: s.code, description: s.description, at: Date.now() }));

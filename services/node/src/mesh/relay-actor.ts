@@ -381,7 +381,7 @@ export class RelayActor {
     try {
       client = await RtmpClient.connect(url, {
         timeoutMs: 3000,
-        connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId, { app, stream, ...epoch }) } },
+        connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId, { app, stream, ...epoch, to: parent }) } },
       });
     } catch (err) {
       // Unreachable, or refused ("mesh pull refused: …"): avoid this parent for a while and back off.

@@ -114,6 +114,8 @@ export class RtmpSession implements Session {
   private meshPeer: string | undefined;
   /** The stream and ownership epoch the relay's credential names (with `meshPeer`). */
   private meshPull: MeshPull | undefined;
+  /** A mesh pull connection has asked to play (its one play). */
+  private meshPlayed = false;
   private peerWindow = 0;
   private lastAcked = 0;
   private readonly startedAt = Date.now();
@@ -517,6 +519,15 @@ export class RtmpSession implements Session {
     if ('problem' in r) {
       this.sendStatus(streamId, 'error', 'NetStream.Play.StreamNotFound', r.problem);
       return;
+    }
+    if (this.meshPeer) {
+      // A mesh credential opens one play, of the stream it names, once: a relay pulls each stream on its own connection.
+      if (this.meshPlayed) {
+        this.log.info({ stream: r.req.stream }, 'second play on a mesh pull connection refused');
+        this.sendStatus(streamId, 'error', 'NetStream.Play.Failed', 'a mesh pull connection plays one stream, once');
+        return;
+      }
+      this.meshPlayed = true;
     }
     const admission = await this.host.admitPlay(r.req);
     if (this.state === 'closed') {
