@@ -54,6 +54,8 @@ export interface OwnershipRegistryOptions {
   now?: () => number;
   /** This process instance (default PROCESS_BOOT_ID; tests simulate a restart with another). */
   bootId?: string;
+  /** How long a record that expired without a release is kept as the last known owner (`lastExpired`), default 0 (not kept). */
+  keepExpiredMs?: number;
 }
 
 export interface OwnershipInfo {
@@ -132,12 +134,15 @@ export class OwnershipRegistry {
   readonly #now: () => number;
   readonly #events: MeshEvents | undefined;
   readonly #listTimeoutMs: number;
+  readonly #keepExpiredMs: number;
   #bucket: Promise<KvBucket> | undefined;
   #watcher: KvWatcher | undefined;
   #started: Promise<void> | undefined;
   #sweep: NodeJS.Timeout | undefined;
   readonly #leases = new Map<string, Set<KvLease<OwnershipRecord>>>();
   readonly #cache = new Map<string, Cached>();
+  /** Records that expired without a delete (their owner stopped renewing: dead, or only cut off from NATS), and when. */
+  readonly #expired = new Map<string, Cached & { expiredAt: number }>();
   readonly #listeners = new Set<(c: OwnerChange) => void>();
   #closed = false;
   #starting = false;
@@ -157,6 +162,7 @@ export class OwnershipRegistry {
     this.#now = opts.now ?? Date.now;
     this.#events = opts.events;
     this.#listTimeoutMs = opts.listTimeoutMs ?? 1000;
+    this.#keepExpiredMs = opts.keepExpiredMs ?? 0;
   }
 
   /**
@@ -327,6 +333,18 @@ export class OwnershipRegistry {
     return out;
   }
 
+  /**
+   * The last owner of app/stream whose record expired (not released) within `keepExpiredMs`, as this registry's
+   * watch saw it: the owner may only be cut off from NATS and still serve its epoch over RTMP. Forgotten once
+   * the key is written or deleted again. Undefined when there is none.
+   */
+  lastExpired(app: string, stream: string): OwnershipInfo | undefined {
+    const key = encodeStreamToken(app, stream);
+    const c = this.#expired.get(key);
+    if (!c || this.#now() - c.expiredAt > this.#keepExpiredMs) return undefined;
+    return { app, stream, key, record: c.record, revision: c.revision, createdAt: c.createdAt, from: 'watch' };
+  }
+
   /** Owner changes (new owner / new epoch / gone). Renewals are not reported. Returns an unsubscribe function. */
   watch(cb: (c: OwnerChange) => void): () => void {
     this.#listeners.add(cb);
@@ -441,6 +459,7 @@ export class OwnershipRegistry {
     for (const l of [...(this.#leases.get(e.key) ?? [])]) l.observe(e);
     const prev = this.#cache.get(e.key);
     if (prev && e.revision <= prev.revision) return;
+    this.#expired.delete(e.key);
     if (e.operation !== 'PUT') {
       this.#cache.delete(e.key);
       if (prev?.reported) this.#emitChange(e.key, { kind: 'gone', revision: e.revision, previous: { owner: prev.record.owner, epoch: prev.record.epoch }, reason: 'deleted' });
@@ -478,9 +497,11 @@ export class OwnershipRegistry {
   }
 
   #sweepExpired(): void {
+    for (const [key, c] of this.#expired) if (this.#now() - c.expiredAt > this.#keepExpiredMs) this.#expired.delete(key);
     for (const [key, c] of this.#cache) {
       if (!this.#isStale(c.createdAt)) continue;
       this.#cache.delete(key);
+      if (c.reported && this.#keepExpiredMs > 0) this.#expired.set(key, { ...c, expiredAt: this.#now() });
       if (c.reported) this.#emitChange(key, { kind: 'gone', revision: c.revision, previous: { owner: c.record.owner, epoch: c.record.epoch }, reason: 'expired' });
     }
   }

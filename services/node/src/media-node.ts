@@ -230,7 +230,11 @@ export class MediaNode implements MediaHost {
     }
     // The stream's PublishedStream actor decides primary, standby or refusal, and attaches the publisher itself.
     const claimed = await this.mesh.claimPublish(req, hub, publisher);
-    if (!claimed.ok) return claimed;
+    if (!claimed.ok) {
+      // A refused publish (reject policy, a third encoder) leaves no stream entry behind: the registry drops an idle hub.
+      if (hub.idle) hub.emit('idle');
+      return claimed;
+    }
     if (this.state !== 'running') {
       this.endPublish(hub, publisher);
       return { ok: false, code: 'NetStream.Publish.Denied', description: 'node is draining' };

@@ -56,6 +56,8 @@ test('a relay refused by its parent backs off (jittered, growing delays) and war
       fanout: 4,
       lingerMs: 60_000,
       stallMs: 2000,
+      graceMs: 10_000,
+      busConnected: () => mesh.bus.status === 'connected',
       secret: 'not-the-mesh-secret',
       ownership: mesh.ownership,
       relays: mesh.relayClaims,

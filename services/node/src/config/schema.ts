@@ -357,6 +357,10 @@ export const NODE_SCHEMA = z.strictObject(
       .preprocess(nullToEmpty, z.record(z.string(), APP_OVERRIDES, { error: 'expected a mapping of app name to settings' }))
       .default({})
       .meta(meta('map: app → app settings', { description: 'Per-app overrides of `app_defaults` (same keys); `"*"` applies to every app not listed. Example: `{live: {duplicate_publish: reject}}`.' })),
+      partition_grace_ms: num(10000, {
+        description:
+          'How long a node keeps a stream it cannot confirm through NATS. Cut off from NATS, a relay keeps pulling from its last parent (or the last owner, same epoch); viewers of a stream that got no media for this long are then closed so players re-route. An ownership record that expired without a release (its owner may only be cut off from NATS) stays a parent candidate this long after it expired.',
+      }),
     static_relays: STATIC_RELAYS.default([]).meta(
       meta('list', { description: 'Interop with servers outside the mesh: `{pull: rtmp://…, as: app/stream}` brings a stream in; `{push: app/stream, to: rtmp://…}` sends one out.' }),
     ),

@@ -512,6 +512,16 @@ export class StreamHub extends EventEmitter {
     if (this.idle) this.emit('idle');
   }
 
+  /**
+   * Closes every viewer, keeping the publisher (a relay that cannot get the stream: players re-route).
+   * Each sink closes its connection and leaves the hub as any closing viewer does. Returns how many.
+   */
+  evictViewers(reason: string): number {
+    const recs = [...this.sinks.values()];
+    for (const rec of recs) rec.sink.evict(reason);
+    return recs.length;
+  }
+
   /** Closes every sink (node shutdown or fencing). */
   close(reason: string): void {
     if (this.flushTimer) clearTimeout(this.flushTimer);

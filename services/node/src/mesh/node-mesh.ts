@@ -76,6 +76,7 @@ export class NodeMesh implements MeshBinding {
     this.unwatchBus = bus.onStatus((status) => {
       const msg = status === 'connected' ? ({ type: 'busUp' } as const) : ({ type: 'busDown' } as const);
       for (const a of [...this.published.values()]) a.handle(msg);
+      for (const r of [...this.relays.values()]) r.handle(msg);
     });
   }
 
@@ -100,7 +101,8 @@ export class NodeMesh implements MeshBinding {
       events,
       logger: log,
     });
-    const ownership = new OwnershipRegistry({ bus, nodeId: cfg.node_id, maxAgeMs: m.lease_ms, renewMs: m.renew_ms, events, logger: log });
+    // keepExpiredMs: an owner cut off from NATS stays a parent candidate that long after its record expired (relay-actor.ts).
+    const ownership = new OwnershipRegistry({ bus, nodeId: cfg.node_id, maxAgeMs: m.lease_ms, renewMs: m.renew_ms, keepExpiredMs: m.partition_grace_ms, events, logger: log });
     const relayClaims = new RelayClaims({ bus, nodeId: cfg.node_id, maxAgeMs: m.lease_ms, renewMs: m.renew_ms, logger: log });
     const mesh = new NodeMesh(node, cfg, bus, membership, ownership, relayClaims, events, log);
     await membership.start();
@@ -299,7 +301,7 @@ export class NodeMesh implements MeshBinding {
     const publisher = hub.publisher;
     if (publisher && publisher.kind !== 'relay') {
       const actor = this.published.get(hub.key);
-      const epoch = actor?.accepts(publisher) ? actor.epoch : undefined;
+      const epoch = actor?.accepts(publisher) ? actor.servedEpoch : undefined;
       return epoch !== undefined ? { owner: this.cfg.node_id, epoch } : undefined;
     }
     return this.relays.get(hub.key)?.epoch;
@@ -366,6 +368,8 @@ export class NodeMesh implements MeshBinding {
         fanout: this.cfg.mesh.relay_fanout,
         lingerMs: this.cfg.mesh.relay_linger_ms,
         stallMs: this.cfg.mesh.relay_stall_ms,
+        graceMs: this.cfg.mesh.partition_grace_ms,
+        busConnected: () => this.bus.status === 'connected',
         secret: this.cfg.mesh.mesh_secret,
         ownership: this.ownership,
         relays: this.relayClaims,

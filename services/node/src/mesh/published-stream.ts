@@ -157,6 +157,8 @@ export class PublishedStream {
   /** Waiting for the claim's outcome (reply once). */
   private pendingReply: ((r: AttachReply) => void) | undefined;
   private lease: OwnershipLease | undefined;
+  /** The epoch of the lease that expired while the mesh was unreachable (state `local`). */
+  private expiredEpoch: number | undefined;
   /** The lease our own takeover write (a new epoch here) is replacing: its loss is that write, not a fence. */
   private replacing: OwnershipLease | undefined;
   private attempt = 0;
@@ -187,6 +189,15 @@ export class PublishedStream {
 
   get epoch(): number | undefined {
     return this.lease?.held ? this.lease.epoch : undefined;
+  }
+
+  /**
+   * The epoch relay pulls are served for: the lease's, or, publishing locally after that lease expired while
+   * the mesh was unreachable, still that lease's. Nodes that lost sight of the record pull this epoch from
+   * the last owner they knew (docs/design.md, ownership and availability); a takeover elsewhere ends it here.
+   */
+  get servedEpoch(): number | undefined {
+    return this.epoch ?? (this.stateName === 'local' ? this.expiredEpoch : undefined);
   }
 
   /** Holds the frames of `p` back? (the hub's input gate) */
@@ -246,6 +257,7 @@ export class PublishedStream {
         if (this.stateName === 'confirming' || this.fx.now() - this.lastJumpAt < FREEZE_MS) return this.fence(`ownership lease lost after a pause (${msg.detail})`);
         // Availability: the mesh is unreachable, not taken over (a takeover fails our CAS or shows on the watch).
         this.log.warn({ stream: this.key, detail: msg.detail }, 'ownership lease expired while the mesh was unreachable; publishing locally until it returns');
+        this.expiredEpoch = msg.lease.epoch;
         this.nextAttemptAt = this.fx.now();
         this.to('local');
         return;
@@ -426,6 +438,7 @@ export class PublishedStream {
 
   private adopt(lease: OwnershipLease): void {
     this.lease = lease;
+    this.expiredEpoch = undefined;
     this.replacing = undefined;
     this.backoff.reset();
   }

@@ -13,6 +13,14 @@
  * the relay then re-reads the owner record and pulls again (backing off if refused again),
  * keeping its viewers. When its own pull moves to another epoch it fences its children in turn
  * (`onEpoch`), so no viewer below it gets an older epoch's frames after a newer one's.
+ *
+ * Cut off from NATS (docs/design.md, ownership and availability): the membership then calls every peer dead
+ * and no owner can be read, so neither is asked. A quiet parent is left after `stallMs` and the relay pulls
+ * again, directly, from its last parent or the last owner it knew, asking for the same epoch (the parent
+ * still fences a wrong one). Viewers that got no media for `graceMs` — with the bus down, or with an owner
+ * known but not reachable — are closed so their players re-route; viewers of a stream nobody publishes wait
+ * (the ownership watch wakes the relay; it does not poll NATS). A record that expired without a release is
+ * still a parent candidate for `graceMs` (OwnershipRegistry.lastExpired): its owner may only be cut off.
  */
 import { RtmpClient, RtmpClientError } from '../client/rtmp-client.ts';
 import { decodeAmf0, asAmfObject, type AmfValue, type RtmpMessage } from '@meshcast/proto';
@@ -37,6 +45,19 @@ export interface RelayContext {
   backoff?: BackoffOptions;
   /** This relay now pulls `epoch`: pulls of its children admitted for another epoch must be closed. */
   onEpoch?: (epoch: StreamEpoch) => void;
+  /** `mesh.partition_grace_ms`: how long viewers wait for media the mesh cannot confirm before they are closed. */
+  graceMs: number;
+  /** Whether this node's bus (NATS) is connected: without it, membership and ownership say nothing. */
+  busConnected: () => boolean;
+  /** The clock (tests inject one); defaults to Date.now. */
+  now?: () => number;
+}
+
+/** Where a pull goes: a parent node, its RTMP base URL and the ownership epoch asked for. */
+interface PullTarget {
+  node: string;
+  base: string;
+  epoch: StreamEpoch;
 }
 
 type RelayState =
@@ -50,7 +71,7 @@ type RelayState =
 export type RelayMessage =
   | { type: 'start' }
   | { type: 'ownerChanged'; owner: StreamEpoch | undefined }
-  | { type: 'connected'; seq: number; client: RtmpClient; parent: string; epoch: StreamEpoch; early: RtmpMessage[] }
+  | { type: 'connected'; seq: number; client: RtmpClient; target: PullTarget; early: RtmpMessage[] }
   /** `fenced`: the parent refused the epoch asked for (it serves another, or none). */
   | { type: 'connectFailed'; seq: number; reason: string; parent?: string; fenced?: boolean }
   /** `fenced`: the parent's EPOCH_FENCE_CODE status (why it stopped serving our epoch), when it sent one before closing. */
@@ -58,6 +79,9 @@ export type RelayMessage =
   | { type: 'tick' }
   | { type: 'reclaimed'; seq: number; lost: RelayLease; lease: RelayLease | undefined; error?: string }
   | { type: 'evicted'; reason: string }
+  /** This node's bus came back: a relay waiting for an owner reads it again (the watch may have missed a change). */
+  | { type: 'busUp' }
+  | { type: 'busDown' }
   | { type: 'stop'; reason: string };
 
 const TICK_MS = 250;
@@ -111,6 +135,15 @@ export class RelayActor {
   private readonly timer: NodeJS.Timeout;
   private readonly log: Logger;
   private readonly handle_: PublisherHandle;
+  private readonly now: () => number;
+  /** The last pull that started (parent, address, epoch) and the last owner read: what a relay cut off from NATS pulls again. */
+  private lastParent: PullTarget | undefined;
+  private lastOwnerTarget: PullTarget | undefined;
+  private directAttempts = 0;
+  /** Since when this relay's viewers have wanted media (reset while it has none): the start of their wait. */
+  private wantedSince: number;
+  private waitingLogged = false;
+  private expiredOwnerLogged = false;
 
   constructor(
     readonly hub: StreamHub,
@@ -118,6 +151,8 @@ export class RelayActor {
     private readonly onStopped: (a: RelayActor) => void,
   ) {
     this.log = ctx.log.child({ app: hub.app, stream: hub.stream, component: 'relay' });
+    this.now = ctx.now ?? Date.now;
+    this.wantedSince = this.now();
     this.pullRetry = new Backoff(ctx.backoff);
     this.reclaimRetry = new Backoff(ctx.backoff);
     this.handle_ = { id: `relay:${ctx.nodeId}`, kind: 'relay', evict: (reason) => this.handle({ type: 'evicted', reason }) };
@@ -142,7 +177,7 @@ export class RelayActor {
       parent: this.state.kind === 'pulling' ? this.state.parent : undefined,
       epoch: this.lastEpoch ? describeEpoch(this.lastEpoch) : undefined,
       upstreams: this.upstreams,
-      lastFrameAgoMs: this.lastFrameAt ? Date.now() - this.lastFrameAt : undefined,
+      lastFrameAgoMs: this.lastFrameAt ? this.now() - this.lastFrameAt : undefined,
       viewers: this.hub.sinkCount,
     };
   }
@@ -174,15 +209,17 @@ export class RelayActor {
           msg.client.close('superseded');
           return;
         }
-        this.onConnected(msg.client, msg.parent, msg.epoch, msg.early);
+        this.onConnected(msg.client, msg.target, msg.early);
         return;
       case 'connectFailed':
         if (this.state.kind !== 'connecting' || msg.seq !== this.state.seq) return;
         // A fenced owner is asked again after the owner record is read again (it may own a newer epoch); a fenced relay parent is avoided.
-        if (msg.parent && !(msg.fenced && msg.parent === this.lastOwner)) this.avoid.set(msg.parent, Date.now() + AVOID_MS);
+        if (msg.parent && !(msg.fenced && msg.parent === this.lastOwner)) this.avoid.set(msg.parent, this.now() + AVOID_MS);
         if (msg.reason === 'no owner') {
-          // Not a failure: nobody publishes the stream (yet, or any more). The ownership watch wakes us.
-          if (this.state.kind === 'connecting') this.log.debug('relay waiting for a stream owner');
+          // Not a failure: nobody publishes the stream (yet, or any more). The ownership watch wakes us; no polling.
+          if (!this.waitingLogged) this.log.info('relay waiting for a publisher of this stream (woken by the ownership watch)');
+          else this.log.debug('relay waiting for a stream owner');
+          this.waitingLogged = true;
           this.state = { kind: 'awaitingOwner' };
           return;
         }
@@ -196,7 +233,7 @@ export class RelayActor {
       case 'upstreamClosed':
         if (this.state.kind !== 'pulling' || this.state.client !== msg.client) return;
         // A parent that fenced our epoch is alive and will serve the current one: read the owner again and ask anew.
-        if (msg.fenced === undefined) this.avoid.set(this.state.parent, Date.now() + AVOID_MS);
+        if (msg.fenced === undefined) this.avoid.set(this.state.parent, this.now() + AVOID_MS);
         this.reparent(msg.fenced !== undefined ? `parent fenced our epoch: ${msg.fenced}` : `upstream closed: ${msg.reason}`);
         return;
       case 'tick':
@@ -209,6 +246,12 @@ export class RelayActor {
         // A local publisher took the hub over: this node is now the source.
         this.attached = false;
         this.stop(`local publisher took over (${msg.reason})`);
+        return;
+      case 'busUp':
+        if (this.state.kind === 'awaitingOwner' || this.state.kind === 'backoff') this.connect();
+        return;
+      case 'busDown':
+        if (this.state.kind === 'pulling') this.log.info({ parent: this.state.parent }, 'bus down; keeping the pull from the current parent while its media flows');
         return;
       case 'stop':
         this.stop(msg.reason);
@@ -223,7 +266,7 @@ export class RelayActor {
   private lastOwner: string | undefined;
 
   private onTick(): void {
-    const now = Date.now();
+    const now = this.now();
     if (this.hub.consumerCount === 0) {
       this.lingerSince ??= now;
       if (now - this.lingerSince >= this.ctx.lingerMs) {
@@ -233,32 +276,35 @@ export class RelayActor {
     } else {
       this.lingerSince = undefined;
     }
+    const bus = this.ctx.busConnected();
+    if (this.hub.sinkCount === 0) this.wantedSince = now;
+    else this.closeStrandedViewers(now, bus);
     switch (this.state.kind) {
       case 'pulling': {
         const silentFor = now - Math.max(this.lastFrameAt, this.state.since);
         const parentView = this.ctx.membership.get(this.state.parent);
-        // Membership is the control plane's view: when NATS is unreachable every peer looks dead. A parent whose
-        // media still arrives is alive; leave it only once it has also gone quiet.
-        if (parentView && parentView.state === 'dead' && silentFor > DEAD_PARENT_SILENCE_MS) {
+        // Membership is the control plane's view: when NATS is unreachable every peer looks dead, so it says
+        // nothing then. A parent whose media still arrives is alive; leave it only once it has also gone quiet.
+        if (bus && parentView && parentView.state === 'dead' && silentFor > DEAD_PARENT_SILENCE_MS) {
           this.avoid.set(this.state.parent, now + AVOID_MS);
           this.reparent('parent node is dead');
           return;
         }
-        if (this.ownerLive && silentFor > this.ctx.stallMs) {
-          this.avoid.set(this.state.parent, now + AVOID_MS);
+        // Without the bus nobody can say whether the owner is live: a quiet parent is asked again (directly).
+        if ((this.ownerLive || !bus) && silentFor > this.ctx.stallMs) {
+          if (bus) this.avoid.set(this.state.parent, now + AVOID_MS);
           this.reparent(`parent stalled (${silentFor} ms without media)`);
           return;
         }
         // Still pulling, but the claim is gone: parent choice elsewhere would no longer count this relay.
-        if (this.lease && !this.lease.held && !this.reclaim.inFlight && now >= this.reclaim.retryAt) this.claimAgain(this.lease, this.state.parent);
+        if (bus && this.lease && !this.lease.held && !this.reclaim.inFlight && now >= this.reclaim.retryAt) this.claimAgain(this.lease, this.state.parent);
         return;
       }
       case 'backoff':
         if (now >= this.state.until) this.connect();
         return;
       case 'awaitingOwner':
-        // Ownership changes arrive on the watch; this poll only covers a missed one.
-        if (now % 2000 < TICK_MS) this.connect();
+        // Ownership changes arrive on the watch (and a bus reconnect reads the owner again): nothing to poll.
         return;
       case 'connecting':
         // A hung step (a KV call that never answers) must not leave the relay stuck: start over.
@@ -271,6 +317,21 @@ export class RelayActor {
       case 'stopped':
         return;
     }
+  }
+
+  /**
+   * Viewers that got no media for `graceMs` while the mesh cannot confirm the stream (bus down, or an owner
+   * known but not reachable) are closed, so their players ask the route API again and go elsewhere. Viewers
+   * of a stream nobody publishes (bus up, no owner) keep waiting for it.
+   */
+  private closeStrandedViewers(now: number, bus: boolean): void {
+    if (bus && !this.ownerLive) return;
+    const waited = now - Math.max(this.lastFrameAt, this.wantedSince);
+    if (waited < this.ctx.graceMs) return;
+    const why = bus ? 'the stream owner cannot be reached' : 'this node is cut off from the mesh bus';
+    const closed = this.hub.evictViewers(`no media for ${waited} ms: ${why}`);
+    this.wantedSince = now;
+    this.log.warn({ viewers: closed, waitedMs: waited, graceMs: this.ctx.graceMs, busConnected: bus }, 'closed viewers the relay could not feed; they re-route');
   }
 
   private claimAgain(lost: RelayLease, parent: string): void {
@@ -286,7 +347,7 @@ export class RelayActor {
     this.reclaim.inFlight = false;
     if (!msg.lease) {
       const delay = this.reclaimRetry.next();
-      this.reclaim.retryAt = Date.now() + delay;
+      this.reclaim.retryAt = this.now() + delay;
       const d = this.reclaimFailures.failure();
       if (d.level === 'warn') this.log.warn({ err: msg.error, retryInMs: delay, failures: d.streak, suppressed: d.suppressed }, 'relay claim lost; claiming again failed, will retry');
       else this.log.debug({ err: msg.error, retryInMs: delay, failures: d.streak }, 'relay claim lost; claiming again failed, will retry');
@@ -307,7 +368,7 @@ export class RelayActor {
   private retryLater(reason: string, parent: string | undefined): void {
     const delay = this.pullRetry.next();
     this.logPullFailure(reason, parent, delay);
-    this.state = { kind: 'backoff', until: Date.now() + delay };
+    this.state = { kind: 'backoff', until: this.now() + delay };
   }
 
   private logPullFailure(reason: string, parent: string | undefined, retryInMs: number): void {
@@ -332,7 +393,7 @@ export class RelayActor {
   private connect(): void {
     this.ownerMovedWhileConnecting = false;
     const seq = ++this.seq;
-    this.state = { kind: 'connecting', seq, since: Date.now() };
+    this.state = { kind: 'connecting', seq, since: this.now() };
     void this.openUpstream(seq).then(
       (r) => this.handle(r),
       (err: unknown) => this.handle({ type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err) }),
@@ -342,7 +403,18 @@ export class RelayActor {
   /** Chooses a parent, claims our relay key, and opens the pull. Runs outside the actor; reports back by message. */
   private async openUpstream(seq: number): Promise<RelayMessage> {
     const { app, stream } = this.hub;
-    const info = await this.ctx.ownership.lookup(app, stream);
+    if (!this.ctx.busConnected()) return this.pullDirect(seq);
+    let info = await this.ctx.ownership.lookup(app, stream);
+    if (!info) {
+      // No record: nobody publishes it, or its owner is cut off from NATS and its record expired. The latter
+      // is still tried for graceMs (the owner fences a wrong epoch; its viewers and ours keep the stream).
+      const expired = this.ctx.ownership.lastExpired(app, stream);
+      if (expired && expired.record.owner !== this.ctx.nodeId) {
+        if (!this.expiredOwnerLogged) this.log.info({ owner: expired.record.owner, epoch: expired.record.epoch }, 'ownership record expired; pulling from the last known owner');
+        this.expiredOwnerLogged = true;
+        info = expired;
+      }
+    }
     if (!info || info.record.owner === this.ctx.nodeId) {
       this.ownerLive = false;
       return { type: 'connectFailed', seq, reason: 'no owner' };
@@ -351,6 +423,7 @@ export class RelayActor {
     const owner = info.record.owner;
     this.lastOwner = owner;
     const epoch: StreamEpoch = { owner, epoch: info.record.epoch };
+    this.lastOwnerTarget = { node: owner, base: info.record.rtmp, epoch };
     const claims = await withTimeout(this.ctx.relays.list(app, stream), LIST_CLAIMS_MS).then(
       (list) => {
         this.listFailures.success();
@@ -364,7 +437,7 @@ export class RelayActor {
         return [];
       },
     );
-    const now = Date.now();
+    const now = this.now();
     const alive = new Set<string>();
     for (const id of this.ctx.membership.aliveIds()) if ((this.avoid.get(id) ?? 0) < now) alive.add(id);
     // A live claim of a node not heard from yet (this node just started) counts too: leaving it out would
@@ -376,12 +449,38 @@ export class RelayActor {
     if (!base) return { type: 'connectFailed', seq, reason: `no address for parent ${parent}`, parent };
     if (this.lease?.held) await this.lease.update({ parent });
     else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
-    const url = `${base}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
+    return this.pull(seq, { node: parent, base, epoch });
+  }
+
+  /**
+   * Cut off from NATS: no owner to read, no claim to write. Pull again from the last parent, else the last owner
+   * this relay read (alternating when both fail), asking for the epoch it pulled from them.
+   */
+  private async pullDirect(seq: number): Promise<RelayMessage> {
+    const expired = this.ctx.ownership.lastExpired(this.hub.app, this.hub.stream);
+    const fromWatch: PullTarget | undefined =
+      expired && expired.record.owner !== this.ctx.nodeId ? { node: expired.record.owner, base: expired.record.rtmp, epoch: { owner: expired.record.owner, epoch: expired.record.epoch } } : undefined;
+    const targets: PullTarget[] = [];
+    for (const t of [this.lastParent, this.lastOwnerTarget, fromWatch]) {
+      if (t && !targets.some((x) => x.node === t.node && sameEpoch(x.epoch, t.epoch))) targets.push(t);
+    }
+    if (targets.length === 0) return { type: 'connectFailed', seq, reason: 'cut off from the mesh bus and no parent known yet' };
+    const target = targets[this.directAttempts++ % targets.length]!;
+    return this.pull(seq, target);
+  }
+
+  /** Opens the RTMP pull from one parent, for one epoch (signed in the mesh credential). */
+  private async pull(seq: number, target: PullTarget): Promise<RelayMessage> {
+    const { app, stream } = this.hub;
+    const parent = target.node;
+    const url = `${target.base}/${encodeURIComponent(app)}/${encodeURIComponent(stream)}`;
+    // The credential names the parent it is for (`to`) and the epoch asked for.
+    const pullFor = { app, stream, ...target.epoch, to: parent };
     let client: RtmpClient;
     try {
       client = await RtmpClient.connect(url, {
         timeoutMs: 3000,
-        connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId, { app, stream, ...epoch, to: parent }) } },
+        connectExtras: { meshcast: { ...signCredential(this.ctx.secret, this.ctx.nodeId, pullFor) } },
       });
     } catch (err) {
       // Unreachable, or refused ("mesh pull refused: …"): avoid this parent for a while and back off.
@@ -397,14 +496,17 @@ export class RelayActor {
       const fenced = err instanceof RtmpClientError && err.code === EPOCH_FENCE_CODE;
       return { type: 'connectFailed', seq, reason: err instanceof Error ? err.message : String(err), parent, fenced };
     }
-    return { type: 'connected', seq, client, parent, epoch, early };
+    return { type: 'connected', seq, client, target, early };
   }
 
-  private onConnected(client: RtmpClient, parent: string, epoch: StreamEpoch, early: RtmpMessage[]): void {
+  private onConnected(client: RtmpClient, target: PullTarget, early: RtmpMessage[]): void {
+    const { node: parent, epoch } = target;
     this.upstreams++;
     this.pullRetry.reset();
+    this.directAttempts = 0;
+    this.lastParent = target;
     const failedAttempts = this.pullFailures.success();
-    this.state = { kind: 'pulling', parent, client, since: Date.now(), epoch };
+    this.state = { kind: 'pulling', parent, client, since: this.now(), epoch };
     const previous = this.lastEpoch;
     this.lastEpoch = epoch;
     // Children admitted for another epoch (or before this relay knew one) must not get this one's frames after theirs.
@@ -427,12 +529,12 @@ export class RelayActor {
       'relay pulling',
     );
     this.ctx.events
-      .append({ type: 'relayStarted', at: Date.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, parent })
+      .append({ type: 'relayStarted', at: this.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, parent })
       .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append relayStarted'));
   }
 
   private onFrame(m: RtmpMessage): void {
-    this.lastFrameAt = Date.now();
+    this.lastFrameAt = this.now();
     if (m.type === 18) {
       const values = decodeAmf0(m.payload);
       if (values instanceof Error) return;
@@ -466,7 +568,7 @@ export class RelayActor {
     lease?.release().catch((err: unknown) => this.log.debug({ err: String(err) }, 'relay claim release failed'));
     this.log.info({ reason }, 'relay stopped');
     this.ctx.events
-      .append({ type: 'relayStopped', at: Date.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, reason })
+      .append({ type: 'relayStopped', at: this.now(), app: this.hub.app, stream: this.hub.stream, node: this.ctx.nodeId, reason })
       .catch((err: unknown) => this.log.debug({ err: String(err) }, 'cannot append relayStopped'));
     this.onStopped(this);
   }

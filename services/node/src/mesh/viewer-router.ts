@@ -86,6 +86,8 @@ export class ViewerRouter {
   admitHere(): { admitted: boolean; reason?: string; viewers: number; capacity: number } {
     const a = this.localAdmission();
     if (!a.admitted) return a;
+    // Cut off from the mesh bus this node cannot get remote streams (nor confirm its own): it stops offering itself.
+    if (this.bus.status !== 'connected') return { admitted: false, reason: 'cut off from the mesh bus', viewers: a.viewers, capacity: a.capacity };
     const nodes = this.ring.nodes().filter((n) => n.state === 'alive' && !n.draining && n.weight > 0);
     const self = nodes.find((n) => n.id === this.nodeId);
     if (!self) return a;
