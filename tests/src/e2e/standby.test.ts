@@ -124,7 +124,7 @@ async function meshctlStreams(natsUrl: string): Promise<{ json: MeshctlStreams; 
   const run = async (extra: string[]): Promise<string> => {
     const out: string[] = [];
     const err: string[] = [];
-    const code = await runMeshctl(['--nats', natsUrl, 'streams', ...extra], { out: (t) => out.push(t), err: (t) => err.push(t), readStdin: async () => Buffer.alloc(0), env: {} });
+    const code = await runMeshctl(['--nats', natsUrl, 'streams', ...extra], { out: (t) => out.push(t), err: (t) => err.push(t), readStdin: async () => Buffer.alloc(0), env: { MESHCAST_MESH_SECRET: MESH.mesh_secret } });
     assert.equal(code, 0, err.join('\n'));
     return out.join('\n');
   };
