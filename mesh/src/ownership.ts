@@ -271,12 +271,45 @@ export class OwnershipRegistry {
     throw new KvError(`could not acquire ${key}: too much contention (${MAX_ATTEMPTS} attempts)`);
   }
 
-  /** The live owner of app/stream, or null (absent, stale or undecodable). */
+  /**
+   * The live owner of app/stream, or null (absent, stale or undecodable). Like `list`, a registry whose watch
+   * runs answers from the watch's copy when the bucket has not answered within `listTimeoutMs` (its stream
+   * leader is being elected after a NATS server died): a new relay can still find the owner meanwhile.
+   */
   async lookup(app: string, stream: string): Promise<OwnershipInfo | null> {
     const key = encodeStreamToken(app, stream);
-    const b = await this.#kv();
-    const e = await b.get(key);
-    return e ? this.#info(e) : null;
+    const read = (async () => {
+      const b = await this.#kv();
+      const e = await b.get(key);
+      return e ? this.#info(e) : null;
+    })();
+    if (!this.#watcher) return read;
+    const got = await this.#bucketOrWatch(read, this.#listTimeoutMs, 'ownership lookup');
+    if (got !== 'watch') return got;
+    const c = this.#cache.get(key);
+    if (!c || !c.reported || this.#isStale(c.createdAt)) return null;
+    return { app, stream, key, record: c.record, revision: c.revision, createdAt: c.createdAt, from: 'watch' };
+  }
+
+  /** The bucket's answer, or `'watch'` when it did not come within `budget` ms or the bus could not ask. */
+  async #bucketOrWatch<T>(read: Promise<T>, budget: number, what: string): Promise<T | 'watch'> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => resolve('late'), budget);
+    });
+    try {
+      const got = await Promise.race([read, late]);
+      if (got !== 'late') return got;
+      read.catch((err: unknown) => this.#log.debug({ err: errMessage(err) }, `late ${what} failed`));
+      this.#log.debug({ budgetMs: budget }, `${what}: the bucket did not answer in time; answering from the watch`);
+    } catch (err) {
+      // Timed out, or the connection is between servers: the watch's copy is the best answer there is.
+      if (!(err instanceof BusTimeoutError || err instanceof BusUnavailableError)) throw err;
+      this.#log.debug({ err: errMessage(err) }, `${what} failed; answering from the watch`);
+    } finally {
+      clearTimeout(timer);
+    }
+    return 'watch';
   }
 
   /**
@@ -298,24 +331,8 @@ export class OwnershipRegistry {
       return out;
     })();
     if (!this.#watcher) return read;
-    const budget = opts.timeoutMs ?? this.#listTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), budget);
-    });
-    try {
-      const got = await Promise.race([read, late]);
-      if (got !== 'late') return got;
-      read.catch((err: unknown) => this.#log.debug({ err: errMessage(err) }, 'late ownership listing failed'));
-      this.#log.debug({ budgetMs: budget }, 'ownership listing: the bucket did not answer in time; answering from the watch');
-    } catch (err) {
-      // Timed out, or the connection is between servers: the watch's copy is the best answer there is.
-      if (!(err instanceof BusTimeoutError || err instanceof BusUnavailableError)) throw err;
-      this.#log.debug({ err: errMessage(err) }, 'ownership listing failed; answering from the watch');
-    } finally {
-      clearTimeout(timer);
-    }
-    return this.#fromWatch();
+    const got = await this.#bucketOrWatch(read, opts.timeoutMs ?? this.#listTimeoutMs, 'ownership listing');
+    return got === 'watch' ? this.#fromWatch() : got;
   }
 
   #fromWatch(): OwnershipInfo[] {
