@@ -357,6 +357,8 @@ export class OwnershipRegistry {
    */
   lastExpired(app: string, stream: string): OwnershipInfo | undefined {
     const key = encodeStreamToken(app, stream);
+    // The bucket may drop a record before the next sweep here: age the watch's copies now.
+    this.#sweepExpired();
     const c = this.#expired.get(key);
     if (!c || this.#now() - c.expiredAt > this.#keepExpiredMs) return undefined;
     return { app, stream, key, record: c.record, revision: c.revision, createdAt: c.createdAt, from: 'watch' };
@@ -374,8 +376,6 @@ export class OwnershipRegistry {
     if (this.#starting) return;
     this.#starting = true;
     try {
-    // The bucket may drop a record before the next sweep here: age the watch's copies now.
-    this.#sweepExpired();
       for (let delay = 250, failures = 0; !this.#closed; delay = Math.min(delay * 2, 5000)) {
         try {
           await this.start();
