@@ -19,7 +19,7 @@ const OUT_JSON = join(OUT_DIR, 'chaos-results.json');
 const OUT_MD = join(OUT_DIR, 'chaos-results.md');
 
 /** Report order: the design's fault table (§7), then the resource scenarios. */
-const ORDER = ['owner-kill', 'publisher-blip', 'relay-kill', 'playback-kill', 'nats-faults', 'pause-lease10', 'pause-lease4', 'pause-stay', 'drain', 'churn', 'slow-viewers'];
+const ORDER = ['owner-kill', 'publisher-blip', 'relay-kill', 'playback-kill', 'nats-faults', 'pause-lease10', 'pause-lease4', 'pause-stay', 'partitioned-playback', 'same-id-restart', 'drain', 'churn', 'slow-viewers'];
 
 interface Report {
   generatedAt: string;
