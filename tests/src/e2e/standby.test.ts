@@ -5,7 +5,7 @@
  * Each encoder runs the way OBS does by default: when its connection drops it publishes again 1 s later
  * (a loop here restarts ffmpeg 1 s after it exits). Measured and printed: ownership changes and encoder
  * drops over the two-encoder run, and the viewer-visible video gap over 10 SIGKILL failovers (p50, max).
- * STANDBY_RUN_S sets the length of the two-encoder run (default 30 s).
+ * STANDBY_RUN_S sets the length of the two-encoder run (default 60 s).
  */
 import { after, before, describe, test } from 'node:test';
 import { writeFileSync } from 'node:fs';
@@ -29,7 +29,7 @@ const MESH = {
   relay_linger_ms: 2000,
   relay_stall_ms: 1500,
 };
-const RUN_S = Number(process.env['STANDBY_RUN_S'] ?? 30);
+const RUN_S = Number(process.env['STANDBY_RUN_S'] ?? 60);
 const FAILOVERS = Number(process.env['STANDBY_FAILOVERS'] ?? 10);
 /** A directory to copy the nodes' logs to (diagnosis). */
 const KEEP_LOGS = process.env['STANDBY_KEEP_LOGS'];
