@@ -33,6 +33,8 @@ const COMPOSE_FILE = join(ROOT, 'compose/docker-compose.yml');
 const PROJECT = process.env.MESHCAST_COMPOSE_PROJECT ?? 'meshcast-ct';
 const IMAGE = process.env.MESHCAST_IMAGE ?? 'meshcast-node:local';
 const LO = '127.0.0.1';
+/** The compose file's NATS user of the nodes (compose/nats/auth.conf; MESHCAST_NATS_PASS overrides both). */
+const NATS_MESH_USER = { user: 'mesh', pass: process.env.MESHCAST_NATS_PASS ?? 'compose-demo-nats-mesh' };
 /** The compose file's default admin token (MESHCAST_ADMIN_TOKEN overrides both). */
 const ADMIN_TOKEN = process.env.MESHCAST_ADMIN_TOKEN ?? 'compose-demo-admin-token';
 /** Published loopback ports, as in compose/docker-compose.yml. */
@@ -446,7 +448,7 @@ describe('docker compose deployment', { skip: skipReason }, () => {
     const before = (await record())!;
 
     // A KV write probe of our own (3 replicas, through the published client ports), every 100 ms.
-    const bus = await connectNatsBus({ servers: NATS_SERVICES.map((n) => `nats://${LO}:${PORTS[n].client}`), name: 'compose-test-probe', prefix: 'ctprobe', replicas: 3, requestTimeoutMs: 1000 });
+    const bus = await connectNatsBus({ servers: NATS_SERVICES.map((n) => `nats://${LO}:${PORTS[n].client}`), name: 'compose-test-probe', prefix: 'ctprobe', replicas: 3, requestTimeoutMs: 1000, ...NATS_MESH_USER });
     const probe = await bus.kv('ctprobe-writes', { maxAgeMs: 60_000, replicas: 3 });
     const writes: Array<{ at: number; ok: boolean }> = [];
     let probing = true;

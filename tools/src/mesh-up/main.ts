@@ -5,7 +5,7 @@
  * removes its temp dir.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -360,6 +360,9 @@ async function main(): Promise<number> {
   }
 
   const secret = values['mesh-secret'] ?? randomBytes(12).toString('hex');
+  // meshctl verifies and signs with the mesh secret; it reads it from a file, not from its command line.
+  const secretFile = join(dir, 'mesh-secret');
+  writeFileSync(secretFile, `${secret}\n`, { mode: 0o600 });
   const logLevel = values['log-level'] ?? 'warn';
   try {
     const nats = await startNats(natsPort);
@@ -397,7 +400,7 @@ async function main(): Promise<number> {
       `  routed    ${http(edges[0]!)}/play/live/${key}.flv    (302 to the node placement picks)`,
       `  dashboard ${admin(edges[0]!)}/    (each node's admin listener: dashboard, API, /metrics)`,
       ...specs.map((s) => `  admin     ${admin(s)}/    (${s.id})`),
-      `  meshctl   npx meshctl --nats ${nats.url} nodes`,
+      `  meshctl   npx meshctl --nats ${nats.url} --mesh-secret-file ${secretFile} nodes`,
       '',
       values.publisher
         ? `  publishing a test pattern into live/demo on ${ing[0]!.id}; watch it with: ffplay ${rtmp(edges[0]!)}/live/demo`
