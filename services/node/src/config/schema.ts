@@ -310,7 +310,7 @@ export const NODE_SCHEMA = z.strictObject(
         .default([])
         .meta(meta('list of URLs', { description: 'NATS servers (comma-separated in env and flags). Empty = no mesh: an in-process bus. Set = mesh mode, which needs `mesh.mesh_secret`.', flag: 'nats', aliases: ['MESHCAST_NATS'] })),
       subject_prefix: str('meshcast', { description: 'Prefix of every NATS subject, KV bucket and stream the mesh uses (one NATS can carry several meshes).', aliases: ['MESHCAST_SUBJECT_PREFIX'] }, z.string({ error: 'expected a string' }).regex(/^[A-Za-z0-9_-]+$/, { error: 'must be characters of [A-Za-z0-9_-] (it becomes a NATS subject token and bucket name)' })),
-      mesh_secret: str('', { description: 'Shared secret nodes present to pull streams from each other. Required in mesh mode.', flag: 'mesh-secret', aliases: ['MESHCAST_MESH_SECRET'], secret: true }),
+      mesh_secret: str('', { description: 'Shared secret of the mesh: every message and KV value a node puts on NATS is sealed with it (HMAC) and what fails verification is dropped; nodes also sign their relay pulls with it. Required in mesh mode; give every node and meshctl the same one.', flag: 'mesh-secret', aliases: ['MESHCAST_MESH_SECRET'], secret: true }),
       heartbeat_ms: num(1000, { description: 'How often a node announces itself.' }),
       suspect_ms: num(3000, { description: 'A node silent this long is suspected (no new placements). Must exceed heartbeat_ms.' }),
       dead_ms: num(5000, { description: 'A node silent this long is dead (its streams move). Must exceed suspect_ms.' }),
