@@ -1,8 +1,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { encodeOwnershipRecord } from '@meshcast/proto';
-import { MemoryBusNetwork, OwnershipRegistry, SEAL_WINDOW_MS, SealedBus, SealError, seal, sealKey, unseal, type LeaseLostReason, type SealContext } from '../src/index.ts';
+import { encodeOwnershipRecord, encodeRelayClaim } from '@meshcast/proto';
+import { MemoryBusNetwork, OwnershipRegistry, RelayClaims, SEAL_WINDOW_MS, SealedBus, SealError, seal, sealKey, unseal, type LeaseLostReason, type SealContext } from '../src/index.ts';
 import { captureLogger, dec, enc, sleep, waitFor } from './helpers.ts';
 
 const ctxArb: fc.Arbitrary<SealContext> = fc.oneof(
@@ -145,4 +145,25 @@ test('sealed bus: an owner that finds a forged record of its stream writes its o
   const l2 = await rb.acquire('live', 'other', { rtmp: 'rtmp://b:1935' }, { takeover: false });
   assert.equal(l2.epoch, 1);
   assert.equal((await ra.lookup('live', 'other'))?.record.owner, 'b');
+});
+
+test('sealed bus: a forged relay claim at a relay\'s own key is written over; forged claims of others are not listed', async (t) => {
+  const { a, b, raw } = setup(t);
+  const ca = new RelayClaims({ bus: a, nodeId: 'a', maxAgeMs: 2000, renewMs: 500 });
+  const cb = new RelayClaims({ bus: b, nodeId: 'b', maxAgeMs: 2000, renewMs: 500 });
+  t.after(async () => {
+    await ca.close();
+    await cb.close();
+  });
+  await ca.start();
+  const kr = await raw.kv(a.names.relaysBucket, { maxAgeMs: 2000 });
+  const forged = (node: string) => encodeRelayClaim({ node, parent: 'evil', children: 0, rtmp: 'rtmp://evil:1935', claimedAt: Date.now(), renewedAt: Date.now() });
+  const keys = async (): Promise<string[]> => (await kr.keys()).sort();
+  await kr.put('live.cam.b', forged('b'));
+  await kr.put('live.cam.evil', forged('evil'));
+  assert.deepEqual(await keys(), ['live.cam.b', 'live.cam.evil'], 'both forged values are in the bucket');
+  const lease = await cb.claim('live', 'cam', { parent: 'a', rtmp: 'rtmp://b:1935' });
+  assert.equal(lease.held, true);
+  const listed = await ca.list('live', 'cam');
+  assert.deepEqual(listed.map((c) => `${c.claim.node}<-${c.claim.parent}`), ['b<-a']);
 });
