@@ -319,6 +319,10 @@ export const NODE_SCHEMA = z.strictObject(
       relay_fanout: num(8, { description: 'Relay-tree fan-out cap: nodes one node relays a stream to.', flag: 'relay-fanout', aliases: ['MESHCAST_RELAY_FANOUT'] }),
       relay_linger_ms: num(10000, { description: 'A relay with no viewers is kept this long before it is torn down.' }),
       relay_stall_ms: num(2000, { description: 'A relay whose parent sends no media for this long (while the owner is live) moves to another parent.' }),
+      partition_grace_ms: num(10000, {
+        description:
+          'How long a node keeps a stream it cannot confirm through NATS. Cut off from NATS, a relay keeps pulling from its last parent (or the last owner, same epoch); viewers of a stream that got no media for this long are then closed so players re-route. An ownership record that expired without a release (its owner may only be cut off from NATS) stays a parent candidate this long after it expired.',
+      }),
       capacity: num(2000, { description: 'Viewers this node advertises it can take (placement weight). A playback node needs at least 1.', flag: 'capacity', aliases: ['MESHCAST_CAPACITY'] }),
       placement_load_factor: num(1.25, { description: 'Bounded-load factor c of viewer placement (HAProxy suggests 1.25-2.0); at least 1.' }),
       rtmp_redirect: bool(false, { description: 'Redirect RTMP players to the node placement chose (clients that follow ex.redirect); otherwise serve here.' }),
@@ -357,10 +361,6 @@ export const NODE_SCHEMA = z.strictObject(
       .preprocess(nullToEmpty, z.record(z.string(), APP_OVERRIDES, { error: 'expected a mapping of app name to settings' }))
       .default({})
       .meta(meta('map: app → app settings', { description: 'Per-app overrides of `app_defaults` (same keys); `"*"` applies to every app not listed. Example: `{live: {duplicate_publish: reject}}`.' })),
-      partition_grace_ms: num(10000, {
-        description:
-          'How long a node keeps a stream it cannot confirm through NATS. Cut off from NATS, a relay keeps pulling from its last parent (or the last owner, same epoch); viewers of a stream that got no media for this long are then closed so players re-route. An ownership record that expired without a release (its owner may only be cut off from NATS) stays a parent candidate this long after it expired.',
-      }),
     static_relays: STATIC_RELAYS.default([]).meta(
       meta('list', { description: 'Interop with servers outside the mesh: `{pull: rtmp://…, as: app/stream}` brings a stream in; `{push: app/stream, to: rtmp://…}` sends one out.' }),
     ),
