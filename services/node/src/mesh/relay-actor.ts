@@ -77,7 +77,8 @@ export type RelayMessage =
   /** `fenced`: the parent's EPOCH_FENCE_CODE status (why it stopped serving our epoch), when it sent one before closing. */
   | { type: 'upstreamClosed'; client: RtmpClient; reason: string; fenced: string | undefined }
   | { type: 'tick' }
-  | { type: 'reclaimed'; seq: number; lost: RelayLease; lease: RelayLease | undefined; error?: string }
+  /** `lost`: the claim that was lost, or undefined when none could be written as the pull started. */
+  | { type: 'reclaimed'; seq: number; lost: RelayLease | undefined; lease: RelayLease | undefined; error?: string }
   | { type: 'evicted'; reason: string }
   /** This node's bus came back: a relay waiting for an owner reads it again (the watch may have missed a change). */
   | { type: 'busUp' }
@@ -297,7 +298,8 @@ export class RelayActor {
           return;
         }
         // Still pulling, but the claim is gone: parent choice elsewhere would no longer count this relay.
-        if (bus && this.lease && !this.lease.held && !this.reclaim.inFlight && now >= this.reclaim.retryAt) this.claimAgain(this.lease, this.state.parent);
+        // Or it was never written (the relays bucket had no leader when the pull started): claim now.
+        if (bus && !this.lease?.held && !this.reclaim.inFlight && now >= this.reclaim.retryAt) this.claimAgain(this.lease, this.state.parent);
         return;
       }
       case 'backoff':
@@ -334,7 +336,7 @@ export class RelayActor {
     this.log.warn({ viewers: closed, waitedMs: waited, graceMs: this.ctx.graceMs, busConnected: bus }, 'closed viewers the relay could not feed; they re-route');
   }
 
-  private claimAgain(lost: RelayLease, parent: string): void {
+  private claimAgain(lost: RelayLease | undefined, parent: string): void {
     const seq = this.seq;
     this.reclaim.inFlight = true;
     this.ctx.relays.claim(this.hub.app, this.hub.stream, { parent, rtmp: this.ctx.selfRtmp }).then(
@@ -361,7 +363,8 @@ export class RelayActor {
       return;
     }
     this.lease = msg.lease;
-    this.log.info({ parent: this.state.parent, lostReason: msg.lost.lostReason, failedAttempts: failed }, 'relay claim lost while pulling; claimed again');
+    if (msg.lost) this.log.info({ parent: this.state.parent, lostReason: msg.lost.lostReason, failedAttempts: failed }, 'relay claim lost while pulling; claimed again');
+    else this.log.info({ parent: this.state.parent, failedAttempts: failed }, 'relay claimed (it could not be written when the pull started)');
   }
 
   /** A pull attempt failed: wait a jittered, growing delay before the next one. */
@@ -447,8 +450,20 @@ export class RelayActor {
       chooseRelayParent({ streamToken: encodeStreamToken(app, stream), selfId: this.ctx.nodeId, owner, claims: claims.map((c) => c.claim), fanout: this.ctx.fanout, alive }) ?? owner;
     const base = parent === owner ? info.record.rtmp : claims.find((c) => c.claim.node === parent)?.claim.rtmp;
     if (!base) return { type: 'connectFailed', seq, reason: `no address for parent ${parent}`, parent };
-    if (this.lease?.held) await this.lease.update({ parent });
-    else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
+    // The claim only tells other relays where they may pull from; viewers must not wait for it. While the
+    // relays bucket has no leader (seconds after a NATS server died) pull anyway; the tick claims later.
+    try {
+      if (this.lease?.held) await this.lease.update({ parent });
+      else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
+    } catch (err) {
+      if (!this.lease?.held) this.lease = undefined;
+      const delay = this.reclaimRetry.next();
+      this.reclaim.retryAt = this.now() + delay;
+      const d = this.reclaimFailures.failure();
+      const fields = { err: err instanceof Error ? err.message : String(err), parent, retryInMs: delay, failures: d.streak };
+      if (d.level === 'warn') this.log.warn({ ...fields, suppressed: d.suppressed }, 'cannot write the relay claim; pulling anyway, claiming later');
+      else this.log.debug(fields, 'cannot write the relay claim; pulling anyway, claiming later');
+    }
     return this.pull(seq, { node: parent, base, epoch });
   }
 
