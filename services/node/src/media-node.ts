@@ -231,8 +231,9 @@ export class MediaNode implements MediaHost {
     // The stream's PublishedStream actor decides primary, standby or refusal, and attaches the publisher itself.
     const claimed = await this.mesh.claimPublish(req, hub, publisher);
     if (!claimed.ok) {
-      // A refused publish (reject policy, a third encoder) leaves no stream entry behind: the registry drops an idle hub.
-      if (hub.idle) hub.emit('idle');
+      // A refused publish (reject policy, a third encoder) leaves no stream entry behind: the registry drops an idle
+      // hub. A hub whose only publisher is a waiting standby is not idle (the standby is not the hub's publisher).
+      if (hub.idle && !hub.standby) hub.emit('idle');
       return claimed;
     }
     if (this.state !== 'running') {
