@@ -227,8 +227,19 @@ function checkConfig(cfg: NodeConfig): void {
   checkTimings(cfg);
   checkListeners(cfg);
   checkSecurity(cfg);
+  checkRecording(cfg);
   // Last: the docs-config test relies on a block that fails only here having passed the rest.
   if (isMeshMode(cfg)) checkNatsFiles(cfg);
+}
+
+function checkRecording(cfg: NodeConfig): void {
+  if (cfg.recording.storage === 'object_store' && !isMeshMode(cfg)) {
+    throw settingError('recording.storage', '"object_store" needs NATS (mesh.nats); use "local" (or "auto") on a node without a mesh');
+  }
+  const records = [['app_defaults.record', cfg.app_defaults.record] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.record`, a.record] as const)];
+  for (const [path, r] of records) {
+    if (r && r.retention_s < r.segment_s) throw settingError(`${path}.retention`, `${r.retention_s} s is shorter than ${path}.segment_s (${r.segment_s} s): every segment would be deleted as it is finished`);
+  }
 }
 
 function checkMesh(cfg: NodeConfig): void {

@@ -145,6 +145,7 @@ function sampleText(s: Setting): string {
     'mesh.nats_auth.nkey_seed': `SU${'A'.repeat(56)}`,
     'mesh.placement_load_factor': '1.5',
     apps: '{live: {duplicate_publish: reject}}',
+    'app_defaults.record': '{segment_s: 10}',
     'auth.apps': '{live: {publish: {keys: [k]}}}',
     static_relays: '[{push: live/a, to: "rtmp://out.example/app/a"}]',
   };

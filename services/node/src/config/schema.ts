@@ -164,7 +164,44 @@ const APP_AUTH = z.preprocess(
   ),
 );
 
+/** A duration in seconds: a number, or text such as `90s`, `15m`, `24h`, `7d`. */
+const toSeconds = (v: unknown): unknown => {
+  const m = typeof v === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/.exec(v) : null;
+  if (!m) return v;
+  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd'];
+};
+
+export const RECORD_FORMATS = ['flv'] as const;
+
+/**
+ * An app's recording: `false` (off), `true` (on with the defaults) or `{format, segment_s, retention}`.
+ * Retention is kept in seconds (`retention_s`) once parsed.
+ */
+const RECORD = z.preprocess(
+  (v) => {
+    const parsed = fromYaml(toBoolean(v));
+    return parsed === true || parsed === null ? {} : parsed;
+  },
+  z.union(
+    [
+      z.literal(false),
+      z
+        .strictObject(
+          {
+            format: z.enum(RECORD_FORMATS, { error: `expected ${RECORD_FORMATS.map((f) => `"${f}"`).join(' or ')}` }).default('flv'),
+            segment_s: z.preprocess(toNumber, z.number({ error: 'expected a number' }).min(1, { error: 'expected at least 1 (s)' })).default(60),
+            retention: z.preprocess(toSeconds, z.number({ error: 'expected a duration such as 3600, "90m", "24h" or "7d"' }).positive({ error: 'expected a duration greater than 0' })).default(86400),
+          },
+          { error: 'expected false, true or {format, segment_s, retention}' },
+        )
+        .transform(({ retention, ...r }) => ({ ...r, retention_s: retention })),
+    ],
+    { error: 'expected false, true or {format, segment_s, retention}' },
+  ),
+);
+
 const appFields = {
+  record: RECORD,
   duplicate_publish: z.enum(DUPLICATE_PUBLISH, { error: 'expected "standby", "takeover" or "reject"' }),
   publisher_silence_ms: z.preprocess(toNumber, z.number({ error: 'expected a number' }).int({ error: 'expected a whole number' }).min(250, { error: 'expected at least 250 (ms)' })),
   play_not_found: z.enum(PLAY_NOT_FOUND, { error: 'expected "wait" or "reject"' }),
@@ -183,6 +220,7 @@ const APP_OVERRIDES = z.preprocess(
       play_wait_ms: appFields.play_wait_ms.optional(),
       allow_publish: appFields.allow_publish.optional(),
       allow_play: appFields.allow_play.optional(),
+      record: appFields.record.optional(),
     },
     { error: 'expected a mapping of app settings' },
   ),
@@ -378,6 +416,31 @@ export const NODE_SCHEMA = z.strictObject(
       play_wait_ms: appFields.play_wait_ms.default(0).meta(meta('number', { description: 'How long a waiting viewer waits for a publisher (0 = forever).' })),
       allow_publish: appFields.allow_publish.default(true).meta(meta('boolean', { description: 'Accept publishers.' })),
       allow_play: appFields.allow_play.default(true).meta(meta('boolean', { description: 'Accept viewers.' })),
+      record: appFields.record.default(false).meta(
+        meta('false | {format, segment_s, retention}', {
+          description:
+            'Record the app\'s streams on the node that owns each one (see docs/recording.md): `false` (off), `true`, or `{format: flv, segment_s: 60, retention: 24h}` (segments cut at the first keyframe at or after `segment_s`; segments older than `retention`, a number of seconds or `90m`/`24h`/`7d`, are deleted).',
+        }),
+      ),
+    }),
+    recording: group('Where recordings are kept and how much of them (per-app `record` turns recording on; see docs/recording.md).', {
+      storage: oneOf(['auto', 'local', 'object_store'] as const, 'auto', {
+        description:
+          'Where segments go: `local` (the directory `recording.dir`), `object_store` (the NATS JetStream Object Store, replicated like the mesh\'s buckets; any node serves any recording), or `auto` (the object store in mesh mode, else the directory).',
+      }),
+      dir: str('recordings', { description: 'Directory for local recordings (relative to the working directory).' }),
+      max_bytes: num(10 * 1024 ** 3, {
+        description: 'Bytes all recordings may take in the store (the directory, or the object-store bucket\'s max_bytes). Past it the oldest segments are deleted before their retention ends.',
+      }),
+      queue_bytes: num(8 * 1024 * 1024, {
+        description: 'Bytes of one stream\'s recording waiting for the store. Past it frames are dropped up to the next keyframe (and logged): a slow store never slows viewers.',
+      }),
+      flush_ms: num(1000, {
+        description: 'Object store only: how often the open segment\'s new bytes are stored as a part (at most this much is lost when the node dies). The directory store appends every batch.',
+      }),
+      max_playback_s: num(600, {
+        description: 'Longest span one `/recordings/…mp4` request may stitch (the MP4 is built in memory).',
+      }),
     }),
     auth: group('Who may publish and play (see docs/security.md).', {
       token_secret: str('', { description: 'HMAC-SHA256 secret for signed play/publish tokens.', aliases: ['MESHCAST_TOKEN_SECRET'], secret: true }),

@@ -18,6 +18,7 @@ import type { FastifyInstance } from 'fastify';
 import type { StreamHub } from '../media/stream-hub.ts';
 import type { SessionInfo, SessionProtocol, SessionRole } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from './features.ts';
+import { registerRecordingMetrics } from '../recording/recording-metrics.ts';
 
 const PROTOCOLS: readonly SessionProtocol[] = ['rtmp', 'http-flv', 'ws-flv', 'hls'];
 const ROLES: readonly SessionRole[] = ['idle', 'publisher', 'viewer', 'relay-pull'];
@@ -51,6 +52,7 @@ export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ node: host.config.node_id });
   const registers = [registry];
+  registerRecordingMetrics(ctx, registers);
 
   const connections = new Gauge({ name: 'meshcast_connections', help: 'Open sessions by protocol and role (idle = handshaking or not yet publishing/playing).', labelNames: ['protocol', 'role'], registers });
   const admitted = new Gauge({ name: 'meshcast_connections_admitted', help: 'Connections holding a slot in the node-wide connection limit.', registers });

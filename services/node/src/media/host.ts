@@ -16,7 +16,8 @@ export interface StreamRequest {
   params: URLSearchParams;
   sessionId: string;
   remote: string;
-  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls';
+  /** `recording`: a request of the recordings playback API (recording-feature.ts). */
+  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'recording';
   /** Set when the connection proved (mesh credential) that it is another node's relay pulling. */
   meshPeer?: string;
   /** Set by authorisation: when the credential that admitted this request lapses (a signed token's `exp`), in ms. */
