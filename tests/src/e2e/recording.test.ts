@@ -7,7 +7,8 @@
  * promoted and records on. Then a third node C, which recorded nothing, lists the recording
  * and serves it as one MP4 that ffprobe and ffmpeg read end to end: monotonic timestamps, no
  * hole longer than the one the viewer saw (plus the object store's flush interval: A's last
- * unstored part died with it). A Range request returns 206 with the right bytes.
+ * unstored part died with it). A Range request returns 206 with the right bytes, and a
+ * `<video>` tag in headless Chromium plays it.
  *
  * Meanwhile: a short-retention app on B is recorded and then deleted by retention (metrics
  * show it), and a node without NATS whose recording directory cannot be written logs it once
@@ -24,6 +25,7 @@ import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { NodeProcess } from '../harness/node-process.ts';
 import { FfmpegPublisher, run } from '../harness/ffmpeg.ts';
 import { sleep, waitFor } from '../harness/ports.ts';
+import { launchBrowser } from '../harness/browser.ts';
 
 const MESH = { mesh_secret: 'e2e-secret', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 2000, relay_stall_ms: 1500 };
 const APPS = {
@@ -199,6 +201,27 @@ describe('recording across an owner kill, served by a node that did not record',
     assert.equal(r.status, 206);
     assert.equal(r.headers.get('content-range'), `bytes 1000-1999/${mp4.length}`);
     assert.deepEqual(Buffer.from(await r.arrayBuffer()), mp4.subarray(1000, 2000));
+
+    // A <video> tag plays it (Chromium fetches media with Range requests).
+    const browser = await launchBrowser();
+    try {
+      const page = await browser.newPage();
+      await page.setContent(`<video id="v" muted playsinline src="${url}"></video>`);
+      const played = await page.evaluate(async () => {
+        interface VideoEl { play(): Promise<void>; currentTime: number; duration: number; videoWidth: number; error: { message: string } | null }
+        const v = (globalThis as unknown as { document: { getElementById(id: string): VideoEl } }).document.getElementById('v');
+        await v.play();
+        await new Promise((r) => setTimeout(r, 2500));
+        return { currentTime: v.currentTime, duration: v.duration, width: v.videoWidth, error: v.error?.message ?? null };
+      });
+      console.log(`# recording e2e: <video> played to ${played.currentTime.toFixed(2)} s of ${played.duration.toFixed(1)} s (${played.width} px wide)`);
+      assert.equal(played.error, null);
+      assert.ok(played.currentTime > 1, `currentTime grows (${played.currentTime})`);
+      assert.equal(played.width, 320);
+      assert.ok(Math.abs(played.duration - duration) < 1, 'the <video> sees the whole duration');
+    } finally {
+      await browser.close();
+    }
 
     // Retention removed the short app's segments; the metrics say so.
     assert.ok(shortSeen >= 3, `the short app was recorded (${shortSeen} segments seen)`);
