@@ -17,6 +17,7 @@ import { StreamHub, type MediaSink, type PublisherHandle } from '../src/media/st
 import { RecordingSegmenter, type SegmentOp } from '../src/recording/segmenter.ts';
 import { segmentsToDelete, spansOf } from '../src/recording/retention.ts';
 import { LocalDirStore } from '../src/recording/local-store.ts';
+import { NatsObjectStore } from '../src/recording/object-store.ts';
 import { StreamRecorder, type RecorderCounters } from '../src/recording/stream-recorder.ts';
 import { readFlvTags } from '../src/recording/flv-segment.ts';
 import { parseSegmentKey, segmentKey, type RecordingStore, type SegmentInfo } from '../src/recording/store.ts';
@@ -238,6 +239,30 @@ test('an unwritable recording directory is logged once (then rate-limited) and t
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('an unreachable object store is logged once and the viewers keep getting every frame', async () => {
+  // Nothing listens on this port: every connection attempt is refused at once.
+  const store = new NatsObjectStore({ servers: ['nats://127.0.0.1:1'], name: 'n1', bucket: 'meshcast-recordings', replicas: 1, maxBytes: 1 << 20, flushMs: 100, auth: {}, timeoutMs: 500 });
+  const hub = newHub();
+  hub.attachPublisher(publisher);
+  const viewer = new Viewer('v');
+  hub.addSink(viewer);
+  const { log, lines } = memoryLog();
+  const c = counters();
+  const rec = new StreamRecorder(hub, store, { node: 'n1', format: 'flv', segmentMs: 1000, queueBytes: 1 << 20, now: Date.now }, c, log);
+  rec.start();
+  for (const h of HEADERS.slice(1)) hub.ingest(h.type as 8 | 9, 0, h.payload);
+  await publish(hub, 0, 4000);
+  await new Promise((r) => setTimeout(r, 300));
+  await rec.stop();
+  await store.close();
+  assert.equal(viewer.tags, frames(0, 4000).length + 2, 'the viewer got every frame');
+  assert.ok(c.storeErrors >= 1);
+  const warns = lines.filter((l) => l.level === 40);
+  assert.equal(warns.length, 1, 'one warning for the streak');
+  assert.match(String(warns[0]!.err), /object store meshcast-recordings unreachable/);
+  assert.equal(warns[0]!.store, 'object_store');
 });
 
 test('a slow store never holds the hub: the queue is bounded, frames are dropped to a keyframe and a new segment follows', async () => {
