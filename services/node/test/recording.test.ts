@@ -18,6 +18,8 @@ import { RecordingSegmenter, type SegmentOp } from '../src/recording/segmenter.t
 import { segmentsToDelete, spansOf } from '../src/recording/retention.ts';
 import { LocalDirStore } from '../src/recording/local-store.ts';
 import { NatsObjectStore } from '../src/recording/object-store.ts';
+import { RecordingService } from '../src/recording/recording-service.ts';
+import { StreamRegistry } from '../src/media/stream-registry.ts';
 import { StreamRecorder, type RecorderCounters } from '../src/recording/stream-recorder.ts';
 import { readFlvTags } from '../src/recording/flv-segment.ts';
 import { parseSegmentKey, segmentKey, type RecordingStore, type SegmentInfo } from '../src/recording/store.ts';
@@ -309,6 +311,40 @@ test('a slow store never holds the hub: the queue is bounded, frames are dropped
   const second = readFlvTags(Buffer.concat(written[written.length - 1]!));
   assert.equal(second.find((t) => t.type === FRAME_VIDEO && t.payload[1] === 1)!.payload[0], 0x17, 'and it starts on a keyframe');
 });
+
+test('the service records what a non-relay publisher brings to a hub of a recording app, and stops when the hub is closed or a relay takes over', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'rec-'));
+  try {
+    const config = loadConfig({ inline: { apps: { live: { record: { segment_s: 60 } } }, recording: { dir } }, env: {} });
+    const registry = new StreamRegistry({ gopCache: true, gopCacheMaxBytes: 1 << 20, flushMs: 0, sinkQueueBytes: 1 << 20, maxLagMs: 1000 }, pino({ level: 'silent' }));
+    const service = new RecordingService(config, registry, pino({ level: 'silent' }));
+    const other = registry.open('other', 'x');
+    other.attachPublisher(publisher);
+    assert.equal(service.recording, 0, 'an app without record is not recorded');
+    const relayed = registry.open('live', 'relayed');
+    relayed.attachPublisher({ id: 'r', kind: 'relay', evict: () => undefined });
+    assert.equal(service.recording, 0, 'a relay is not the owner');
+    const hub = registry.open('live', 'cam');
+    hub.attachPublisher(publisher);
+    assert.equal(service.recording, 1);
+    for (const h of HEADERS.slice(1)) hub.ingest(h.type as 8 | 9, 0, h.payload);
+    await publish(hub, 0, 1500);
+    hub.close('fenced');
+    await until(() => service.recording === 0);
+    await new Promise((r) => setTimeout(r, 50));
+    const segs = await service.segments('live', 'cam');
+    assert.equal(segs.length, 1);
+    assert.ok(segs[0]!.durationMs > 1400, 'the segment holds what was published');
+    await service.close();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+async function until(f: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(f());
+}
 
 test('record config: off by default, true means the defaults, and invalid settings fail at start naming the setting', () => {
   const d = loadConfig({ inline: {}, env: {} });

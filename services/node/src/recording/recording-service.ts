@@ -92,6 +92,8 @@ export class RecordingService {
   private watch(hub: StreamHub): void {
     hub.on('publish', (p: PublisherHandle) => this.publisherChanged(hub, p));
     hub.on('unpublish', () => void this.stopRecording(hub));
+    // A closed hub (node stopping, stream fenced) says idle without unpublishing first.
+    hub.on('idle', () => void this.stopRecording(hub));
     if (hub.publisher) this.publisherChanged(hub, hub.publisher);
   }
 
@@ -108,6 +110,8 @@ export class RecordingService {
       existing.newPublisher();
       return;
     }
+    // A recorder left on a replaced hub of the same stream ends its segment first.
+    if (existing) void this.stopRecording(existing.hub);
     const recorder = new StreamRecorder(
       hub,
       this.store,
