@@ -8,3 +8,4 @@ export * from './flv.ts';
 export * from './codec.ts';
 export * from './mpegts.ts';
 export * from './mesh-messages.ts';
+export * from './rtp/webrtc.ts';

@@ -148,6 +148,7 @@ function sampleText(s: Setting): string {
     'app_defaults.record': '{segment_s: 10}',
     'auth.apps': '{live: {publish: {keys: [k]}}}',
     static_relays: '[{push: live/a, to: "rtmp://out.example/app/a"}]',
+    'webrtc.candidates': '203.0.113.7',
   };
   if (special[s.path]) return special[s.path]!;
   if (s.type === 'boolean') return String(!s.default);

@@ -8,6 +8,8 @@ export interface PublishOptions {
   gop?: number;
   seconds?: number;
   bitrate?: string;
+  /** B-frames between references (x264 `-bf`); absent = none (zerolatency). */
+  bframes?: number;
 }
 
 export class FfmpegPublisher {
@@ -25,7 +27,7 @@ export class FfmpegPublisher {
       '-f', 'lavfi', '-i', `testsrc2=size=${w}x${h}:rate=${fps}`,
       '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=44100',
       ...(o.seconds ? ['-t', String(o.seconds)] : []),
-      '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-pix_fmt', 'yuv420p',
+      '-c:v', 'libx264', '-preset', 'ultrafast', ...(o.bframes ? ['-bf', String(o.bframes)] : ['-tune', 'zerolatency']), '-pix_fmt', 'yuv420p',
       '-g', String(o.gop ?? fps), '-b:v', o.bitrate ?? '800k',
       '-c:a', 'aac', '-b:a', '64k', '-ar', '44100', '-ac', '2',
       '-f', 'flv', url,

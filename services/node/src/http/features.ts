@@ -12,6 +12,7 @@ import { HLS_FEATURE } from '../hls/hls-feature.ts';
 import { WS_FLV_FEATURE } from './ws-flv.ts';
 import type { PublishingStatus } from '../mesh/publishing-status.ts';
 import { RECORDINGS_FEATURE } from '../recording/recording-feature.ts';
+import { WHEP_FEATURE } from '../webrtc/whep-feature.ts';
 
 export interface HttpFeatureContext {
   host: MediaHost;
@@ -31,4 +32,4 @@ export interface HttpFeature {
 }
 
 /** The features every node serves, in registration order. */
-export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, dashboardPeerFeature, { ...HLS_FEATURE, surface: 'public' }, WS_FLV_FEATURE, RECORDINGS_FEATURE];
+export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, dashboardPeerFeature, { ...HLS_FEATURE, surface: 'public' }, WS_FLV_FEATURE, RECORDINGS_FEATURE, WHEP_FEATURE];

@@ -153,6 +153,7 @@ export function buildAdminServer(host: MediaHost, registry: StreamRegistry, limi
       bytesIn: hub.stats.bytesIn,
       bytesOut: hub.stats.bytesOut,
       droppedFrames: hub.stats.droppedFrames,
+      bFrames: hub.bFrames,
       evictedViewers: hub.stats.evictedSinks,
       publishedAt: hub.stats.publishedAt ?? null,
       metadata: hub.metadata ? plainMetadata(hub.metadata) : null,

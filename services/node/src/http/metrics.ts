@@ -20,7 +20,7 @@ import type { SessionInfo, SessionProtocol, SessionRole } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from './features.ts';
 import { registerRecordingMetrics } from '../recording/recording-metrics.ts';
 
-const PROTOCOLS: readonly SessionProtocol[] = ['rtmp', 'http-flv', 'ws-flv', 'hls'];
+const PROTOCOLS: readonly SessionProtocol[] = ['rtmp', 'http-flv', 'ws-flv', 'hls', 'whep'];
 const ROLES: readonly SessionRole[] = ['idle', 'publisher', 'viewer', 'relay-pull'];
 const BUS_STATUSES = ['connected', 'disconnected', 'reconnecting', 'closed'] as const;
 const NODE_STATES = ['created', 'running', 'draining', 'stopped'] as const;

@@ -17,7 +17,7 @@ export interface StreamRequest {
   sessionId: string;
   remote: string;
   /** `recording`: a request of the recordings playback API (recording-feature.ts). */
-  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'recording';
+  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'recording' | 'whep';
   /** Set when the connection proved (mesh credential) that it is another node's relay pulling. */
   meshPeer?: string;
   /** Set by authorisation: when the credential that admitted this request lapses (a signed token's `exp`), in ms. */

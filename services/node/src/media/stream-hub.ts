@@ -15,7 +15,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { encodeAmf0, type AmfObject } from '@meshcast/proto';
-import { isAudioSequenceHeader, isVideoKeyframe, isVideoSequenceHeader } from '@meshcast/proto';
+import { hasCompositionOffset, isAudioSequenceHeader, isVideoKeyframe, isVideoSequenceHeader } from '@meshcast/proto';
 import { FRAME_AUDIO, FRAME_DATA, FRAME_VIDEO, MediaFrame, serialise, wireKey, type FrameType, type WireFormat } from './frame.ts';
 import { sanitizeMetadata } from './metadata.ts';
 import type { Logger } from '../log.ts';
@@ -95,6 +95,8 @@ export class StreamHub extends EventEmitter {
    * and media resumes at the next keyframe.
    */
   inputGate: (() => boolean) | undefined;
+  /** The source uses B-frames (a video frame with a composition time offset): WebRTC cannot play it in order. */
+  bFrames = false;
   private standbyHandle: PublisherHandle | undefined;
   private standbySinceAt = 0;
   private primaryMediaAt = 0;
@@ -309,6 +311,10 @@ export class StreamHub extends EventEmitter {
       const seq = isVideoSequenceHeader(payload);
       const key = !seq && isVideoKeyframe(payload);
       frame = new MediaFrame(FRAME_VIDEO, ts, payload, key, seq);
+      if (!seq && !this.bFrames && hasCompositionOffset(payload)) {
+        this.bFrames = true;
+        this.log.warn({ stream: this.key }, 'the source sends B-frames (composition time offsets): WebRTC (WHEP) viewers are refused for this stream');
+      }
       if (seq) {
         this.videoHeader = frame;
       } else if (key) {

@@ -421,14 +421,15 @@ export class NodeMesh implements MeshBinding {
     this.registerRouteApi(app);
     app.get<{ Params: { app: string; file: string } }>('/play/:app/:file', async (req, reply) => {
       const { app: appName, file } = req.params;
-      const kind = file.endsWith('.flv') ? 'flv' : file.endsWith('.m3u8') ? 'hls' : undefined;
-      if (!kind) return reply.code(404).send({ error: 'play URLs end in .flv or .m3u8' });
-      const stream = file.slice(0, kind === 'flv' ? -4 : -5);
+      const kind = file.endsWith('.flv') ? 'flv' : file.endsWith('.m3u8') ? 'hls' : file.endsWith('.whep') ? 'whep' : undefined;
+      if (!kind) return reply.code(404).send({ error: 'play URLs end in .flv, .m3u8 or .whep' });
+      const stream = file.slice(0, kind === 'flv' ? -4 : -5); // '.m3u8' and '.whep' are both 5 characters
       try {
         const r = await this.router.route(appName, stream);
         const q = (req.raw.url ?? '').split('?')[1];
-        const target = kind === 'flv' ? r.flv : r.hls;
-        return reply.redirect(q ? `${target}?${q}` : target, 302);
+        const target = kind === 'flv' ? r.flv : kind === 'whep' ? r.whep : r.hls;
+        // WHEP is a POST of an offer: 307 keeps the method and body (a 302 may turn it into a GET).
+        return reply.redirect(q ? `${target}?${q}` : target, kind === 'whep' ? 307 : 302);
       } catch (err) {
         if (err instanceof NoPlaybackCapacityError) return reply.code(503).send({ error: err.message });
         if (err instanceof StreamNameError || err instanceof StreamTokenError) return reply.code(400).send({ error: err.message });

@@ -23,6 +23,8 @@ export interface RouteCandidate {
   rtmp: string;
   flv: string;
   hls: string;
+  /** WebRTC playback (WHEP, POST an SDP offer). */
+  whep: string;
   load: number;
   cap: number;
 }
@@ -102,11 +104,11 @@ export class ViewerRouter {
     return a;
   }
 
-  private urls(view: NodeView, app: string, stream: string): Pick<RouteCandidate, 'rtmp' | 'flv' | 'hls'> {
+  private urls(view: NodeView, app: string, stream: string): Pick<RouteCandidate, 'rtmp' | 'flv' | 'hls' | 'whep'> {
     const a = encodeURIComponent(app);
     const s = encodeURIComponent(stream);
     const { rtmp, http } = view.heartbeat.addresses;
-    return { rtmp: `${rtmp}/${a}/${s}`, flv: `${http}/${a}/${s}.flv`, hls: `${http}/${a}/${s}/index.m3u8` };
+    return { rtmp: `${rtmp}/${a}/${s}`, flv: `${http}/${a}/${s}.flv`, hls: `${http}/${a}/${s}/index.m3u8`, whep: `${http}/${a}/${s}/whep` };
   }
 
   /** Candidates in placement order, without side effects (what every node would answer). */

@@ -1,0 +1,203 @@
+/**
+ * WHEP (RFC 9725) on the public listener: `POST /:app/:stream/whep` (and SRS's
+ * `POST /rtc/v1/whep/?app=&stream=`) takes an SDP offer and answers `201` with the SDP answer and
+ * the session resource in `Location`; `DELETE` on the resource ends the session; `PATCH` (trickle
+ * ICE) is answered 405: the answer carries the node's complete candidates, and the browser's own
+ * are learnt from its connectivity checks (peer-reflexive).
+ *
+ * A viewer is admitted exactly as an HTTP-FLV viewer is (host.admitPlay: play key/token, on_play,
+ * limits, relay start and waiting in a mesh), then listed in the session table, so the admin
+ * API lists and kicks it like any other.
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import nodeDataChannel from 'node-datachannel';
+import type { PeerConnection } from 'node-datachannel';
+import { advertiseCandidates, chooseH264, classifyVideoTag, CodecConfigError, offersCodec, parseAvcDecoderConfig, parseSdpOffer, profileLevelId } from '@meshcast/proto';
+import { checkName, type StreamRequest } from '../media/host.ts';
+import type { StreamHub } from '../media/stream-hub.ts';
+import { newSessionId } from '../sessions.ts';
+import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
+import { attachVideoChain, newSsrc, WhepSession } from './whep-session.ts';
+
+/** Why a WHEP request cannot be served, with its HTTP status: one place, used by the routes and the docs' table. */
+export const WHEP_REFUSALS = {
+  bFrames: { status: 422, code: 'WHEP.BFrames', text: 'the source uses B-frames (composition time offsets), which WebRTC cannot play in order; publish without B-frames (x264: -bf 0 or a baseline profile)' },
+  noH264: { status: 406, code: 'WHEP.NoH264', text: 'the offer has no H.264 with packetization-mode=1 in a video m-section' },
+  codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec is not passed through to WebRTC by this node (H.264 only)' },
+  badOffer: { status: 400, code: 'WHEP.BadOffer', text: 'the body must be an SDP offer (Content-Type: application/sdp) with a video m-section' },
+} as const;
+
+const FOURCC: Record<string, string> = { hevc: 'H265', av1: 'AV1', vp9: 'VP9' };
+
+interface Resource {
+  session: WhepSession;
+  secret: Buffer;
+}
+
+export const WHEP_FEATURE: HttpFeature = {
+  name: 'whep',
+  surface: 'public',
+  register(app: FastifyInstance, ctx: HttpFeatureContext): void {
+    const cfg = ctx.host.config.webrtc;
+    if (!cfg.enabled) return;
+    const resources = new Map<string, Resource>();
+    const advertised = (): string[] => {
+      const c = ctx.host.config;
+      const own = c.public_host || (c.host === '0.0.0.0' || c.host === '::' ? '127.0.0.1' : c.host);
+      return [own, ...cfg.candidates.filter((a) => a !== own)];
+    };
+
+    app.addContentTypeParser(['application/sdp', 'application/trickle-ice-sdpfrag'], { parseAs: 'string' }, (_req, body, done) => done(null, body));
+
+    app.post<{ Params: { app: string; stream: string } }>('/:app/:stream/whep', (req, reply) => offer(req, reply, req.params.app, req.params.stream));
+    app.post<{ Querystring: { app?: string; stream?: string } }>('/rtc/v1/whep/', (req, reply) => offer(req, reply, req.query.app ?? '', req.query.stream ?? ''));
+    app.delete<{ Params: { id: string } }>('/whep/session/:id', async (req, reply) => {
+      const r = find(req.params.id);
+      if (!r) return reply.code(404).send({ error: 'no such WHEP session' });
+      r.session.close('the viewer ended the session (DELETE)');
+      return reply.code(200).send();
+    });
+    app.patch('/whep/session/:id', async (_req, reply) =>
+      reply.code(405).header('Allow', 'DELETE').send({ error: 'trickle ICE is not supported: the answer carries all of the node\'s candidates' }),
+    );
+    app.options('/whep/session/:id', async (_req, reply) => reply.code(204).header('Access-Control-Allow-Methods', 'DELETE, OPTIONS').header('Access-Control-Allow-Headers', '*').send());
+    app.options('/:app/:stream/whep', async (_req, reply) =>
+      reply.code(204).header('Access-Control-Allow-Methods', 'POST, OPTIONS').header('Access-Control-Allow-Headers', '*').header('Access-Control-Expose-Headers', 'Location').send(),
+    );
+
+    /** A resource id is `<session id>.<secret>`: only the viewer that got the Location may end it. */
+    function find(resourceId: string): Resource | undefined {
+      const [id, secretHex] = resourceId.split('.');
+      const r = id ? resources.get(id) : undefined;
+      if (!r || !secretHex) return undefined;
+      const given = Buffer.from(secretHex, 'hex');
+      return given.length === r.secret.length && timingSafeEqual(given, r.secret) ? r : undefined;
+    }
+
+    async function offer(req: FastifyRequest, reply: FastifyReply, appName: string, stream: string): Promise<void> {
+      void reply.header('Access-Control-Expose-Headers', 'Location');
+      const maxBytes = ctx.host.config.limits.max_stream_name_bytes;
+      const problem = checkName('app', appName, maxBytes) ?? checkName('stream', stream, maxBytes);
+      if (problem) return void reply.code(400).send({ error: problem });
+      const sdp = typeof req.body === 'string' ? req.body : '';
+      const media = parseSdpOffer(sdp);
+      const video = media.find((m) => m.kind === 'video' && m.direction !== 'inactive' && m.direction !== 'sendonly');
+      if (!video) return refuse(reply, 'badOffer');
+
+      const remoteIp = req.socket.remoteAddress ?? 'unknown';
+      const refused = ctx.limiter.admit(remoteIp);
+      if (refused) return void reply.code(503).send({ error: refused });
+      const id = newSessionId('w');
+      const params = new URLSearchParams((req.raw.url ?? '').split('?')[1] ?? '');
+      params.delete('app');
+      params.delete('stream');
+      const sreq: StreamRequest = { app: appName, stream, params, sessionId: id, remote: `${remoteIp}:${req.socket.remotePort ?? 0}`, protocol: 'whep' };
+      let admission;
+      try {
+        admission = await ctx.host.admitPlay(sreq);
+      } catch (err) {
+        ctx.limiter.release(remoteIp);
+        throw err;
+      }
+      if (!admission.ok) {
+        ctx.limiter.release(remoteIp);
+        // 307: the viewer posts its offer again to the node named (a 302 may become a GET).
+        if (admission.redirect) return void reply.redirect(admission.redirect.replace(/\.flv(\?|$)/, '/whep$1'), 307);
+        const status = admission.code.endsWith('StreamNotFound') ? 404 : 403;
+        return void reply.code(status).send({ error: admission.description, code: admission.code });
+      }
+      const hub = admission.hub;
+      const giveBack = (): void => {
+        ctx.limiter.release(remoteIp);
+        ctx.host.endPlay(hub);
+        ctx.host.sessionDone('play', sreq, { bytesIn: 0, bytesOut: 0, durationMs: 0 });
+      };
+
+      const choice = codecChoice(hub, video);
+      if ('refusal' in choice) {
+        giveBack();
+        if (choice.refusal === 'bFrames') ctx.host.log.info({ app: appName, stream, session: id }, 'WHEP viewer refused: the source uses B-frames');
+        return refuse(reply, choice.refusal, choice.detail);
+      }
+
+      let pc: PeerConnection | undefined;
+      let answer: string;
+      let session: WhepSession;
+      try {
+        pc = new nodeDataChannel.PeerConnection(id, {
+          iceServers: [],
+          enableIceUdpMux: true,
+          portRangeBegin: cfg.udp_port,
+          portRangeEnd: cfg.udp_port,
+          bindAddress: bindAddress(ctx.host.config.host),
+          disableAutoNegotiation: true,
+        });
+        pc.setRemoteDescription(sdp, 'offer');
+        const v = new nodeDataChannel.Video(video.mid, 'SendOnly');
+        v.addH264Codec(choice.pt, choice.fmtp);
+        const ssrc = newSsrc();
+        v.addSSRC(ssrc, 'meshcast', `meshcast-${id}`, `video-${id}`);
+        const track = pc.addTrack(v);
+        const rtpConfig = attachVideoChain(track, ssrc, choice.pt);
+        pc.setLocalDescription('answer');
+        const local = pc.localDescription();
+        if (!local) throw new Error('no local description after setLocalDescription');
+        answer = advertiseCandidates(local.sdp, advertised(), cfg.udp_port);
+        session = new WhepSession(id, { pc, track, rtpConfig }, hub, sreq, ctx.host, (s) => {
+          ctx.host.sessions.remove(s);
+          resources.delete(s.id);
+          ctx.limiter.release(remoteIp);
+        });
+      } catch (err) {
+        pc?.close();
+        giveBack();
+        ctx.host.log.warn({ err: (err as Error).message, app: appName, stream, session: id }, 'WHEP offer could not be answered');
+        return void reply.code(400).send({ error: `the offer could not be answered: ${(err as Error).message}`, code: 'WHEP.Negotiation' });
+      }
+      const secret = randomBytes(16);
+      resources.set(id, { session, secret });
+      ctx.host.sessions.add(session);
+      session.start(cfg.session_timeout_s * 1000);
+      return void reply
+        .code(201)
+        .header('Content-Type', 'application/sdp')
+        .header('Location', `/whep/session/${id}.${secret.toString('hex')}`)
+        .send(answer);
+    }
+  },
+};
+
+function refuse(reply: FastifyReply, why: keyof typeof WHEP_REFUSALS, detail?: string): void {
+  const r = WHEP_REFUSALS[why];
+  void reply.code(r.status).send({ error: detail ? `${r.text}: ${detail}` : r.text, code: r.code });
+}
+
+/** A wildcard host lets libdatachannel bind every interface; a named one is bound as given. */
+function bindAddress(host: string): string | undefined {
+  return host === '0.0.0.0' || host === '::' || host === '' ? undefined : host;
+}
+
+type Choice = { pt: number; fmtp: string } | { refusal: keyof typeof WHEP_REFUSALS; detail?: string };
+
+/** What to answer for this stream and this offer: the H.264 payload type, or why not. */
+function codecChoice(hub: StreamHub, video: ReturnType<typeof parseSdpOffer>[number]): Choice {
+  if (hub.bFrames) return { refusal: 'bFrames' };
+  let plid = '42e01f';
+  const header = hub.snapshot().find((f) => f.type === 9 && f.isSequenceHeader);
+  if (header) {
+    const tag = classifyVideoTag(header.payload);
+    if (!(tag instanceof CodecConfigError)) {
+      if (tag.codec !== 'avc') {
+        const name = FOURCC[tag.codec] ?? tag.codec;
+        return { refusal: 'codec', detail: `${name}${offersCodec(video, name) ? ' (offered by the browser, but passthrough is not implemented)' : ' (not in the offer either)'}` };
+      }
+      const cfg = parseAvcDecoderConfig(header.payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength));
+      if (!(cfg instanceof CodecConfigError) && cfg.sps[0]) plid = profileLevelId(cfg.sps[0]);
+    }
+  }
+  const f = chooseH264(video, plid);
+  if (!f) return { refusal: 'noH264' };
+  // The answer names the stream's own profile and level: the browser's decoder takes any it offered.
+  return { pt: f.pt, fmtp: `level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=${plid}` };
+}

@@ -1,0 +1,191 @@
+/**
+ * WhepSession: one WebRTC (WHEP) viewer. It is a hub sink taking the shared FLV tags, and sends
+ * their H.264 access units untouched over one RTP video track (RFC 6184 packetization-mode 1 by
+ * libdatachannel's packetiser, RTCP sender reports, NACK answered from a small history).
+ *
+ * It joins the hub only once the peer's DTLS is up, so the hub's GOP cache gives the first
+ * picture at once. SPS/PPS go in front of every IDR. A picture-loss request (PLI/FIR) makes this
+ * viewer skip to the next keyframe the publisher sends: no re-encode, no cost to other viewers.
+ */
+import { randomInt } from 'node:crypto';
+import nodeDataChannel from 'node-datachannel';
+import type { PeerConnection, Track, RtpPacketizationConfig } from 'node-datachannel';
+import { avccAccessUnit, classifyVideoTag, parseAvcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
+import { FRAME_VIDEO, type WireFormat } from '../media/frame.ts';
+import type { MediaHost, StreamRequest } from '../media/host.ts';
+import type { MediaSink, StreamHub } from '../media/stream-hub.ts';
+import type { Logger } from '../log.ts';
+import type { Session, SessionInfo } from '../sessions.ts';
+
+const { H264RtpPacketizer, RtcpNackResponder, RtcpSrReporter } = nodeDataChannel;
+
+/** H.264's RTP clock (RFC 6184 §8.2.1). */
+const VIDEO_CLOCK = 90_000;
+/** A PLI this soon after an IDR went out asks for a picture already in flight: not worth skipping a GOP for. */
+const PLI_AFTER_IDR_MS = 300;
+/** RTP payload bytes per packet: a 1200-byte budget leaves room for SRTP, UDP, IP and TURN headers. */
+const MAX_FRAGMENT = 1200;
+
+export interface WhepTrackSetup {
+  pc: PeerConnection;
+  track: Track;
+  rtpConfig: RtpPacketizationConfig;
+}
+
+/** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track. */
+export function attachVideoChain(track: Track, ssrc: number, payloadType: number): RtpPacketizationConfig {
+  const rtpConfig = new nodeDataChannel.RtpPacketizationConfig(ssrc, 'meshcast', payloadType, VIDEO_CLOCK);
+  const packetizer = new H264RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT);
+  packetizer.addToChain(new RtcpSrReporter(rtpConfig));
+  packetizer.addToChain(new RtcpNackResponder());
+  track.setMediaHandler(packetizer);
+  return rtpConfig;
+}
+
+export const newSsrc = (): number => randomInt(1, 0x7fffffff);
+
+export class WhepSession implements Session, MediaSink {
+  readonly format: WireFormat = { kind: 'flv' };
+  private state: 'connecting' | 'playing' | 'closed' = 'connecting';
+  private bytesOut = 0;
+  private framesOut = 0;
+  private readonly startedAt = Date.now();
+  private readonly log: Logger;
+  private parameterSets: Buffer[] = [];
+  private nalLengthSize = 4;
+  private waitKey = true;
+  private lastIdrAt = 0;
+  private firstTs: number | undefined;
+  private readonly baseRtpTs: number;
+  private connectTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly id: string,
+    private readonly setup: WhepTrackSetup,
+    private readonly hub: StreamHub,
+    private readonly req: StreamRequest,
+    private readonly host: MediaHost,
+    private readonly onClosed: (s: WhepSession) => void,
+  ) {
+    this.log = host.log.child({ session: id, app: req.app, stream: req.stream, remote: req.remote });
+    this.baseRtpTs = setup.rtpConfig.timestamp;
+  }
+
+  /** Waits for the peer: media starts when the track opens; a peer that never connects is closed after `timeoutMs`. */
+  start(timeoutMs: number): void {
+    const { pc, track } = this.setup;
+    track.onOpen(() => {
+      if (this.state !== 'connecting') return;
+      this.state = 'playing';
+      clearTimeout(this.connectTimer);
+      this.log.debug('WHEP viewer connected');
+      this.hub.addSink(this);
+    });
+    track.onMessage((msg) => {
+      if (rtcpKeyframeRequests(msg).length > 0 && Date.now() - this.lastIdrAt > PLI_AFTER_IDR_MS) this.waitKey = true;
+    });
+    track.onClosed(() => this.close('the peer closed the track'));
+    pc.onStateChange((s) => {
+      if (s === 'failed' || s === 'closed') this.close(`peer connection ${s}`);
+    });
+    this.connectTimer = setTimeout(() => this.close(`the peer did not connect within ${timeoutMs} ms`), timeoutMs);
+    this.connectTimer.unref();
+  }
+
+  /** Hub frames come as FLV tags (11-byte header, payload, 4-byte previous size). */
+  write(buf: Buffer): void {
+    if (this.state !== 'playing') return;
+    let off = 0;
+    while (off + 11 <= buf.length) {
+      const type = buf[off]! & 0x1f;
+      const size = buf.readUIntBE(off + 1, 3);
+      const ts = (buf.readUIntBE(off + 4, 3) | (buf[off + 7]! << 24)) >>> 0;
+      const payload = buf.subarray(off + 11, off + 11 + size);
+      off += 11 + size + 4;
+      if (type === FRAME_VIDEO) this.video(ts, payload);
+    }
+  }
+
+  private video(ts: number, payload: Buffer): void {
+    const tag = classifyVideoTag(payload);
+    if (tag instanceof CodecConfigError) return;
+    if (tag.isSequenceHeader) {
+      const cfg = parseAvcDecoderConfig(payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength));
+      if (cfg instanceof CodecConfigError) {
+        this.log.warn({ err: cfg.message }, 'unusable H.264 decoder configuration; waiting for the next one');
+        this.parameterSets = [];
+        return;
+      }
+      this.parameterSets = [...cfg.sps, ...cfg.pps];
+      this.nalLengthSize = cfg.nalLengthSize;
+      return;
+    }
+    if (tag.codec !== 'avc' || tag.packetType !== 1) return;
+    if (this.waitKey && !tag.isKeyframe) return;
+    if (tag.isKeyframe && this.parameterSets.length === 0) return; // no decoder configuration yet
+    const data = payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength);
+    const au = avccAccessUnit(data, this.nalLengthSize, tag.isKeyframe ? this.parameterSets : undefined);
+    if (au.length === 0) return;
+    this.firstTs ??= ts;
+    this.setup.rtpConfig.timestamp = (this.baseRtpTs + (ts - this.firstTs) * (VIDEO_CLOCK / 1000)) >>> 0;
+    if (!this.setup.track.isOpen()) return;
+    try {
+      this.setup.track.sendMessageBinary(au);
+    } catch (err) {
+      this.close(`sending to the peer failed: ${(err as Error).message}`);
+      return;
+    }
+    if (tag.isKeyframe) {
+      this.waitKey = false;
+      this.lastIdrAt = Date.now();
+    }
+    this.framesOut++;
+    this.bytesOut += au.length;
+  }
+
+  /** RTP over UDP never backs up into the process: the socket takes or drops. */
+  bufferedBytes(): number {
+    return 0;
+  }
+
+  evict(reason: string): void {
+    this.close(reason);
+  }
+
+  kick(reason: string): void {
+    this.close(reason);
+  }
+
+  close(reason: string): void {
+    if (this.state === 'closed') return;
+    const wasPlaying = this.state === 'playing';
+    this.state = 'closed';
+    clearTimeout(this.connectTimer);
+    if (wasPlaying) this.hub.removeSink(this);
+    this.host.endPlay(this.hub);
+    this.host.sessionDone('play', this.req, { bytesIn: 0, bytesOut: this.bytesOut, durationMs: Date.now() - this.startedAt });
+    this.log.debug({ reason, frames: this.framesOut }, 'WHEP viewer closed');
+    try {
+      this.setup.track.close();
+      this.setup.pc.close();
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, 'closing the peer connection failed');
+    }
+    this.onClosed(this);
+  }
+
+  info(): SessionInfo {
+    return {
+      id: this.id,
+      protocol: 'whep',
+      remote: this.req.remote,
+      role: 'viewer',
+      app: this.req.app,
+      stream: this.req.stream,
+      startedAt: this.startedAt,
+      bytesIn: 0,
+      bytesOut: this.bytesOut,
+      droppedFrames: this.hub.sinkDrops(this.id),
+    };
+  }
+}

@@ -1,0 +1,181 @@
+/**
+ * WebRTC playback (WHEP) on a real node process: ffmpeg publishes H.264 (no B-frames) + AAC over
+ * RTMP, and headless Chromium (the system's, driven by playwright-core) plays the stream through
+ * a minimal WHEP client (RTCPeerConnection recvonly, POST the offer, set the answer). Video frames
+ * must decode and the clock advance; the session is listed and ends with DELETE. A B-frame source
+ * gets the documented 422, an offer without a play token is refused before any media flows.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
+import type { Page } from 'playwright-core';
+import { NodeProcess } from '../harness/node-process.ts';
+import { FfmpegPublisher } from '../harness/ffmpeg.ts';
+import { waitFor } from '../harness/ports.ts';
+import { browserUnavailable, launchBrowser, type HeadlessBrowser } from '../harness/browser.ts';
+import { mintToken } from '../../../services/node/src/auth/token.ts';
+
+const SECRET = 'whep-test-secret';
+const playQuery = (stream: string): string => mintToken({ secret: SECRET, action: 'play', app: 'live', stream, ttlSeconds: 120 }).query;
+
+/** A UDP port nobody holds now (the node's one WebRTC port). */
+async function freeUdpPort(): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((res) => s.bind(0, '127.0.0.1', () => res()));
+  const port = s.address().port;
+  await new Promise<void>((res) => s.close(() => res()));
+  return port;
+}
+
+interface Played {
+  status: number;
+  location: string | null;
+  error?: string;
+  /** ms from the POST to the first decoded video frame (requestVideoFrameCallback). */
+  firstFrameMs?: number;
+  frames: number;
+  width: number;
+  currentTime: number;
+  framesDecoded: number;
+}
+
+/**
+ * The WHEP client, run in the page: offer recvonly video+audio, POST it, set the answer, count
+ * decoded frames for `watchMs`. Plain JavaScript in a string: tsx would wrap a compiled function's
+ * inner functions in a helper (`__name`) the page does not have.
+ */
+const WHEP_CLIENT = `async ({ url, watchMs }) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  const video = document.createElement('video');
+  video.muted = true;
+  video.autoplay = true;
+  video.playsInline = true;
+  document.body.appendChild(video);
+  window.__pc = pc;
+  const stream = new MediaStream();
+  pc.ontrack = (ev) => {
+    stream.addTrack(ev.track);
+    video.srcObject = stream;
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  // Non-trickle: wait for the browser's candidates (loopback: quick).
+  await new Promise((res) => {
+    if (pc.iceGatheringState === 'complete') return res();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && res();
+    setTimeout(res, 2000);
+  });
+  const t0 = performance.now();
+  const resp = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+  const body = await resp.text();
+  const out = { status: resp.status, location: resp.headers.get('Location'), frames: 0, width: 0, currentTime: 0, framesDecoded: 0 };
+  if (resp.status !== 201) {
+    out.error = body;
+    pc.close();
+    return out;
+  }
+  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  let frames = 0;
+  const onFrame = () => {
+    frames++;
+    if (out.firstFrameMs === undefined) out.firstFrameMs = performance.now() - t0;
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+  await new Promise((r) => setTimeout(r, watchMs));
+  out.frames = frames;
+  out.width = video.videoWidth;
+  out.currentTime = video.currentTime;
+  const stats = await pc.getStats();
+  stats.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded = s.framesDecoded ?? 0;
+  });
+  return out;
+}`;
+
+function playWhep(page: Page, url: string, watchMs: number): Promise<Played> {
+  return page.evaluate(`(${WHEP_CLIENT})(${JSON.stringify({ url, watchMs })})`) as Promise<Played>;
+}
+
+const skip = browserUnavailable();
+
+describe('WHEP playback', { skip, timeout: 100_000 }, () => {
+  let node: NodeProcess;
+  let browser: HeadlessBrowser;
+  let page: Page;
+  const publishers: FfmpegPublisher[] = [];
+
+  before(async () => {
+    const udp = await freeUdpPort();
+    node = await NodeProcess.start({
+      config: { auth: { token_secret: SECRET, apps: { live: { play: { tokens: true } } } }, webrtc: { udp_port: udp } },
+    });
+    browser = await launchBrowser();
+    page = await browser.newPage();
+    await page.goto(`${node.httpUrl}/healthz`);
+  });
+
+  after(async () => {
+    for (const p of publishers) await p.stop();
+    await browser?.close();
+    await node?.stop();
+  });
+
+  test('Chromium plays H.264 over WHEP; the session is listed and DELETE ends it', async () => {
+    const pub = new FfmpegPublisher(`${node.rtmpUrl}/live/cam`);
+    publishers.push(pub);
+    await waitFor('stream live', async () => (await node.api<{ streams: Array<{ stream: string; live: boolean }> }>('/api/v1/streams')).streams.find((s) => s.stream === 'cam' && s.live), 15_000);
+    const baseline = (await node.api<{ sessions: unknown[] }>('/api/v1/sessions')).sessions.length;
+
+    const played = await playWhep(page, `${node.httpUrl}/live/cam/whep?${playQuery('cam')}`, 4000);
+    assert.equal(played.status, 201, played.error);
+    assert.ok(played.location?.startsWith('/whep/session/'), `Location: ${played.location}`);
+    assert.ok(played.frames > 30, `decoded frames shown: ${played.frames}`);
+    assert.ok(played.framesDecoded > 30, `inbound-rtp framesDecoded: ${played.framesDecoded}`);
+    assert.equal(played.width, 640);
+    assert.ok(played.currentTime > 1, `currentTime ${played.currentTime}`);
+    console.log(`# WHEP first frame ${played.firstFrameMs?.toFixed(0)} ms after the POST; ${played.frames} frames in 4 s`);
+
+    const sessions = (await node.api<{ sessions: Array<{ id: string; protocol: string; bytesOut: number }> }>('/api/v1/sessions')).sessions;
+    const whep = sessions.find((s) => s.protocol === 'whep');
+    assert.ok(whep, `a whep session is listed: ${JSON.stringify(sessions)}`);
+    assert.ok(whep.bytesOut > 10_000, `bytes sent ${whep.bytesOut}`);
+
+    const patch = await fetch(`${node.httpUrl}${played.location}`, { method: 'PATCH', headers: { 'Content-Type': 'application/trickle-ice-sdpfrag' }, body: 'a=ice-ufrag:x' });
+    assert.equal(patch.status, 405);
+    const wrongSecret = await fetch(`${node.httpUrl}${played.location!.replace(/\.[0-9a-f]+$/, '.00')}`, { method: 'DELETE' });
+    assert.equal(wrongSecret.status, 404, 'only the holder of the Location may end the session');
+    const del = await fetch(`${node.httpUrl}${played.location}`, { method: 'DELETE' });
+    assert.equal(del.status, 200);
+    await waitFor('sessions back to baseline', async () => (await node.api<{ sessions: unknown[] }>('/api/v1/sessions')).sessions.length === baseline || undefined, 5000);
+    await page.evaluate('window.__pc.close()');
+  });
+
+  test('a WHEP offer without a valid play token is refused before any media flows', async () => {
+    const played = await playWhep(page, `${node.httpUrl}/live/cam/whep`, 0);
+    assert.equal(played.status, 403, played.error);
+    const sessions = (await node.api<{ sessions: Array<{ protocol: string }> }>('/api/v1/sessions')).sessions;
+    assert.equal(sessions.filter((s) => s.protocol === 'whep').length, 0);
+  });
+
+  test('the SRS alias /rtc/v1/whep/?app=&stream= plays too', async () => {
+    const played = await playWhep(page, `${node.httpUrl}/rtc/v1/whep/?app=live&stream=cam&${playQuery('cam')}`, 2500);
+    assert.equal(played.status, 201, played.error);
+    assert.ok(played.frames > 10, `frames ${played.frames}`);
+    const del = await fetch(`${node.httpUrl}${played.location}`, { method: 'DELETE' });
+    assert.equal(del.status, 200);
+  });
+
+  test('a B-frame source gets the explicit 422 and the stream API flags it', async () => {
+    const pub = new FfmpegPublisher(`${node.rtmpUrl}/live/bframes`, { bframes: 2 });
+    publishers.push(pub);
+    await waitFor('B-frames flagged', async () => (await node.api<{ streams: Array<{ stream: string; bFrames: boolean }> }>('/api/v1/streams')).streams.find((s) => s.stream === 'bframes' && s.bFrames), 15_000);
+    const played = await playWhep(page, `${node.httpUrl}/live/bframes/whep?${playQuery('bframes')}`, 0);
+    assert.equal(played.status, 422);
+    const body = JSON.parse(played.error!) as { code: string; error: string };
+    assert.equal(body.code, 'WHEP.BFrames');
+    assert.match(body.error, /B-frames/);
+    assert.match(node.logs(), /the source sends B-frames/);
+  });
+});
