@@ -67,11 +67,19 @@ test('segments are cut at the first keyframe at or after segment_s, each playabl
     now = 1_700_000_000_000 + t;
     apply(seg.push(all.filter((f) => f.timestamp >= t && f.timestamp < t + 100)), segs);
   }
+  // The clock runs 2 s ahead of the media (the encoder stalled): the next segment's start follows the clock again.
+  for (let t = 7000; t < 10_000; t += 100) {
+    now = 1_700_000_002_000 + t;
+    apply(seg.push(frames(7000, 10_000).filter((f) => f.timestamp >= t && f.timestamp < t + 100)), segs);
+  }
   apply(seg.restart(), segs);
+  assert.equal(segs.length, 4);
+  assert.equal(segs[3]!.startMs - 1_700_000_000_000, 2000 + 9000, 'after a drift past 1 s, the start is the clock again');
+  segs.pop();
   // Keyframes at 0, 1023, 2013, 3003, 4026, 5016, 6006: cuts at 3003 (≥ 2500) and 6006 (≥ 3003 + 2500).
   assert.equal(segs.length, 3);
   const starts = segs.map((s) => s.startMs - 1_700_000_000_000);
-  assert.deepEqual(starts, [0, 3000, 6000], 'wall-clock starts are the clock when each first keyframe arrived (batch granularity)');
+  assert.deepEqual(starts, [0, 3003, 6006], 'the first start is the clock at the first keyframe; the next ones follow in media time');
   for (const [i, s] of segs.entries()) {
     const tags = readFlvTags(Buffer.concat(s.data));
     assert.equal(tags[0]!.type, FRAME_DATA, 'metadata first');

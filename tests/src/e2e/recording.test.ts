@@ -4,7 +4,7 @@
  * one key (E1 → A is the primary, E2 → B the standby) and an RTMP viewer on B.
  *
  * ~28 s are recorded; A (the owner, recording) is SIGKILLed in the middle and B's standby is
- * promoted and records on. Then a third node C, which recorded nothing, lists the recording
+ * promoted and records on. Every stored segment decodes alone with monotonic timestamps. Then a third node C, which recorded nothing, lists the recording
  * and serves it as one MP4 that ffprobe and ffmpeg read end to end: monotonic timestamps, no
  * hole longer than the one the viewer saw (plus the object store's flush interval: A's last
  * unstored part died with it). A Range request returns 206 with the right bytes, and a
@@ -26,6 +26,7 @@ import { NodeProcess } from '../harness/node-process.ts';
 import { FfmpegPublisher, run } from '../harness/ffmpeg.ts';
 import { sleep, waitFor } from '../harness/ports.ts';
 import { launchBrowser } from '../harness/browser.ts';
+import { NatsObjectStore } from '../../../services/node/src/recording/object-store.ts';
 
 const MESH = { mesh_secret: 'e2e-secret', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 2000, relay_stall_ms: 1500 };
 const APPS = {
@@ -110,26 +111,27 @@ describe('recording across an owner kill, served by a node that did not record',
     encoders.push(e1);
     await waitFor('A owns live/rec', async () => (await a.api<{ streams: Array<{ stream: string; publisher: unknown }> }>('/api/v1/streams')).streams.find((s) => s.stream === 'rec')?.publisher, 20_000, 100);
     const e2 = new FfmpegPublisher(`${b.rtmpUrl}/live/rec`, ENCODER);
-    const short = new FfmpegPublisher(`${b.rtmpUrl}/short/ret`, { ...ENCODER, seconds: 6 });
     const loneEnc = new FfmpegPublisher(`${lone.rtmpUrl}/live/cam`, ENCODER);
-    encoders.push(e2, short, loneEnc);
+    encoders.push(e2, loneEnc);
     const viewer = await view(`${b.rtmpUrl}/live/rec`);
     const loneViewer = await view(`${lone.rtmpUrl}/live/cam`);
     const started = Date.now();
 
-    // Retention: the short app's segments appear, then go 3 s after they end.
+    await sleep(14_000);
+    const killedAt = Date.now();
+    await a.kill();
+    // Retention (after the kill, so that the deletions are counted by nodes still alive): the
+    // short app's segments appear, then go 3 s after they end.
+    const short = new FfmpegPublisher(`${b.rtmpUrl}/short/ret`, { ...ENCODER, seconds: 6 });
+    encoders.push(short);
     let shortSeen = 0;
     const watchShort = (async () => {
-      while (Date.now() - started < 12_000) {
+      while (Date.now() - killedAt < 12_000) {
         const l = await (await fetch(`${b.httpUrl}/api/v1/recordings/short/ret`)).json() as Listing;
         shortSeen = Math.max(shortSeen, l.segments.length);
         await sleep(500);
       }
     })();
-
-    await sleep(14_000);
-    const killedAt = Date.now();
-    await a.kill();
     await sleep(14_000);
     await watchShort;
     const viewerGap = longestGap(viewer.video, killedAt - 2000);
@@ -163,6 +165,26 @@ describe('recording across an owner kill, served by a node that did not record',
     console.log(`# recording e2e: ${segs.length} segments (${segs.filter((s) => s.node === 'RA').length} by RA, ${segs.filter((s) => s.node === 'RB').length} by RB), ${((end - first) / 1000).toFixed(1)} s; hole at the owner kill ${recordingHole} ms; viewer's longest gap ${viewerGap} ms; viewer frames ${loneVideo}`);
     assert.ok(recordingHole <= viewerGap + FLUSH_MS + 300, `recording hole ${recordingHole} ms ≤ viewer gap ${viewerGap} ms + flush ${FLUSH_MS} ms`);
     assert.ok((end - first) / 1000 > 24, 'about 28 s recorded');
+
+    // Each stored segment, read straight from the object store, plays alone end to end with monotonic timestamps.
+    const store = new NatsObjectStore({ servers: [nats.url], name: 'e2e-reader', bucket: 'meshcast-recordings', replicas: 1, maxBytes: 10 * 1024 ** 3, flushMs: 1000, auth: {} });
+    try {
+      const stored = await store.list({ app: 'live', stream: 'rec' });
+      assert.equal(stored.length, listing.segments.length);
+      for (const [i, seg] of stored.entries()) {
+        const f = join(dir, `seg${i}.flv`);
+        writeFileSync(f, await store.read(seg));
+        const d = await run('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', '-i', f, '-f', 'null', '-'], 30_000);
+        assert.equal(d.code, 0, d.stderr);
+        assert.equal(d.stderr.trim(), '', `segment ${i} (${seg.node}) decodes without errors: ${d.stderr.slice(0, 300)}`);
+        const ts = (await run('ffprobe', ['-v', 'error', '-select_streams', 'v', '-show_entries', 'packet=dts_time', '-of', 'csv=p=0', f], 20_000)).stdout.trim().split('\n').map(Number);
+        assert.equal(ts[0], 0, `segment ${i} starts at 0`);
+        for (let k = 1; k < ts.length; k++) assert.ok(ts[k]! > ts[k - 1]!, `segment ${i}: dts ${ts[k - 1]} then ${ts[k]}`);
+        assert.ok(Math.abs(ts.at(-1)! - seg.durationMs / 1000) < 0.1, `segment ${i}: listed duration ${seg.durationMs} ms, last video dts ${ts.at(-1)} s`);
+      }
+    } finally {
+      await store.close();
+    }
 
     // One MP4 from C.
     const url = `${c.httpUrl}/recordings/live/rec.mp4?start=${encodeURIComponent(new Date(first).toISOString())}&duration=60`;
@@ -226,8 +248,11 @@ describe('recording across an owner kill, served by a node that did not record',
     // Retention removed the short app's segments; the metrics say so.
     assert.ok(shortSeen >= 3, `the short app was recorded (${shortSeen} segments seen)`);
     await waitFor('short app deleted by retention', async () => ((await (await fetch(`${c.httpUrl}/api/v1/recordings/short/ret`)).json()) as Listing).segments.length === 0, 10_000, 250);
+    // Every node sweeps the shared bucket: B and C (A is dead) counted the deletions between them.
     const m = await (await b.adminFetch('/metrics')).text();
-    assert.ok(metric(m, 'meshcast_recording_segments_deleted_total', 'reason="retention"') >= 3, 'deletions counted');
+    const mc = await (await c.adminFetch('/metrics')).text();
+    const deletedBy = [m, mc].map((t) => metric(t, 'meshcast_recording_segments_deleted_total', 'reason="retention"'));
+    assert.ok(deletedBy[0]! + deletedBy[1]! >= 3, `deletions counted (B ${deletedBy[0]}, C ${deletedBy[1]})`);
     assert.ok(metric(m, 'meshcast_recording_store_bytes') > 0, 'store usage shown');
     assert.ok(metric(m, 'meshcast_recording_bytes_written_total') > 0);
   });

@@ -81,7 +81,9 @@ function collect(segments: readonly SegmentTags[], fromMs: number, toMs: number)
         if (waitKey && (!info.isKeyframe || at <= lastV)) continue;
         waitKey = false;
         if (at >= toMs) continue;
-        video.push({ dts: at, pts: at + info.compositionTime, key: info.isKeyframe, data, avcc });
+        // Segments from two nodes' clocks can touch: timestamps keep growing by at least 1 ms.
+        const dts = video.length > 0 ? Math.max(at, video[video.length - 1]!.dts + 1) : at;
+        video.push({ dts, pts: dts + info.compositionTime, key: info.isKeyframe, data, avcc });
       } else if (t.type === 8) {
         const info = classifyAudioTag(t.payload);
         if (info instanceof Error || info.codec !== 'aac') continue;
@@ -91,7 +93,7 @@ function collect(segments: readonly SegmentTags[], fromMs: number, toMs: number)
           continue;
         }
         if (!asc || data.length === 0 || at <= lastA || at >= toMs) continue;
-        audio.push({ ts: at, data, asc });
+        audio.push({ ts: audio.length > 0 ? Math.max(at, audio[audio.length - 1]!.ts + 1) : at, data, asc });
       }
     }
   }

@@ -5,7 +5,9 @@
  * - A segment starts at a video keyframe (audio-only streams: at any audio frame) and is cut at
  *   the first keyframe at or after `segmentMs` of media; its timestamps start at 0.
  * - Each segment begins with the stream's metadata and sequence headers, so it plays alone.
- * - Its wall-clock start is the clock when its first frame arrived here.
+ * - Its wall-clock start is the clock when its first frame arrived here, or, for a segment that
+ *   follows another of the same stream, the previous one's start plus the media time between
+ *   them (while that stays within DRIFT_MS of the clock).
  * - `restart()` (a new publisher, frames dropped, a store failure) closes the open segment; the
  *   next one opens at the next keyframe.
  */
@@ -17,6 +19,9 @@ export type SegmentOp =
   | { op: 'write'; data: Buffer; durationMs: number }
   | { op: 'close'; durationMs: number };
 
+/** How far media time may drift from the wall clock before a segment's start follows the wall clock again. */
+const DRIFT_MS = 1000;
+
 export interface SegmenterOptions {
   segmentMs: number;
   now: () => number;
@@ -25,6 +30,8 @@ export interface SegmenterOptions {
 interface OpenSegment {
   firstTs: number;
   lastTs: number;
+  /** Last timestamp written per track (8 audio, 9 video), relative to the segment. */
+  last: Record<number, number>;
 }
 
 export class RecordingSegmenter {
@@ -33,6 +40,12 @@ export class RecordingSegmenter {
   private audioHeader: MediaFrame | undefined;
   private hasVideo = false;
   private current: OpenSegment | undefined;
+  /**
+   * Wall clock minus hub timestamp, fixed while the two agree within DRIFT_MS: segments that
+   * follow each other then follow each other exactly in wall-clock time too (their starts are
+   * not each shifted by when a batch happened to arrive), which the MP4 stitcher relies on.
+   */
+  private anchor: number | undefined;
 
   constructor(private readonly opts: SegmenterOptions) {}
 
@@ -74,13 +87,20 @@ export class RecordingSegmenter {
       }
       if (!this.current) {
         if (!startsHere) continue;
-        this.current = { firstTs: f.timestamp, lastTs: f.timestamp };
-        ops.push({ op: 'open', startMs: this.opts.now() });
+        this.current = { firstTs: f.timestamp, lastTs: f.timestamp, last: {} };
+        const wall = this.opts.now();
+        if (this.anchor === undefined || Math.abs(wall - (this.anchor + f.timestamp)) > DRIFT_MS) this.anchor = wall - f.timestamp;
+        ops.push({ op: 'open', startMs: this.anchor + f.timestamp });
         parts.push(this.head());
       }
       const seg = this.current;
-      seg.lastTs = Math.max(seg.lastTs, f.timestamp);
-      parts.push(encodeFlvTag(f.type, f.timestamp - seg.firstTs, f.payload));
+      // The hub's timeline never goes back, but two frames of a track can share a timestamp (it
+      // holds a frame that arrived late at the last one sent); muxers want each track's to grow.
+      const prev = seg.last[f.type];
+      const ts = prev !== undefined && f.timestamp - seg.firstTs <= prev ? prev + 1 : f.timestamp - seg.firstTs;
+      seg.last[f.type] = ts;
+      seg.lastTs = Math.max(seg.lastTs, seg.firstTs + ts);
+      parts.push(encodeFlvTag(f.type, ts, f.payload));
     }
     flushParts();
     return ops;
