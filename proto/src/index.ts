@@ -9,3 +9,4 @@ export * from './codec.ts';
 export * from './mpegts.ts';
 export * from './mesh-messages.ts';
 export * from './rtp/webrtc.ts';
+export * from './rtp/ogg.ts';

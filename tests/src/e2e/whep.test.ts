@@ -8,6 +8,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Page } from 'playwright-core';
 import { NodeProcess } from '../harness/node-process.ts';
 import { FfmpegPublisher } from '../harness/ffmpeg.ts';
@@ -27,6 +29,23 @@ async function freeUdpPort(): Promise<number> {
   return port;
 }
 
+/** The node's ffmpeg children (its AAC→Opus transcoders). */
+function ffmpegChildren(node: NodeProcess): number[] {
+  let out = '';
+  try {
+    out = execFileSync('ps', ['-o', 'pid=,comm=', '--ppid', String(node.proc.pid)], { encoding: 'utf8' });
+  } catch {
+    return []; // ps exits 1 when there are none
+  }
+  return out.split('\n').filter((l) => /\bffmpeg$/.test(l.trim())).map((l) => Number(l.trim().split(/\s+/)[0]));
+}
+
+/** User + system CPU seconds a process has used (/proc/<pid>/stat, clock ticks of 1/100 s). */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 interface Played {
   status: number;
   location: string | null;
@@ -37,6 +56,8 @@ interface Played {
   width: number;
   currentTime: number;
   framesDecoded: number;
+  audioPackets?: number;
+  audioCodec?: string;
 }
 
 /**
@@ -53,7 +74,7 @@ const WHEP_CLIENT = `async ({ url, watchMs }) => {
   video.autoplay = true;
   video.playsInline = true;
   document.body.appendChild(video);
-  window.__pc = pc;
+  (window.__pcs ??= []).push(pc);
   const stream = new MediaStream();
   pc.ontrack = (ev) => {
     stream.addTrack(ev.track);
@@ -88,8 +109,14 @@ const WHEP_CLIENT = `async ({ url, watchMs }) => {
   out.width = video.videoWidth;
   out.currentTime = video.currentTime;
   const stats = await pc.getStats();
+  const codecs = new Map();
+  stats.forEach((s) => s.type === 'codec' && codecs.set(s.id, s.mimeType));
   stats.forEach((s) => {
     if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded = s.framesDecoded ?? 0;
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      out.audioPackets = s.packetsReceived ?? 0;
+      out.audioCodec = codecs.get(s.codecId);
+    }
   });
   return out;
 }`;
@@ -128,8 +155,23 @@ describe('WHEP playback', { skip, timeout: 100_000 }, () => {
     await waitFor('stream live', async () => (await node.api<{ streams: Array<{ stream: string; live: boolean }> }>('/api/v1/streams')).streams.find((s) => s.stream === 'cam' && s.live), 15_000);
     const baseline = (await node.api<{ sessions: unknown[] }>('/api/v1/sessions')).sessions.length;
 
-    const played = await playWhep(page, `${node.httpUrl}/live/cam/whep?${playQuery('cam')}`, 4000);
+    const url = `${node.httpUrl}/live/cam/whep?${playQuery('cam')}`;
+    const cpu: { pid?: number; at?: number; cpu?: number } = {};
+    const sample = setTimeout(() => {
+      const [pid] = ffmpegChildren(node);
+      if (pid) Object.assign(cpu, { pid, at: Date.now(), cpu: cpuSeconds(pid) });
+    }, 2000);
+    const [played, second] = await Promise.all([playWhep(page, url, 4000), playWhep(page, url, 4000)]);
+    clearTimeout(sample);
     assert.equal(played.status, 201, played.error);
+    assert.equal(second.status, 201, second.error);
+    assert.deepEqual(ffmpegChildren(node).length, 1, 'two WebRTC viewers of one stream share one AAC→Opus transcoder');
+    assert.ok(cpu.pid, 'the transcoder ran while the viewers played');
+    const opusCpu = (cpuSeconds(cpu.pid) - cpu.cpu!) / ((Date.now() - cpu.at!) / 1000);
+    assert.equal(played.audioCodec, 'audio/opus');
+    assert.ok((played.audioPackets ?? 0) > 50, `Opus packets received: ${played.audioPackets}`);
+    assert.ok((second.audioPackets ?? 0) > 50, `second viewer's Opus packets: ${second.audioPackets}`);
+    console.log(`# AAC→Opus transcoder: ${(opusCpu * 100).toFixed(1)}% of one core for one stream (64 kbit/s stereo)`);
     assert.ok(played.location?.startsWith('/whep/session/'), `Location: ${played.location}`);
     assert.ok(played.frames > 30, `decoded frames shown: ${played.frames}`);
     assert.ok(played.framesDecoded > 30, `inbound-rtp framesDecoded: ${played.framesDecoded}`);
@@ -138,8 +180,9 @@ describe('WHEP playback', { skip, timeout: 100_000 }, () => {
     console.log(`# WHEP first frame ${played.firstFrameMs?.toFixed(0)} ms after the POST; ${played.frames} frames in 4 s`);
 
     const sessions = (await node.api<{ sessions: Array<{ id: string; protocol: string; bytesOut: number }> }>('/api/v1/sessions')).sessions;
-    const whep = sessions.find((s) => s.protocol === 'whep');
-    assert.ok(whep, `a whep session is listed: ${JSON.stringify(sessions)}`);
+    const wheps = sessions.filter((s) => s.protocol === 'whep');
+    assert.equal(wheps.length, 2, `both WHEP sessions are listed: ${JSON.stringify(sessions)}`);
+    const whep = wheps[0]!;
     assert.ok(whep.bytesOut > 10_000, `bytes sent ${whep.bytesOut}`);
 
     const patch = await fetch(`${node.httpUrl}${played.location}`, { method: 'PATCH', headers: { 'Content-Type': 'application/trickle-ice-sdpfrag' }, body: 'a=ice-ufrag:x' });
@@ -148,8 +191,11 @@ describe('WHEP playback', { skip, timeout: 100_000 }, () => {
     assert.equal(wrongSecret.status, 404, 'only the holder of the Location may end the session');
     const del = await fetch(`${node.httpUrl}${played.location}`, { method: 'DELETE' });
     assert.equal(del.status, 200);
+    assert.equal(ffmpegChildren(node).length, 1, 'the transcoder stays while a WebRTC viewer remains');
+    assert.equal((await fetch(`${node.httpUrl}${second.location}`, { method: 'DELETE' })).status, 200);
+    await waitFor('the transcoder stopped after the last viewer', () => ffmpegChildren(node).length === 0 || undefined, 5000);
     await waitFor('sessions back to baseline', async () => (await node.api<{ sessions: unknown[] }>('/api/v1/sessions')).sessions.length === baseline || undefined, 5000);
-    await page.evaluate('window.__pc.close()');
+    await page.evaluate('window.__pcs.forEach((pc) => pc.close())');
   });
 
   test('a WHEP offer without a valid play token is refused before any media flows', async () => {

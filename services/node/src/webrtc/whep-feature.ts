@@ -13,12 +13,13 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection } from 'node-datachannel';
-import { advertiseCandidates, chooseH264, classifyVideoTag, CodecConfigError, offersCodec, parseAvcDecoderConfig, parseSdpOffer, profileLevelId } from '@meshcast/proto';
+import { advertiseCandidates, chooseH264, classifyAudioTag, classifyVideoTag, CodecConfigError, offersCodec, parseAvcDecoderConfig, parseSdpOffer, profileLevelId } from '@meshcast/proto';
 import { checkName, type StreamRequest } from '../media/host.ts';
 import type { StreamHub } from '../media/stream-hub.ts';
 import { newSessionId } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
-import { attachVideoChain, newSsrc, WhepSession } from './whep-session.ts';
+import { attachAudioChain, attachVideoChain, newSsrc, WhepSession, type WhepTrackSetup } from './whep-session.ts';
+import { OpusTranscoder } from './opus-transcoder.ts';
 
 /** Why a WHEP request cannot be served, with its HTTP status: one place, used by the routes and the docs' table. */
 export const WHEP_REFUSALS = {
@@ -29,6 +30,9 @@ export const WHEP_REFUSALS = {
 } as const;
 
 const FOURCC: Record<string, string> = { hevc: 'H265', av1: 'AV1', vp9: 'VP9' };
+
+/** Peer connections of every node in this process (libdatachannel is one per process). */
+let livePeers = 0;
 
 interface Resource {
   session: WhepSession;
@@ -42,11 +46,34 @@ export const WHEP_FEATURE: HttpFeature = {
     const cfg = ctx.host.config.webrtc;
     if (!cfg.enabled) return;
     const resources = new Map<string, Resource>();
+    let peersCreated = 0;
+    /** One AAC→Opus transcoder per stream on this node, while it has WebRTC viewers. */
+    const transcoders = new Map<StreamHub, OpusTranscoder>();
+    const transcoderFor = (hub: StreamHub): OpusTranscoder => {
+      let t = transcoders.get(hub);
+      if (!t) {
+        t = new OpusTranscoder(hub, ctx.host.log, (idle) => {
+          if (transcoders.get(hub) === idle) transcoders.delete(hub);
+        });
+        transcoders.set(hub, t);
+      }
+      return t;
+    };
     const advertised = (): string[] => {
       const c = ctx.host.config;
       const own = c.public_host || (c.host === '0.0.0.0' || c.host === '::' ? '127.0.0.1' : c.host);
       return [own, ...cfg.candidates.filter((a) => a !== own)];
     };
+
+    // The listener closing (drain, shutdown): peers and transcoders end, and libdatachannel's
+    // threads stop, which would otherwise keep the process alive.
+    app.addHook('onClose', async () => {
+      for (const r of [...resources.values()]) r.session.close('the node is shutting down');
+      for (const t of transcoders.values()) t.stop('the node is shutting down');
+      transcoders.clear();
+      // Process-wide: only once this node's peers are gone, and only if it ever had one (in-process test nodes share the library).
+      if (peersCreated > 0 && livePeers === 0) nodeDataChannel.cleanup();
+    });
 
     app.addContentTypeParser(['application/sdp', 'application/trickle-ice-sdpfrag'], { parseAs: 'string' }, (_req, body, done) => done(null, body));
 
@@ -133,6 +160,8 @@ export const WHEP_FEATURE: HttpFeature = {
           bindAddress: bindAddress(ctx.host.config.host),
           disableAutoNegotiation: true,
         });
+        peersCreated++;
+        livePeers++;
         pc.setRemoteDescription(sdp, 'offer');
         const v = new nodeDataChannel.Video(video.mid, 'SendOnly');
         v.addH264Codec(choice.pt, choice.fmtp);
@@ -140,17 +169,31 @@ export const WHEP_FEATURE: HttpFeature = {
         v.addSSRC(ssrc, 'meshcast', `meshcast-${id}`, `video-${id}`);
         const track = pc.addTrack(v);
         const rtpConfig = attachVideoChain(track, ssrc, choice.pt);
+        let audio: WhepTrackSetup['audio'];
+        const opus = audioChoice(hub, media);
+        if (opus) {
+          const a = new nodeDataChannel.Audio(opus.mid, 'SendOnly');
+          a.addOpusCodec(opus.pt, 'minptime=10;useinbandfec=1;stereo=1;sprop-stereo=1');
+          const assrc = newSsrc();
+          a.addSSRC(assrc, 'meshcast', `meshcast-${id}`, `audio-${id}`);
+          const atrack = pc.addTrack(a);
+          audio = { track: atrack, rtpConfig: attachAudioChain(atrack, assrc, opus.pt), transcoder: transcoderFor(hub) };
+        }
         pc.setLocalDescription('answer');
         const local = pc.localDescription();
         if (!local) throw new Error('no local description after setLocalDescription');
         answer = advertiseCandidates(local.sdp, advertised(), cfg.udp_port);
-        session = new WhepSession(id, { pc, track, rtpConfig }, hub, sreq, ctx.host, (s) => {
+        session = new WhepSession(id, { pc, track, rtpConfig, audio }, hub, sreq, ctx.host, (s) => {
           ctx.host.sessions.remove(s);
           resources.delete(s.id);
+          livePeers--;
           ctx.limiter.release(remoteIp);
         });
       } catch (err) {
-        pc?.close();
+        if (pc) {
+          pc.close();
+          livePeers--;
+        }
         giveBack();
         ctx.host.log.warn({ err: (err as Error).message, app: appName, stream, session: id }, 'WHEP offer could not be answered');
         return void reply.code(400).send({ error: `the offer could not be answered: ${(err as Error).message}`, code: 'WHEP.Negotiation' });
@@ -176,6 +219,17 @@ function refuse(reply: FastifyReply, why: keyof typeof WHEP_REFUSALS, detail?: s
 /** A wildcard host lets libdatachannel bind every interface; a named one is bound as given. */
 function bindAddress(host: string): string | undefined {
   return host === '0.0.0.0' || host === '::' || host === '' ? undefined : host;
+}
+
+/** The offered Opus payload type to send the stream's audio as, when the stream's audio is AAC (anything else is not transcoded). */
+function audioChoice(hub: StreamHub, media: ReturnType<typeof parseSdpOffer>): { mid: string; pt: number } | undefined {
+  const header = hub.snapshot().find((f) => f.type === 8 && f.isSequenceHeader);
+  if (!header) return undefined;
+  const tag = classifyAudioTag(header.payload);
+  if (tag instanceof CodecConfigError || tag.codec !== 'aac') return undefined;
+  const m = media.find((x) => x.kind === 'audio' && (x.direction === 'recvonly' || x.direction === 'sendrecv'));
+  const f = m?.formats.find((x) => x.codec.toLowerCase() === 'opus' && x.clockRate === 48000);
+  return m && f ? { mid: m.mid, pt: f.pt } : undefined;
 }
 
 type Choice = { pt: number; fmtp: string } | { refusal: keyof typeof WHEP_REFUSALS; detail?: string };

@@ -16,11 +16,14 @@ import type { MediaHost, StreamRequest } from '../media/host.ts';
 import type { MediaSink, StreamHub } from '../media/stream-hub.ts';
 import type { Logger } from '../log.ts';
 import type { Session, SessionInfo } from '../sessions.ts';
+import { OPUS_FRAME_SAMPLES, type OpusListener, type OpusTranscoder } from './opus-transcoder.ts';
 
 const { H264RtpPacketizer, RtcpNackResponder, RtcpSrReporter } = nodeDataChannel;
 
 /** H.264's RTP clock (RFC 6184 §8.2.1). */
 const VIDEO_CLOCK = 90_000;
+/** Opus's RTP clock is always 48 kHz (RFC 7587 §4.1). */
+const OPUS_CLOCK = 48_000;
 /** A PLI this soon after an IDR went out asks for a picture already in flight: not worth skipping a GOP for. */
 const PLI_AFTER_IDR_MS = 300;
 /** RTP payload bytes per packet: a 1200-byte budget leaves room for SRTP, UDP, IP and TURN headers. */
@@ -30,6 +33,8 @@ export interface WhepTrackSetup {
   pc: PeerConnection;
   track: Track;
   rtpConfig: RtpPacketizationConfig;
+  /** The Opus track and the stream's shared transcoder, when the offer takes Opus and the stream has AAC. */
+  audio?: { track: Track; rtpConfig: RtpPacketizationConfig; transcoder: OpusTranscoder };
 }
 
 /** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track. */
@@ -38,6 +43,15 @@ export function attachVideoChain(track: Track, ssrc: number, payloadType: number
   const packetizer = new H264RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT);
   packetizer.addToChain(new RtcpSrReporter(rtpConfig));
   packetizer.addToChain(new RtcpNackResponder());
+  track.setMediaHandler(packetizer);
+  return rtpConfig;
+}
+
+/** Sets up an Opus track's RTP chain (one packet per frame → sender reports). */
+export function attachAudioChain(track: Track, ssrc: number, payloadType: number): RtpPacketizationConfig {
+  const rtpConfig = new nodeDataChannel.RtpPacketizationConfig(ssrc, 'meshcast', payloadType, OPUS_CLOCK);
+  const packetizer = new nodeDataChannel.RtpPacketizer(rtpConfig);
+  packetizer.addToChain(new RtcpSrReporter(rtpConfig));
   track.setMediaHandler(packetizer);
   return rtpConfig;
 }
@@ -58,6 +72,8 @@ export class WhepSession implements Session, MediaSink {
   private firstTs: number | undefined;
   private readonly baseRtpTs: number;
   private connectTimer: NodeJS.Timeout | undefined;
+  private opusListener: OpusListener | undefined;
+  private opusPackets = 0;
 
   constructor(
     readonly id: string,
@@ -85,6 +101,25 @@ export class WhepSession implements Session, MediaSink {
       if (rtcpKeyframeRequests(msg).length > 0 && Date.now() - this.lastIdrAt > PLI_AFTER_IDR_MS) this.waitKey = true;
     });
     track.onClosed(() => this.close('the peer closed the track'));
+    const audio = this.setup.audio;
+    if (audio) {
+      const base = audio.rtpConfig.timestamp;
+      audio.track.onOpen(() => {
+        if (this.state === 'closed' || this.opusListener) return;
+        this.opusListener = (packet) => {
+          if (!audio.track.isOpen()) return;
+          audio.rtpConfig.timestamp = (base + this.opusPackets * OPUS_FRAME_SAMPLES) >>> 0;
+          this.opusPackets++;
+          try {
+            audio.track.sendMessageBinary(packet);
+            this.bytesOut += packet.length;
+          } catch (err) {
+            this.close(`sending audio to the peer failed: ${(err as Error).message}`);
+          }
+        };
+        audio.transcoder.add(this.opusListener);
+      });
+    }
     pc.onStateChange((s) => {
       if (s === 'failed' || s === 'closed') this.close(`peer connection ${s}`);
     });
@@ -162,11 +197,13 @@ export class WhepSession implements Session, MediaSink {
     this.state = 'closed';
     clearTimeout(this.connectTimer);
     if (wasPlaying) this.hub.removeSink(this);
+    if (this.opusListener) this.setup.audio?.transcoder.remove(this.opusListener);
     this.host.endPlay(this.hub);
     this.host.sessionDone('play', this.req, { bytesIn: 0, bytesOut: this.bytesOut, durationMs: Date.now() - this.startedAt });
     this.log.debug({ reason, frames: this.framesOut }, 'WHEP viewer closed');
     try {
       this.setup.track.close();
+      this.setup.audio?.track.close();
       this.setup.pc.close();
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, 'closing the peer connection failed');
