@@ -6,8 +6,8 @@
  * ~28 s are recorded; A (the owner, recording) is SIGKILLed in the middle and B's standby is
  * promoted and records on. Every stored segment decodes alone with monotonic timestamps. Then a third node C, which recorded nothing, lists the recording
  * and serves it as one MP4 that ffprobe and ffmpeg read end to end: monotonic timestamps, no
- * hole longer than the one the viewer saw (plus the object store's flush interval: A's last
- * unstored part died with it). A Range request returns 206 with the right bytes, and a
+ * hole longer than the one the viewer saw (plus the object store's flush interval and one
+ * put: A's last unstored part died with it). A Range request returns 206 with the right bytes, and a
  * `<video>` tag in headless Chromium plays it.
  *
  * Meanwhile: a short-retention app on B is recorded and then deleted by retention (metrics
@@ -142,8 +142,12 @@ describe('recording across an owner kill, served by a node that did not record',
     viewer.client.close();
     loneViewer.client.close();
 
+    // Logged once, then at most every 30 s (the run is about that long), while a new segment was tried at every keyframe.
     const loneLog = lone.logs();
-    assert.equal(loneLog.split('\n').filter((l) => l.includes('recording failed; live streaming goes on')).length, 1, 'the failing directory is logged once');
+    const warned = loneLog.split('\n').filter((l) => l.includes('recording failed; live streaming goes on')).length;
+    const failures = metric(await (await lone.adminFetch('/metrics')).text(), 'meshcast_recording_store_errors_total');
+    assert.ok(warned >= 1 && warned <= 2, `the failing directory is logged, rate-limited (${warned} lines)`);
+    assert.ok(failures >= 10, `for ${failures} failures`);
     assert.match(loneLog, /ENOTDIR|EEXIST/);
 
     // C recorded nothing: it serves what A and B stored.
@@ -163,7 +167,7 @@ describe('recording across an owner kill, served by a node that did not record',
     const first = segs[0]!.startMs;
     const end = Math.max(...segs.map((s) => s.startMs + s.duration * 1000));
     console.log(`# recording e2e: ${segs.length} segments (${segs.filter((s) => s.node === 'RA').length} by RA, ${segs.filter((s) => s.node === 'RB').length} by RB), ${((end - first) / 1000).toFixed(1)} s; hole at the owner kill ${recordingHole} ms; viewer's longest gap ${viewerGap} ms; viewer frames ${loneVideo}`);
-    assert.ok(recordingHole <= viewerGap + FLUSH_MS + 300, `recording hole ${recordingHole} ms ≤ viewer gap ${viewerGap} ms + flush ${FLUSH_MS} ms`);
+    assert.ok(recordingHole <= viewerGap + FLUSH_MS + 500, `recording hole ${recordingHole} ms ≤ viewer gap ${viewerGap} ms + flush ${FLUSH_MS} ms`);
     assert.ok((end - first) / 1000 > 24, 'about 28 s recorded');
 
     // Each stored segment, read straight from the object store, plays alone end to end with monotonic timestamps.
@@ -216,7 +220,7 @@ describe('recording across an owner kill, served by a node that did not record',
       maxStep = Math.max(maxStep, (dts[i]! - dts[i - 1]!) * 1000);
     }
     console.log(`# recording e2e: MP4 ${mp4.length} bytes, ${duration} s, ${dts.length} video frames, longest video step ${Math.round(maxStep)} ms`);
-    assert.ok(maxStep <= viewerGap + FLUSH_MS + 300, `longest step ${maxStep} ms`);
+    assert.ok(maxStep <= viewerGap + FLUSH_MS + 500, `longest step ${maxStep} ms`);
 
     // A Range request: 206 with exactly those bytes.
     const r = await fetch(url, { headers: { Range: 'bytes=1000-1999' } });
