@@ -213,6 +213,16 @@ describe('WHEP playback', { skip, timeout: 100_000 }, () => {
     assert.equal(del.status, 200);
   });
 
+  test('an offer for a stream not live yet waits for its publisher, then plays', async () => {
+    const pending = playWhep(page, `${node.httpUrl}/live/late/whep?${playQuery('late')}`, 2500);
+    await new Promise((r) => setTimeout(r, 1500));
+    publishers.push(new FfmpegPublisher(`${node.rtmpUrl}/live/late`));
+    const played = await pending;
+    assert.equal(played.status, 201, played.error);
+    assert.ok(played.frames > 10, `frames ${played.frames}`);
+    assert.equal((await fetch(`${node.httpUrl}${played.location}`, { method: 'DELETE' })).status, 200);
+  });
+
   test('a B-frame source gets the explicit 422 and the stream API flags it', async () => {
     const pub = new FfmpegPublisher(`${node.rtmpUrl}/live/bframes`, { bframes: 2 });
     publishers.push(pub);

@@ -15,6 +15,9 @@ import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection } from 'node-datachannel';
 import { advertiseCandidates, chooseH264, classifyAudioTag, classifyVideoTag, CodecConfigError, offersCodec, parseAvcDecoderConfig, parseSdpOffer, profileLevelId } from '@meshcast/proto';
 import { checkName, type StreamRequest } from '../media/host.ts';
+import type { MediaFrame } from '../media/frame.ts';
+import { appConfig } from '../config.ts';
+import type { Socket } from 'node:net';
 import type { StreamHub } from '../media/stream-hub.ts';
 import { newSessionId } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
@@ -26,6 +29,7 @@ export const WHEP_REFUSALS = {
   bFrames: { status: 422, code: 'WHEP.BFrames', text: 'the source uses B-frames (composition time offsets), which WebRTC cannot play in order; publish without B-frames (x264: -bf 0 or a baseline profile)' },
   noH264: { status: 406, code: 'WHEP.NoH264', text: 'the offer has no H.264 with packetization-mode=1 in a video m-section' },
   codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec is not passed through to WebRTC by this node (H.264 only)' },
+  notLive: { status: 504, code: 'WHEP.NotLive', text: 'the stream has no video yet (play_wait_ms ran out)' },
   badOffer: { status: 400, code: 'WHEP.BadOffer', text: 'the body must be an SDP offer (Content-Type: application/sdp) with a video m-section' },
 } as const;
 
@@ -141,6 +145,15 @@ export const WHEP_FEATURE: HttpFeature = {
         ctx.host.sessionDone('play', sreq, { bytesIn: 0, bytesOut: 0, durationMs: 0 });
       };
 
+      // The answer names the stream's profile and audio: a stream not live yet (waiting, or a relay
+      // starting) is waited for as HTTP-FLV viewers wait, up to the app's play_wait_ms (0: until the viewer gives up).
+      const waitMs = appConfig(ctx.host.config, appName).play_wait_ms;
+      const live = await untilVideo(hub, waitMs, req.raw.socket);
+      if (!live) {
+        giveBack();
+        if (req.raw.socket.destroyed) return;
+        return refuse(reply, 'notLive', `nothing within ${waitMs} ms`);
+      }
       const choice = codecChoice(hub, video);
       if ('refusal' in choice) {
         giveBack();
@@ -230,6 +243,29 @@ function audioChoice(hub: StreamHub, media: ReturnType<typeof parseSdpOffer>): {
   const m = media.find((x) => x.kind === 'audio' && (x.direction === 'recvonly' || x.direction === 'sendrecv'));
   const f = m?.formats.find((x) => x.codec.toLowerCase() === 'opus' && x.clockRate === 48000);
   return m && f ? { mid: m.mid, pt: f.pt } : undefined;
+}
+
+/** Resolves true once the hub has video to start a viewer on (a decoder configuration and a keyframe); false when `waitMs` (0 = no limit) passes or the viewer hangs up. */
+function untilVideo(hub: StreamHub, waitMs: number, socket: Socket): Promise<boolean> {
+  const hasConfig = (): boolean => hub.snapshot().some((f) => f.type === 9 && f.isSequenceHeader);
+  if (hub.isLive && hasConfig() && hub.snapshot().some((f) => f.type === 9 && f.isKeyframe)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    let timer: NodeJS.Timeout | undefined;
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      hub.removeFrameListener(onFrames);
+      socket.off('close', onGone);
+      resolve(ok);
+    };
+    const onFrames = (frames: readonly MediaFrame[]): void => {
+      // Without a GOP cache the viewer starts on the next keyframe anyway: a configuration and a keyframe seen is enough.
+      if (frames.some((f) => f.type === 9 && f.isKeyframe) && hasConfig()) done(true);
+    };
+    const onGone = (): void => done(false);
+    hub.addFrameListener(onFrames);
+    socket.once('close', onGone);
+    if (waitMs > 0) timer = setTimeout(() => done(false), waitMs);
+  });
 }
 
 type Choice = { pt: number; fmtp: string } | { refusal: keyof typeof WHEP_REFUSALS; detail?: string };
