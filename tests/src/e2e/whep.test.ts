@@ -12,6 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Page } from 'playwright-core';
 import { NodeProcess } from '../harness/node-process.ts';
+import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { FfmpegPublisher } from '../harness/ffmpeg.ts';
 import { waitFor } from '../harness/ports.ts';
 import { browserUnavailable, launchBrowser, type HeadlessBrowser } from '../harness/browser.ts';
@@ -233,5 +234,51 @@ describe('WHEP playback', { skip, timeout: 100_000 }, () => {
     assert.equal(body.code, 'WHEP.BFrames');
     assert.match(body.error, /B-frames/);
     assert.match(node.logs(), /the source sends B-frames/);
+  });
+});
+
+describe('WHEP in a mesh: a playback node pulls the stream over the relay', { skip, timeout: 100_000 }, () => {
+  let nats: NatsServer;
+  const nodes: NodeProcess[] = [];
+  let browser: HeadlessBrowser;
+  let pub: FfmpegPublisher | undefined;
+
+  const MESH = { mesh_secret: 'whep-mesh-secret', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 2000, relay_stall_ms: 1500 };
+
+  before(async () => {
+    nats = await startNatsServer();
+    for (const [id, roles] of [['W-ingest', 'ingest'], ['W-play', 'playback']] as const) {
+      nodes.push(await NodeProcess.start({ nodeId: id, args: ['--roles', roles], config: { mesh: { ...MESH, nats: [nats.url] }, webrtc: { udp_port: await freeUdpPort() } } }));
+    }
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await pub?.stop();
+    await browser?.close();
+    for (const n of nodes) await n.stop();
+    await nats?.stop();
+  });
+
+  test('the route API names the placed node\'s WHEP URL, and Chromium plays through it over the relay', async () => {
+    const [ingest, play] = nodes as [NodeProcess, NodeProcess];
+    await waitFor('the mesh sees both nodes', async () => (await play.api<{ nodes: Array<{ state: string }> }>('/api/v1/mesh/nodes')).nodes.filter((n) => n.state === 'alive').length === 2 || undefined, 15_000, 100);
+    pub = new FfmpegPublisher(`${ingest.rtmpUrl}/live/meshcam`);
+    await waitFor('stream live on the ingest node', async () => (await ingest.api<{ streams: Array<{ stream: string; live: boolean }> }>('/api/v1/streams')).streams.find((s) => s.stream === 'meshcam' && s.live), 15_000);
+
+    const route = (await (await fetch(`${ingest.httpUrl}/api/v1/route/live/meshcam`)).json()) as { whep?: string; candidates?: Array<{ whep: string }> };
+    const whep = route.whep ?? route.candidates?.[0]?.whep;
+    assert.equal(whep, `${play.httpUrl}/live/meshcam/whep`, `route answer: ${JSON.stringify(route)}`);
+
+    const page = await browser.newPage();
+    await page.goto(`${play.httpUrl}/healthz`);
+    const played = await playWhep(page, whep, 4000);
+    assert.equal(played.status, 201, played.error);
+    assert.ok(played.frames > 30, `frames over the relay: ${played.frames}`);
+    assert.equal(played.audioCodec, 'audio/opus');
+    console.log(`# WHEP over one relay hop: first frame ${played.firstFrameMs?.toFixed(0)} ms after the POST`);
+    const relayed = (await play.api<{ streams: Array<{ stream: string; publisher: { kind: string } | null }> }>('/api/v1/streams')).streams.find((s) => s.stream === 'meshcam');
+    assert.equal(relayed?.publisher?.kind, 'relay', 'the playback node pulled the stream over the relay');
+    assert.equal((await fetch(`${play.httpUrl}${played.location}`, { method: 'DELETE' })).status, 200);
   });
 });
