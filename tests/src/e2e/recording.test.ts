@@ -27,6 +27,8 @@ import { FfmpegPublisher, run } from '../harness/ffmpeg.ts';
 import { sleep, waitFor } from '../harness/ports.ts';
 import { launchBrowser } from '../harness/browser.ts';
 import { NatsObjectStore } from '../../../services/node/src/recording/object-store.ts';
+import { connect } from '@nats-io/transport-node';
+import { Objm } from '@nats-io/obj';
 
 const MESH = { mesh_secret: 'e2e-secret', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 2000, relay_stall_ms: 1500 };
 const APPS = {
@@ -188,6 +190,18 @@ describe('recording across an owner kill, served by a node that did not record',
       }
     } finally {
       await store.close();
+    }
+
+    // Finished segments are one object each (their parts joined); only the killed owner's last one stays in parts.
+    const nc = await connect({ servers: nats.url });
+    try {
+      const names = (await (await new Objm(nc).open('meshcast-recordings')).list()).filter((o) => !o.deleted && o.name.startsWith('live/rec/')).map((o) => o.name);
+      const whole = names.filter((n) => n.includes('/999999_'));
+      console.log(`# recording e2e: ${names.length} objects for ${listing.segments.length} segments (${whole.length} joined)`);
+      assert.ok(whole.length >= listing.segments.length - 2, `${whole.length} of ${listing.segments.length} segments joined into one object`);
+      assert.ok(names.length <= listing.segments.length + 2 * (4 + 1), 'parts of joined segments are gone');
+    } finally {
+      await nc.close();
     }
 
     // One MP4 from C.

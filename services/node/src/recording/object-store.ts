@@ -3,7 +3,8 @@
  * `mesh.nats_replicas`, max_bytes `recording.max_bytes`): any node lists and serves any
  * recording, and the files outlive the node that made them. An object cannot be appended to,
  * so a segment is stored as parts `<segment key>/<part>_<end ms>`, one per `flushMs` of media:
- * a node that dies loses at most the part it was filling. Reading a segment joins its parts.
+ * a node that dies loses at most the part it was filling. Reading a segment joins its parts. A
+ * finished segment's parts are then joined into one object (consolidate).
  *
  * The store opens its own NATS connection, so large uploads never queue behind the mesh's
  * heartbeats and leases; it is connected on first use and again after a failure.
@@ -28,6 +29,16 @@ export interface ObjectStoreOptions {
 }
 
 const PART_RE = /^(.*)\/(\d{6})_(\d+)$/;
+/** The part index of a consolidated segment. */
+const WHOLE = 999999;
+/** Larger segments stay in parts (consolidating reads them all into memory). */
+const MAX_WHOLE_BYTES = 256 * 1024 * 1024;
+
+/** What a segment reads as: its whole object if it has one, else its parts in order. */
+function visible(parts: Part[]): Part[] {
+  const whole = parts.find((p) => p.index === WHOLE);
+  return whole ? [whole] : parts;
+}
 
 function storeError(what: string, err: unknown): RecordingStoreError {
   return new RecordingStoreError(`${what}: ${(err as Error).message ?? String(err)}`, { cause: err });
@@ -110,8 +121,31 @@ export class NatsObjectStore implements RecordingStore {
         pendingBytes += data.length;
         if (this.now() - lastPut >= this.opts.flushMs) await put(durationMs);
       },
-      close: async (durationMs) => put(durationMs),
+      close: async (durationMs) => {
+        await put(durationMs);
+        if (index > 1) await this.consolidate(key, durationMs);
+      },
     };
+  }
+
+  /**
+   * A finished segment's parts become one object (`<key>/999999_<end>`), so the bucket holds about
+   * one object per segment, not one per flush: listing stays cheap over a long retention. Until
+   * the parts are deleted the whole object hides them; a node dying in between leaves both, which
+   * reads the same and is deleted together.
+   */
+  private async consolidate(key: string, durationMs: number): Promise<void> {
+    const parts = (await this.parts(`${key}/`)).get(key) ?? [];
+    if (parts.length < 2 || parts.some((p) => p.index === WHOLE) || parts.reduce((n, p) => n + p.size, 0) > MAX_WHOLE_BYTES) return;
+    const data: Buffer[] = [];
+    for (const p of parts) {
+      const blob = await this.op(`cannot read ${p.name}`, (os) => os.getBlob(p.name));
+      if (!blob) return;
+      data.push(Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength));
+    }
+    const name = `${key}/${WHOLE}_${Math.max(0, Math.round(durationMs))}`;
+    await this.op(`cannot store ${name}`, (os) => os.putBlob({ name }, Buffer.concat(data)));
+    for (const p of parts) await this.op(`cannot delete ${p.name}`, (os) => os.delete(p.name));
   }
 
   private async parts(prefix: string): Promise<Map<string, Part[]>> {
@@ -132,7 +166,8 @@ export class NatsObjectStore implements RecordingStore {
   async list(filter?: { app: string; stream: string }): Promise<SegmentInfo[]> {
     const groups = await this.parts(filter ? streamPrefix(filter.app, filter.stream) : '');
     const out: SegmentInfo[] = [];
-    for (const [key, parts] of groups) {
+    for (const [key, all] of groups) {
+      const parts = visible(all);
       const ref = parseSegmentKey(key);
       if (!ref) continue;
       out.push({ ...ref, key, bytes: parts.reduce((n, p) => n + p.size, 0), durationMs: parts[parts.length - 1]!.endMs });
@@ -141,7 +176,7 @@ export class NatsObjectStore implements RecordingStore {
   }
 
   async read(seg: SegmentInfo, range?: ByteRange): Promise<Buffer> {
-    const parts = (await this.parts(`${seg.key}/`)).get(seg.key) ?? [];
+    const parts = visible((await this.parts(`${seg.key}/`)).get(seg.key) ?? []);
     const start = range?.start ?? 0;
     const end = range?.end ?? Number.MAX_SAFE_INTEGER;
     const out: Buffer[] = [];
