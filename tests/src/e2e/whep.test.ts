@@ -214,6 +214,28 @@ describe('WHEP playback', { skip, timeout: 100_000 }, () => {
     assert.equal(del.status, 200);
   });
 
+  test('a viewer that closes its peer connection without DELETE is cleaned up; the admin API kicks a WHEP viewer', async () => {
+    const whepSessions = async (): Promise<Array<{ id: string }>> =>
+      (await node.api<{ sessions: Array<{ id: string; protocol: string }> }>('/api/v1/sessions')).sessions.filter((s) => s.protocol === 'whep');
+    const url = `${node.httpUrl}/live/cam/whep?${playQuery('cam')}`;
+    const gone = await playWhep(page, url, 1500);
+    assert.equal(gone.status, 201, gone.error);
+    await page.evaluate('window.__pcs.at(-1).close()');
+    await waitFor('the closed peer\'s session ended', async () => (await whepSessions()).length === 0 || undefined, 10_000);
+
+    const kicked = await playWhep(page, url, 1500);
+    assert.equal(kicked.status, 201, kicked.error);
+    const [s] = await whepSessions();
+    assert.ok(s, 'the viewer is listed');
+    assert.equal((await node.adminFetch(`/api/v1/sessions/${s.id}`, { method: 'DELETE' })).status, 200);
+    await waitFor('the kicked session ended', async () => (await whepSessions()).length === 0 || undefined, 5000);
+    await waitFor('the browser saw its peer go', async () => {
+      const st = (await page.evaluate('window.__pcs.at(-1).connectionState')) as string;
+      return st === 'closed' || st === 'failed' || st === 'disconnected' || undefined;
+    }, 15_000);
+    assert.equal(ffmpegChildren(node).length, 0, 'no transcoder left behind');
+  });
+
   test('an offer for a stream not live yet waits for its publisher, then plays', async () => {
     const pending = playWhep(page, `${node.httpUrl}/live/late/whep?${playQuery('late')}`, 2500);
     await new Promise((r) => setTimeout(r, 1500));
