@@ -5,7 +5,7 @@
  *
  * ~28 s are recorded; A (the owner, recording) is SIGKILLed in the middle and B's standby is
  * promoted and records on. Every stored segment decodes alone with monotonic timestamps. Then a third node C, which recorded nothing, lists the recording
- * and serves it as one MP4 that ffprobe and ffmpeg read end to end: monotonic timestamps, no
+ * and serves it as one MP4 (under C's play rules: signed tokens) that ffprobe and ffmpeg read end to end: monotonic timestamps, no
  * hole longer than the one the viewer saw (plus the object store's flush interval and one
  * put: A's last unstored part died with it). A Range request returns 206 with the right bytes, and a
  * `<video>` tag in headless Chromium plays it.
@@ -29,6 +29,7 @@ import { launchBrowser } from '../harness/browser.ts';
 import { NatsObjectStore } from '../../../services/node/src/recording/object-store.ts';
 import { connect } from '@nats-io/transport-node';
 import { Objm } from '@nats-io/obj';
+import { mintToken } from '../../../services/node/src/auth/token.ts';
 
 const MESH = { mesh_secret: 'e2e-secret', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 2000, relay_stall_ms: 1500 };
 const APPS = {
@@ -36,6 +37,7 @@ const APPS = {
   short: { record: { format: 'flv', segment_s: 1, retention: '3s' } },
 };
 const FLUSH_MS = 1000;
+const TOKEN_SECRET = 'e2e-token-secret';
 const ENCODER = { width: 320, height: 180, fps: 25, gop: 25, bitrate: '300k' };
 
 interface Listing {
@@ -81,8 +83,8 @@ describe('recording across an owner kill, served by a node that did not record',
   let a: NodeProcess;
   let b: NodeProcess;
 
-  const meshNode = async (id: string, roles = 'ingest,playback'): Promise<NodeProcess> => {
-    const n = await NodeProcess.start({ nodeId: id, config: { mesh: { ...MESH, nats: [nats.url] }, apps: APPS, recording: { flush_ms: FLUSH_MS } }, args: ['--roles', roles] });
+  const meshNode = async (id: string, roles = 'ingest,playback', extra: Record<string, unknown> = {}): Promise<NodeProcess> => {
+    const n = await NodeProcess.start({ nodeId: id, config: { mesh: { ...MESH, nats: [nats.url] }, apps: APPS, recording: { flush_ms: FLUSH_MS }, ...extra }, args: ['--roles', roles] });
     nodes.push(n);
     return n;
   };
@@ -152,10 +154,15 @@ describe('recording across an owner kill, served by a node that did not record',
     assert.ok(failures >= 10, `for ${failures} failures`);
     assert.match(loneLog, /ENOTDIR|EEXIST/);
 
-    // C recorded nothing: it serves what A and B stored.
-    const c = await meshNode('RC', 'playback');
+    // C recorded nothing: it serves what A and B stored. Its app live needs signed play tokens: so do its recordings.
+    const c = await meshNode('RC', 'playback', { auth: { token_secret: TOKEN_SECRET, apps: { live: { play: { tokens: true } } } } });
+    const token = mintToken({ secret: TOKEN_SECRET, action: 'play', app: 'live', stream: 'rec', ttlSeconds: 600 }).query;
+    const refused = await fetch(`${c.httpUrl}/api/v1/recordings/live/rec`);
+    assert.equal(refused.status, 403, 'no token, no listing');
+    const wrong = mintToken({ secret: TOKEN_SECRET, action: 'play', app: 'live', stream: 'other', ttlSeconds: 600 }).query;
+    assert.equal((await fetch(`${c.httpUrl}/api/v1/recordings/live/rec?${wrong}`)).status, 403, 'a token for another stream opens nothing');
     const listing = await waitFor('the recording listed on C', async () => {
-      const l = await (await fetch(`${c.httpUrl}/api/v1/recordings/live/rec`)).json() as Listing;
+      const l = await (await fetch(`${c.httpUrl}/api/v1/recordings/live/rec?${token}`)).json() as Listing;
       return l.segments.some((s) => s.node === 'RB') ? l : undefined;
     }, 15_000, 200);
     const byNode = new Set(listing.segments.map((s) => s.node));
@@ -205,7 +212,9 @@ describe('recording across an owner kill, served by a node that did not record',
     }
 
     // One MP4 from C.
-    const url = `${c.httpUrl}/recordings/live/rec.mp4?start=${encodeURIComponent(new Date(first).toISOString())}&duration=60`;
+    const bare = `${c.httpUrl}/recordings/live/rec.mp4?start=${encodeURIComponent(new Date(first).toISOString())}&duration=60`;
+    assert.equal((await fetch(bare)).status, 403, 'the MP4 needs the token too');
+    const url = `${bare}&${token}`;
     const res = await fetch(url);
     assert.equal(res.status, 200, await res.clone().text().catch(() => ''));
     assert.equal(res.headers.get('content-type'), 'video/mp4');
