@@ -84,7 +84,7 @@ describe('recording across an owner kill, served by a node that did not record',
   let b: NodeProcess;
 
   const meshNode = async (id: string, roles = 'ingest,playback', extra: Record<string, unknown> = {}): Promise<NodeProcess> => {
-    const n = await NodeProcess.start({ nodeId: id, config: { mesh: { ...MESH, nats: [nats.url] }, apps: APPS, recording: { flush_ms: FLUSH_MS }, ...extra }, args: ['--roles', roles] });
+    const n = await NodeProcess.start({ nodeId: id, config: { mesh: { ...MESH, nats: [nats.url] }, apps: APPS, recording: { flush_ms: FLUSH_MS, max_bytes: 256 * 1024 * 1024 }, ...extra }, args: ['--roles', roles] });
     nodes.push(n);
     return n;
   };

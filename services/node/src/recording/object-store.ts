@@ -86,7 +86,12 @@ export class NatsObjectStore implements RecordingStore {
       this.nc = await connect(co);
     }
     const objm = new Objm(this.nc);
-    return objm.create(this.opts.bucket, { replicas: this.opts.replicas, max_bytes: this.opts.maxBytes, storage: StorageType.File, description: 'meshcast recordings' });
+    try {
+      return await objm.create(this.opts.bucket, { replicas: this.opts.replicas, max_bytes: this.opts.maxBytes, storage: StorageType.File, description: 'meshcast recordings' });
+    } catch (err) {
+      // The bucket exists with other settings (another node's, or this node's before a change): use it as it is.
+      return objm.open(this.opts.bucket).catch(() => Promise.reject(err as Error));
+    }
   }
 
   private async op<T>(what: string, f: (os: ObjectStore) => Promise<T>): Promise<T> {
