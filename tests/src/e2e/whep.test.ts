@@ -236,6 +236,32 @@ describe('WHEP playback', { skip, timeout: 100_000 }, () => {
     assert.equal(ffmpegChildren(node).length, 0, 'no transcoder left behind');
   });
 
+  test('the dashboard\'s WebRTC button plays the stream over WHEP; Stop ends the session', async () => {
+    publishers.push(new FfmpegPublisher(`${node.rtmpUrl}/open/dash`));
+    const dash = await browser.newPage();
+    await dash.goto(`${node.adminUrl}/`);
+    await dash.waitForSelector('#streams-table button[data-play="whep"][data-key="open/dash"]', { timeout: 20_000 });
+    await dash.click('#streams-table button[data-play="whep"][data-key="open/dash"]');
+    const state = (): Promise<{ t: number; w: number; status: string; title: string }> =>
+      dash.evaluate(`(() => { const v = document.querySelector('video'); return { t: v.currentTime, w: v.videoWidth, status: document.getElementById('ps-status').textContent, title: document.getElementById('player-title').textContent }; })()`) as Promise<{ t: number; w: number; status: string; title: string }>;
+    const first = await waitFor('the dashboard plays over WebRTC', async () => {
+      const s = await state();
+      if (/error|cannot|WHEP \d/i.test(s.status)) throw new Error(`player says: ${s.status}`);
+      return s.t > 0.5 ? s : undefined;
+    }, 15_000, 200);
+    await new Promise((r) => setTimeout(r, 2000));
+    const later = await state();
+    assert.ok(later.t > first.t + 1, `currentTime grows: ${first.t} → ${later.t}`);
+    assert.equal(later.w, 640);
+    assert.match(later.title, /WebRTC/);
+    await dash.click('#player-stop');
+    await waitFor('Stop ended the WHEP session', async () => {
+      const ss = (await node.api<{ sessions: Array<{ protocol: string; stream?: string }> }>('/api/v1/sessions')).sessions;
+      return !ss.some((s) => s.protocol === 'whep' && s.stream === 'dash') || undefined;
+    }, 5000);
+    await dash.close();
+  });
+
   test('an offer for a stream not live yet waits for its publisher, then plays', async () => {
     const pending = playWhep(page, `${node.httpUrl}/live/late/whep?${playQuery('late')}`, 2500);
     await new Promise((r) => setTimeout(r, 1500));

@@ -190,7 +190,7 @@ function renderStreams(snap) {
       h('td', { class: 'num', text: s.startedAt ? duration(snap.at - s.startedAt) : '–' }),
       h('td', { class: 'num', text: String(s.viewers) }),
       h('td', {}, h('div', { class: 'chips' }, ...perNode)),
-      h('td', { class: 'actions' }, playButton('flv', 'FLV'), playButton('hls', 'HLS')),
+      h('td', { class: 'actions' }, playButton('flv', 'FLV'), playButton('hls', 'HLS'), playButton('whep', 'WebRTC')),
     );
   });
   $('streams-table').tBodies[0].replaceChildren(...rows);

@@ -1,11 +1,13 @@
 // The in-page player: mpegts.js for HTTP-FLV, hls.js for HLS (or the browser's own HLS
-// where it has one). Both libraries are served by the node itself and loaded on first use.
+// where it has one), the browser's own RTCPeerConnection for WebRTC (WHEP). Both libraries are
+// served by the node itself and loaded on first use.
 
 const LIBS = {
   flv: { src: '/dashboard/vendor/mpegts.js', global: 'mpegts' },
   hls: { src: '/dashboard/vendor/hls.js', global: 'Hls' },
 };
 const loading = new Map();
+const LABELS = { flv: 'HTTP-FLV', hls: 'HLS', whep: 'WebRTC' };
 
 function loadLibrary(kind) {
   const lib = LIBS[kind];
@@ -32,6 +34,7 @@ function loadLibrary(kind) {
 /** Media URL of a stream on a node: `base` is the node's public HTTP address. */
 export function mediaUrl(base, app, stream, protocol) {
   const path = `${encodeURIComponent(app)}/${stream.split('/').map(encodeURIComponent).join('/')}`;
+  if (protocol === 'whep') return `${base}/${path}/whep`;
   return protocol === 'hls' ? `${base}/${path}/index.m3u8` : `${base}/${path}.flv`;
 }
 
@@ -57,14 +60,24 @@ export class Player {
     ui.placeholder.hidden = true;
     ui.video.controls = true;
     ui.stop.disabled = false;
-    ui.title.textContent = `${target.key} · ${target.protocol === 'hls' ? 'HLS' : 'HTTP-FLV'} · from ${target.via}`;
+    ui.title.textContent = `${target.key} · ${LABELS[target.protocol]} · from ${target.via}`;
     this.setStatus('loading player…');
     const url = mediaUrl(target.base, target.app, target.stream, target.protocol);
     try {
-      const lib = await loadLibrary(target.protocol);
-      if (generation !== this.generation) return;
-      this.setStatus('connecting…');
-      this.engine = target.protocol === 'hls' ? this.startHls(lib, url) : this.startFlv(lib, url);
+      if (target.protocol === 'whep') {
+        this.setStatus('connecting…');
+        const engine = await this.startWhep(url);
+        if (generation !== this.generation) {
+          engine.destroy(); // replaced or stopped while negotiating
+          return;
+        }
+        this.engine = engine;
+      } else {
+        const lib = await loadLibrary(target.protocol);
+        if (generation !== this.generation) return;
+        this.setStatus('connecting…');
+        this.engine = target.protocol === 'hls' ? this.startHls(lib, url) : this.startFlv(lib, url);
+      }
     } catch (err) {
       if (generation === this.generation) this.fail(err instanceof Error ? err.message : String(err));
       return;
@@ -90,6 +103,56 @@ export class Player {
     player.attachMediaElement(this.ui.video);
     player.load();
     return { destroy: () => player.destroy() };
+  }
+
+  /** WHEP (RFC 9725): a recvonly offer POSTed once ICE gathering is done; the session is DELETEd on stop. */
+  async startWhep(url) {
+    if (typeof window.RTCPeerConnection !== 'function') throw new Error('this browser has no WebRTC');
+    const pc = new window.RTCPeerConnection();
+    let resource = null;
+    const engine = {
+      destroy: () => {
+        pc.close();
+        if (resource) void fetch(resource, { method: 'DELETE' }).catch(() => undefined);
+        this.ui.video.srcObject = null;
+      },
+    };
+    try {
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      const media = new window.MediaStream();
+      pc.addEventListener('track', (e) => {
+        media.addTrack(e.track);
+        this.ui.video.srcObject = media;
+      });
+      pc.addEventListener('connectionstatechange', () => {
+        if (pc.connectionState === 'failed' && this.engine === engine) this.fail('WebRTC connection failed (is the node\'s UDP port reachable?)');
+      });
+      await pc.setLocalDescription(await pc.createOffer());
+      await new Promise((resolve) => {
+        if (pc.iceGatheringState === 'complete') return resolve();
+        pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+        setTimeout(resolve, 2000);
+      });
+      const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+      const body = await res.text();
+      if (res.status !== 201) {
+        let reason = body;
+        try {
+          reason = JSON.parse(body).error || body;
+        } catch {
+          // not JSON: shown as it is
+        }
+        throw new Error(`WHEP ${res.status}: ${reason}`);
+      }
+      const location = res.headers.get('Location');
+      if (location) resource = new URL(location, url).href;
+      await pc.setRemoteDescription({ type: 'answer', sdp: body });
+      return engine;
+    } catch (err) {
+      engine.destroy();
+      throw err;
+    }
   }
 
   startHls(Hls, url) {
@@ -127,6 +190,7 @@ export class Player {
     this.engine = null;
     this.current = null;
     const { ui } = this;
+    ui.video.srcObject = null;
     ui.video.removeAttribute('src');
     ui.video.load();
     ui.video.controls = false;
