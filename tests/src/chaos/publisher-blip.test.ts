@@ -9,7 +9,8 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { SyntheticPublisher } from '@meshcast/node/client';
 import type { Socket } from 'node:net';
-import { ChaosMesh, PRODUCTION_TIMINGS, TcpProxy, api, describeTimings } from './lib/mesh.ts';
+import { ChaosMesh, PRODUCTION_TIMINGS, api, describeTimings } from './lib/mesh.ts';
+import { TcpProxy } from '../harness/tcp-proxy.ts';
 import { OwnershipMonitor, describeMonitor } from './lib/ownership-monitor.ts';
 import { ScenarioRecorder } from './lib/results.ts';
 import { RecordingViewer, framesAround, interleaving, interleavingAll, max, monotonic, resumesOnKeyframe } from './lib/viewer.ts';
@@ -38,11 +39,11 @@ test('publisher network blip (silent drop and reset), reconnect to the same and 
     const [a, b, c, d] = await mesh.startNodes(['BL-A', 'BL-B', 'BL-C', 'BL-D']);
     await mesh.meshSize(d!, 4);
     const proxyA = await TcpProxy.start(a!.host, a!.rtmpPort);
-    mesh.onClose(() => proxyA.close());
+    mesh.onClose(() => void proxyA.close());
 
     let pub: SyntheticPublisher | undefined;
     let pubNode: NodeProcess | undefined;
-    pub = await mesh.publish(proxyA.url('live/blip'), 100_000);
+    pub = await mesh.publish(proxyA.rtmpUrl('live/blip'), 100_000);
     pubNode = a!;
     const viewers: RecordingViewer[] = [];
     for (const [n, k] of [[a!, 1], [b!, 1], [c!, 2], [d!, 2]] as const) {
@@ -73,7 +74,7 @@ test('publisher network blip (silent drop and reset), reconnect to the same and 
       await waitFor('publisher notices', () => pub!.client.closed, 5000, 5);
       pub.stop();
       pub = undefined;
-      const url = r.viaProxy ? proxyA.url('live/blip') : `${r.to.rtmpUrl}/live/blip`;
+      const url = r.viaProxy ? proxyA.rtmpUrl('live/blip') : `${r.to.rtmpUrl}/live/blip`;
       const t0 = Date.now();
       try {
         pub = await mesh.publish(url, base);

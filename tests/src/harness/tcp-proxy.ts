@@ -1,14 +1,17 @@
 /**
- * Test harness: a TCP proxy between one client (a node) and one server (nats-server), so a test can cut
- * that one link as a network partition does. `cut()` resets every connection through it and refuses new
- * ones (accepted and destroyed at once: the client sees its reconnects fail, as with a firewall's RST);
- * `heal()` lets connections through again. Bytes are counted in both directions.
+ * Test harness: a TCP proxy in front of one server (a node, nats-server), so a test can break that one link:
+ * - `cut()` resets every connection through it and refuses new ones (accepted and destroyed at once: the
+ *   client sees its reconnects fail, as with a firewall's RST); `heal()` lets connections through again.
+ * - `blackhole()` drops the client side of every current connection while the server side stays open and
+ *   silent (no FIN, no RST: the server learns nothing, as when a publisher's uplink dies).
  */
 import net from 'node:net';
 
 export class TcpProxy {
   private readonly server: net.Server;
   private readonly pairs = new Set<{ client: net.Socket; upstream: net.Socket }>();
+  /** Server sides kept open (and silent) by `blackhole()`, closed with the proxy. */
+  private readonly zombies: net.Socket[] = [];
   private isCut = false;
   port = 0;
   /** Connections accepted and passed through / refused while cut. */
@@ -61,6 +64,11 @@ export class TcpProxy {
     return `${scheme}://${this.host}:${this.port}`;
   }
 
+  /** An RTMP URL through the proxy, e.g. `rtmp://127.0.0.1:4321/live/x`. */
+  rtmpUrl(path: string): string {
+    return `${this.url('rtmp')}/${path}`;
+  }
+
   get cutOff(): boolean {
     return this.isCut;
   }
@@ -85,8 +93,27 @@ export class TcpProxy {
     this.isCut = false;
   }
 
+  /** The client side of every connection dies; the server side stays open and silent. */
+  blackhole(): void {
+    for (const pair of [...this.pairs]) {
+      this.pairs.delete(pair);
+      pair.client.unpipe(pair.upstream);
+      pair.upstream.unpipe(pair.client);
+      pair.upstream.removeAllListeners('close');
+      pair.upstream.removeAllListeners('error');
+      pair.upstream.on('error', () => undefined);
+      pair.upstream.pause();
+      this.zombies.push(pair.upstream);
+      pair.client.removeAllListeners('close');
+      pair.client.removeAllListeners('error');
+      pair.client.on('error', () => undefined);
+      pair.client.resetAndDestroy();
+    }
+  }
+
   async close(): Promise<void> {
     this.cut();
+    for (const z of this.zombies.splice(0)) z.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }

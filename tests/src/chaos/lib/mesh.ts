@@ -5,7 +5,6 @@
  */
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import net from 'node:net';
 import { startSyntheticPublisher, type SyntheticPublisher } from '@meshcast/node/client';
 import { startNatsCluster, startNatsServer, type NatsCluster, type NatsServer } from '../../harness/nats.ts';
 import { NodeProcess } from '../../harness/node-process.ts';
@@ -198,81 +197,4 @@ export async function natsServerOf(servers: readonly NatsServer[], connName: str
     }
   }
   return undefined;
-}
-
-/**
- * A TCP proxy in front of a node, so a test can make the network "blip": `blackhole()` drops
- * the client side of every current connection while the node side stays open and silent (no
- * FIN, no RST: the node learns nothing, as when a publisher's uplink dies).
- */
-export class TcpProxy {
-  private readonly server: net.Server;
-  private readonly pairs = new Set<{ client: net.Socket; upstream: net.Socket }>();
-  private readonly zombies: net.Socket[] = [];
-  port = 0;
-
-  private constructor(
-    readonly host: string,
-    readonly targetHost: string,
-    readonly targetPort: number,
-  ) {
-    this.server = net.createServer((client) => {
-      const upstream = net.connect({ host: targetHost, port: targetPort });
-      const pair = { client, upstream };
-      this.pairs.add(pair);
-      client.pipe(upstream);
-      upstream.pipe(client);
-      const end = (): void => {
-        this.pairs.delete(pair);
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on('error', end);
-      upstream.on('error', end);
-      client.on('close', end);
-      upstream.on('close', end);
-    });
-  }
-
-  static async start(targetHost: string, targetPort: number, host = '127.0.0.1'): Promise<TcpProxy> {
-    const p = new TcpProxy(host, targetHost, targetPort);
-    await new Promise<void>((resolve, reject) => {
-      p.server.once('error', reject);
-      p.server.listen(0, host, () => resolve());
-    });
-    const a = p.server.address();
-    p.port = typeof a === 'object' && a ? a.port : 0;
-    return p;
-  }
-
-  url(path: string): string {
-    return `rtmp://${this.host}:${this.port}/${path}`;
-  }
-
-  /** The client side of every connection dies; the node side stays open and silent. */
-  blackhole(): void {
-    for (const pair of [...this.pairs]) {
-      this.pairs.delete(pair);
-      pair.client.unpipe(pair.upstream);
-      pair.upstream.unpipe(pair.client);
-      pair.upstream.removeAllListeners('close');
-      pair.upstream.removeAllListeners('error');
-      pair.upstream.on('error', () => undefined);
-      pair.upstream.pause();
-      this.zombies.push(pair.upstream);
-      pair.client.removeAllListeners('close');
-      pair.client.removeAllListeners('error');
-      pair.client.on('error', () => undefined);
-      pair.client.resetAndDestroy();
-    }
-  }
-
-  close(): void {
-    for (const z of this.zombies) z.destroy();
-    for (const p of this.pairs) {
-      p.client.destroy();
-      p.upstream.destroy();
-    }
-    this.server.close();
-  }
 }
