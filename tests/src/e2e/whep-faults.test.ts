@@ -6,23 +6,14 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createSocket } from 'node:dgram';
 import type { Page } from 'playwright-core';
 import { NodeProcess } from '../harness/node-process.ts';
 import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { FfmpegPublisher } from '../harness/ffmpeg.ts';
-import { waitFor } from '../harness/ports.ts';
+import { freeUdpPort, waitFor } from '../harness/ports.ts';
 import { browserUnavailable, launchBrowser, type HeadlessBrowser } from '../harness/browser.ts';
 
 const MESH = { mesh_secret: 'whep-faults-secret', heartbeat_ms: 500, suspect_ms: 1500, dead_ms: 2500, lease_ms: 4000, renew_ms: 1000, relay_linger_ms: 2000, relay_stall_ms: 1500 };
-
-async function freeUdpPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((res) => s.bind(0, '127.0.0.1', () => res()));
-  const port = s.address().port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
 
 /** Starts a WHEP viewer in the page that keeps playing; the wall times of shown frames collect in window.__shown. */
 const START = `async (url) => {

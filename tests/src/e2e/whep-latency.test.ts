@@ -11,13 +11,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createSocket } from 'node:dgram';
 import type { Page } from 'playwright-core';
 import { FlvDecoder, FlvError } from '@meshcast/proto';
 import { RtmpClient } from '@meshcast/node/client';
 import { NodeProcess } from '../harness/node-process.ts';
 import { startNatsServer, type NatsServer } from '../harness/nats.ts';
-import { waitFor } from '../harness/ports.ts';
+import { freeUdpPort, waitFor } from '../harness/ports.ts';
 import { browserUnavailable, launchBrowser, type HeadlessBrowser } from '../harness/browser.ts';
 
 /** The SEI's UUID: no zero bytes, so it never looks like a start code. */
@@ -32,14 +31,6 @@ function stampSei(ms: number): Buffer {
     v = Math.floor(v / 128);
   }
   return Buffer.concat([Buffer.from([0x06, 0x05, UUID.length + stamp.length]), UUID, stamp, Buffer.from([0x80])]);
-}
-
-async function freeUdpPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((res) => s.bind(0, '127.0.0.1', () => res()));
-  const port = s.address().port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
 }
 
 /** ffmpeg → FLV pipe → SEI stamp on each coded video frame → RTMP publish. */

@@ -7,28 +7,18 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createSocket } from 'node:dgram';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Page } from 'playwright-core';
 import { NodeProcess } from '../harness/node-process.ts';
 import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { FfmpegPublisher } from '../harness/ffmpeg.ts';
-import { waitFor } from '../harness/ports.ts';
+import { freeUdpPort, waitFor } from '../harness/ports.ts';
 import { browserUnavailable, launchBrowser, type HeadlessBrowser } from '../harness/browser.ts';
 import { mintToken } from '../../../services/node/src/auth/token.ts';
 
 const SECRET = 'whep-test-secret';
 const playQuery = (stream: string): string => mintToken({ secret: SECRET, action: 'play', app: 'live', stream, ttlSeconds: 120 }).query;
-
-/** A UDP port nobody holds now (the node's one WebRTC port). */
-async function freeUdpPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((res) => s.bind(0, '127.0.0.1', () => res()));
-  const port = s.address().port;
-  await new Promise<void>((res) => s.close(() => res()));
-  return port;
-}
 
 /** The node's ffmpeg children (its AAC→Opus transcoders). */
 function ffmpegChildren(node: NodeProcess): number[] {

@@ -1,3 +1,4 @@
+import { createSocket } from 'node:dgram';
 import net from 'node:net';
 
 /** An ephemeral TCP port that was free a moment ago on `host`. */
@@ -11,6 +12,15 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
       srv.close(() => resolve(port));
     });
   });
+}
+
+/** A UDP port nobody holds now (e.g. a node's one WebRTC port). */
+export async function freeUdpPort(host = '127.0.0.1'): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((res) => s.bind(0, host, () => res()));
+  const port = s.address().port;
+  await new Promise<void>((res) => s.close(() => res()));
+  return port;
 }
 
 let nextHost = 11;
