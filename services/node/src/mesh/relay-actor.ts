@@ -348,11 +348,7 @@ export class RelayActor {
   private onReclaimed(msg: Extract<RelayMessage, { type: 'reclaimed' }>): void {
     this.reclaim.inFlight = false;
     if (!msg.lease) {
-      const delay = this.reclaimRetry.next();
-      this.reclaim.retryAt = this.now() + delay;
-      const d = this.reclaimFailures.failure();
-      if (d.level === 'warn') this.log.warn({ err: msg.error, retryInMs: delay, failures: d.streak, suppressed: d.suppressed }, 'relay claim lost; claiming again failed, will retry');
-      else this.log.debug({ err: msg.error, retryInMs: delay, failures: d.streak }, 'relay claim lost; claiming again failed, will retry');
+      this.claimFailed(msg.error, 'relay claim lost; claiming again failed, will retry');
       return;
     }
     this.reclaimRetry.reset();
@@ -365,6 +361,15 @@ export class RelayActor {
     this.lease = msg.lease;
     if (msg.lost) this.log.info({ parent: this.state.parent, lostReason: msg.lost.lostReason, failedAttempts: failed }, 'relay claim lost while pulling; claimed again');
     else this.log.info({ parent: this.state.parent, failedAttempts: failed }, 'relay claimed (it could not be written when the pull started)');
+  }
+
+  /** A claim write failed: the tick claims again after a jittered, growing delay; warned once, then rarely. */
+  private claimFailed(err: string | undefined, what: string): void {
+    const delay = this.reclaimRetry.next();
+    this.reclaim.retryAt = this.now() + delay;
+    const d = this.reclaimFailures.failure();
+    if (d.level === 'warn') this.log.warn({ err, retryInMs: delay, failures: d.streak, suppressed: d.suppressed }, what);
+    else this.log.debug({ err, retryInMs: delay, failures: d.streak }, what);
   }
 
   /** A pull attempt failed: wait a jittered, growing delay before the next one. */
@@ -457,12 +462,7 @@ export class RelayActor {
       else this.lease = await this.ctx.relays.claim(app, stream, { parent, rtmp: this.ctx.selfRtmp });
     } catch (err) {
       if (!this.lease?.held) this.lease = undefined;
-      const delay = this.reclaimRetry.next();
-      this.reclaim.retryAt = this.now() + delay;
-      const d = this.reclaimFailures.failure();
-      const fields = { err: err instanceof Error ? err.message : String(err), parent, retryInMs: delay, failures: d.streak };
-      if (d.level === 'warn') this.log.warn({ ...fields, suppressed: d.suppressed }, 'cannot write the relay claim; pulling anyway, claiming later');
-      else this.log.debug(fields, 'cannot write the relay claim; pulling anyway, claiming later');
+      this.claimFailed(err instanceof Error ? err.message : String(err), 'cannot write the relay claim; pulling anyway, claiming later');
     }
     return this.pull(seq, { node: parent, base, epoch });
   }
