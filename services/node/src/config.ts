@@ -228,6 +228,7 @@ function checkConfig(cfg: NodeConfig): void {
   checkListeners(cfg);
   checkSecurity(cfg);
   checkRecording(cfg);
+  checkVod(cfg);
   // Last: the docs-config test relies on a block that fails only here having passed the rest.
   if (isMeshMode(cfg)) checkNatsFiles(cfg);
 }
@@ -239,6 +240,26 @@ function checkRecording(cfg: NodeConfig): void {
   const records = [['app_defaults.record', cfg.app_defaults.record] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.record`, a.record] as const)];
   for (const [path, r] of records) {
     if (r && r.retention_s < r.segment_s) throw settingError(`${path}.retention`, `${r.retention_s} s is shorter than ${path}.segment_s (${r.segment_s} s): every segment would be deleted as it is finished`);
+  }
+}
+
+/** Every VOD app's root is an existing directory, and an app with no root here has the mesh to fetch from. */
+function checkVod(cfg: NodeConfig): void {
+  const vods = [['app_defaults.vod', cfg.app_defaults.vod] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.vod`, a.vod] as const)];
+  for (const [path, v] of vods) {
+    if (!v) continue;
+    if (v.root === '') {
+      if (!v.remote) throw settingError(`${path}.root`, 'is empty and remote is false: the app would serve no file (give a directory, or remote: true in a mesh)');
+      if (!isMeshMode(cfg)) throw settingError(`${path}.root`, 'is empty, and without a mesh (mesh.nats) there is no other node to serve the files from');
+      continue;
+    }
+    let isDir = false;
+    try {
+      isDir = statSync(v.root).isDirectory();
+    } catch (err) {
+      throw settingError(`${path}.root`, `${JSON.stringify(v.root)} cannot be read: ${(err as Error).message}`);
+    }
+    if (!isDir) throw settingError(`${path}.root`, `${JSON.stringify(v.root)} is not a directory`);
   }
 }
 

@@ -11,6 +11,7 @@ import type { MediaHost, PlayAdmission, PublishAdmission, Refusal, StreamRequest
 import { StreamRegistry } from './media/stream-registry.ts';
 import type { PublisherHandle, StreamHub } from './media/stream-hub.ts';
 import { RtmpServer } from './rtmp/rtmp-server.ts';
+import { vodLibraryFor, type LocalVodLibrary } from './vod/vod-library.ts';
 import { buildAdminServer, buildHttpServer, type HttpApiExtras, type Readiness } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
 import { NonceMemory, verifyCredential, type CredentialCheck } from './mesh/mesh-credential.ts';
@@ -56,6 +57,8 @@ export class MediaNode implements MediaHost {
   private staticRelays: StaticRelayLink[] = [];
   /** Replaced when auth is configured (static keys, signed tokens, webhooks). */
   authorizer: Authorizer = OPEN_ACCESS;
+  /** VOD apps' files; the mesh gives it a remote source when the node joins one. */
+  readonly vod: LocalVodLibrary;
   rtmpPort = 0;
   httpPort = 0;
   adminPort = 0;
@@ -71,6 +74,7 @@ export class MediaNode implements MediaHost {
     );
     this.limiter = new ConnectionLimiter(config.limits.max_connections, config.limits.max_connections_per_ip);
     this.rtmp = new RtmpServer(this, this.limiter);
+    this.vod = vodLibraryFor(config);
   }
 
   attachMesh(mesh: MeshBinding): void {

@@ -146,6 +146,7 @@ function sampleText(s: Setting): string {
     'mesh.placement_load_factor': '1.5',
     apps: '{live: {duplicate_publish: reject}}',
     'app_defaults.record': '{segment_s: 10}',
+    'app_defaults.vod': '{root: .}',
     'auth.apps': '{live: {publish: {keys: [k]}}}',
     static_relays: '[{push: live/a, to: "rtmp://out.example/app/a"}]',
     'webrtc.candidates': '203.0.113.7',

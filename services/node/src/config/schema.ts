@@ -200,8 +200,33 @@ const RECORD = z.preprocess(
   ),
 );
 
+/**
+ * An app's VOD files (see docs/vod.md): `false` (a live app), or `{root, remote}`. `true` or an
+ * empty `root` = this node holds none of the app's files and serves them from other nodes.
+ */
+const VOD = z.preprocess(
+  (v) => {
+    const parsed = fromYaml(toBoolean(v));
+    return parsed === true || parsed === null ? {} : parsed;
+  },
+  z.union(
+    [
+      z.literal(false),
+      z.strictObject(
+        {
+          root: z.preprocess(toString, z.string({ error: 'expected a directory' })).default(''),
+          remote: z.preprocess(toBoolean, z.boolean({ error: 'expected true or false' })).default(true),
+        },
+        { error: 'expected false, true or {root, remote}' },
+      ),
+    ],
+    { error: 'expected false, true or {root, remote}' },
+  ),
+);
+
 const appFields = {
   record: RECORD,
+  vod: VOD,
   duplicate_publish: z.enum(DUPLICATE_PUBLISH, { error: 'expected "standby", "takeover" or "reject"' }),
   publisher_silence_ms: z.preprocess(toNumber, z.number({ error: 'expected a number' }).int({ error: 'expected a whole number' }).min(250, { error: 'expected at least 250 (ms)' })),
   play_not_found: z.enum(PLAY_NOT_FOUND, { error: 'expected "wait" or "reject"' }),
@@ -221,6 +246,7 @@ const APP_OVERRIDES = z.preprocess(
       allow_publish: appFields.allow_publish.optional(),
       allow_play: appFields.allow_play.optional(),
       record: appFields.record.optional(),
+      vod: appFields.vod.optional(),
     },
     { error: 'expected a mapping of app settings' },
   ),
@@ -431,6 +457,20 @@ export const NODE_SCHEMA = z.strictObject(
             'Record the app\'s streams on the node that owns each one (see docs/recording.md): `false` (off), `true`, or `{format: flv, segment_s: 60, retention: 24h}` (segments cut at the first keyframe at or after `segment_s`; segments older than `retention`, a number of seconds or `90m`/`24h`/`7d`, are deleted).',
         }),
       ),
+      vod: appFields.vod.default(false).meta(
+        meta('false | {root, remote}', {
+          description:
+            'Serve files instead of live streams (see docs/vod.md): `false` (a live app), or `{root: /srv/media, remote: true}`: RTMP `mp4:dir/file.mp4` / `file.flv` / `file`, HTTP `/<app>/dir/file.mp4`. Files this node does not hold under `root` (empty = none here) are found on other nodes of the mesh and copied once into `vod.cache_dir` (unless `remote: false`). `root` must be an existing directory.',
+        }),
+      ),
+    }),
+    vod: group('VOD apps (per-app `vod`): where files fetched from other nodes are cached (see docs/vod.md).', {
+      cache_dir: str('vod-cache', { description: 'Directory for VOD files copied from other nodes (relative to the working directory). Its cache files are removed at start.' }),
+      cache_max_bytes: num(2 * 1024 ** 3, {
+        description: 'Bytes the VOD cache may hold; past it the file used least recently is removed (at least 1 MiB; a file larger than this is not fetched).',
+      }, z.number({ error: 'expected a number' }).min(1024 * 1024, { error: 'expected at least 1048576 (1 MiB)' })),
+      locate_timeout_ms: num(1500, { description: 'How long a node waits for another node to say it holds a VOD file it does not (at least 1).' }, z.number({ error: 'expected a number' }).min(1, { error: 'must be at least 1' })),
+      fetch_timeout_ms: num(15000, { description: 'A copy from another node that receives no bytes for this long is abandoned (at least 1).' }, z.number({ error: 'expected a number' }).min(1, { error: 'must be at least 1' })),
     }),
     recording: group('Where recordings are kept and how much of them (per-app `record` turns recording on; see docs/recording.md).', {
       storage: oneOf(['auto', 'local', 'object_store'] as const, 'auto', {

@@ -11,6 +11,7 @@ import { dashboardFeature, dashboardPeerFeature } from '../dashboard/dashboard.t
 import { HLS_FEATURE } from '../hls/hls-feature.ts';
 import { WS_FLV_FEATURE } from './ws-flv.ts';
 import type { PublishingStatus } from '../mesh/publishing-status.ts';
+import type { VodLibrary } from '../vod/vod-library.ts';
 import { RECORDINGS_FEATURE } from '../recording/recording-feature.ts';
 import { WHEP_FEATURE } from '../webrtc/whep-feature.ts';
 
@@ -22,6 +23,8 @@ export interface HttpFeatureContext {
   nodeInfo: () => Record<string, unknown>;
   /** Primary, standby and failovers of a stream published here (mesh nodes only). */
   publishing?: (app: string, stream: string) => PublishingStatus | undefined;
+  /** The node's VOD library (the same as `host.vod`). */
+  vod?: VodLibrary;
 }
 
 export interface HttpFeature {

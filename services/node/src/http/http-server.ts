@@ -66,7 +66,7 @@ export function buildHttpServer(host: MediaHost, registry: StreamRegistry, limit
   registerProbes(app, host, extras);
   app.get<{ Params: { app: string; file: string } }>('/:app/:file', (req, reply) => playFlv(req, reply));
   extras.registerPublic?.(app);
-  registerFeatures(app, 'public', { host, registry, limiter, nodeInfo: extras.nodeInfo, publishing: extras.publishing });
+  registerFeatures(app, 'public', { host, registry, limiter, nodeInfo: extras.nodeInfo, publishing: extras.publishing, vod: host.vod });
 
   async function playFlv(req: FastifyRequest<{ Params: { app: string; file: string } }>, reply: FastifyReply): Promise<void> {
     const { app: appName, file } = req.params;
@@ -177,7 +177,7 @@ export function buildAdminServer(host: MediaHost, registry: StreamRegistry, limi
   });
 
   extras.registerAdmin?.(app);
-  registerFeatures(app, 'admin', { host, registry, limiter, nodeInfo: extras.nodeInfo, publishing: extras.publishing });
+  registerFeatures(app, 'admin', { host, registry, limiter, nodeInfo: extras.nodeInfo, publishing: extras.publishing, vod: host.vod });
   return app;
 }
 

@@ -8,6 +8,7 @@ import type { Logger } from '../log.ts';
 import type { SessionTable } from '../sessions.ts';
 import type { PublisherHandle, StreamHub } from './stream-hub.ts';
 import type { CredentialCheck, MeshPull } from '../mesh/mesh-credential.ts';
+import type { VodLibrary } from '../vod/vod-library.ts';
 
 export interface StreamRequest {
   app: string;
@@ -16,8 +17,8 @@ export interface StreamRequest {
   params: URLSearchParams;
   sessionId: string;
   remote: string;
-  /** `recording`: a request of the recordings playback API (recording-feature.ts). */
-  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'recording' | 'whep';
+  /** `recording`: a request of the recordings playback API (recording-feature.ts); `vod`: a VOD file over HTTP (vod-http.ts). */
+  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'recording' | 'whep' | 'vod';
   /** Set when the connection proved (mesh credential) that it is another node's relay pulling. */
   meshPeer?: string;
   /** Set by authorisation: when the credential that admitted this request lapses (a signed token's `exp`), in ms. */
@@ -52,6 +53,8 @@ export interface MediaHost {
   /** An admitted publish or play has ended (webhooks, accounting). */
   sessionDone(action: 'publish' | 'play', req: StreamRequest, summary: { bytesIn: number; bytesOut: number; durationMs: number }): void;
   verifyMeshCredential(value: unknown): CredentialCheck;
+  /** The files of VOD apps (per-app `vod`); resolve a client's request name through it (vod/vod-library.ts). */
+  readonly vod?: VodLibrary;
 }
 
 export function splitQuery(name: string): { name: string; params: URLSearchParams } {
