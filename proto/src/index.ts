@@ -10,3 +10,6 @@ export * from './mpegts.ts';
 export * from './mesh-messages.ts';
 export * from './rtp/webrtc.ts';
 export * from './rtp/ogg.ts';
+export * from './rtp/h264-depacketizer.ts';
+export * from './rtp/ogg-writer.ts';
+export * from './rtp/adts.ts';

@@ -9,7 +9,7 @@ import { appConfig, type NodeConfig } from './config.ts';
 import type { Logger } from './log.ts';
 import type { MediaHost, PlayAdmission, PublishAdmission, Refusal, StreamRequest } from './media/host.ts';
 import { StreamRegistry } from './media/stream-registry.ts';
-import type { PublisherHandle, StreamHub } from './media/stream-hub.ts';
+import { isEncoder, type PublisherHandle, type StreamHub } from './media/stream-hub.ts';
 import { RtmpServer } from './rtmp/rtmp-server.ts';
 import { vodLibraryFor, type LocalVodLibrary } from './vod/vod-library.ts';
 import { buildAdminServer, buildHttpServer, type HttpApiExtras, type Readiness } from './http/http-server.ts';
@@ -147,7 +147,7 @@ export class MediaNode implements MediaHost {
       egressBps: Math.max(0, Math.round(((bytesOut - this.lastLoad.bytesOut) * 8) / dt)),
       ingressBps: Math.max(0, Math.round(((bytesIn - this.lastLoad.bytesIn) * 8) / dt)),
       cpu: (cpu.user + cpu.system) / 1e6 / dt,
-      streamsOwned: this.registry.list().filter((h) => h.publisher?.kind === 'rtmp').length,
+      streamsOwned: this.registry.list().filter((h) => isEncoder(h.publisher)).length,
       relaysHeld: this.registry.list().filter((h) => h.publisher?.kind === 'relay').length,
       draining: this.state !== 'running',
     };
@@ -210,7 +210,7 @@ export class MediaNode implements MediaHost {
   }
 
   async admitPublish(req: StreamRequest, publisher: PublisherHandle): Promise<PublishAdmission> {
-    const publishers = this.registry.list().filter((h) => h.publisher?.kind === 'rtmp').length;
+    const publishers = this.registry.list().filter((h) => isEncoder(h.publisher)).length;
     if (this.state !== 'running' || publishers >= this.config.limits.max_publishers) {
       const why = this.state !== 'running' ? 'node is draining' : `node is full (${publishers} publishers)`;
       const redirect = this.mesh?.redirectPublish?.(req);
@@ -226,7 +226,7 @@ export class MediaNode implements MediaHost {
     if (!auth.ok) return { ok: false, code: 'NetStream.Publish.Unauthorized', description: auth.reason };
     const hub = this.registry.open(req.app, req.stream);
     if (!this.mesh) {
-      if (hub.publisher && hub.publisher.kind === 'rtmp' && app.duplicate_publish === 'reject') {
+      if (isEncoder(hub.publisher) && app.duplicate_publish === 'reject') {
         return { ok: false, code: 'NetStream.Publish.BadName', description: `${req.app}/${req.stream} is already being published` };
       }
       hub.attachPublisher(publisher);

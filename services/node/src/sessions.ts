@@ -1,5 +1,5 @@
 /** The node's table of live connections, for the API, metrics and kicks. */
-export type SessionProtocol = 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'whep';
+export type SessionProtocol = 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'whep' | 'whip';
 export type SessionRole = 'idle' | 'publisher' | 'viewer' | 'relay-pull';
 
 export interface SessionInfo {

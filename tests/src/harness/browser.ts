@@ -38,7 +38,8 @@ export interface HeadlessBrowser {
   close(): Promise<void>;
 }
 
-export async function launchBrowser(opts: { viewport?: { width: number; height: number } } = {}): Promise<HeadlessBrowser> {
+/** `args`: extra Chromium switches (e.g. a fake camera and microphone for a publishing test). */
+export async function launchBrowser(opts: { viewport?: { width: number; height: number }; args?: string[] } = {}): Promise<HeadlessBrowser> {
   const profile = mkdtempSync(join(tmpdir(), 'meshcast-chromium-'));
   let context: BrowserContext;
   try {
@@ -46,7 +47,7 @@ export async function launchBrowser(opts: { viewport?: { width: number; height: 
     context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM_PATH,
       headless: true,
-      args: ARGS,
+      args: [...ARGS, ...(opts.args ?? [])],
       viewport: opts.viewport ?? { width: 1440, height: 1000 },
       deviceScaleFactor: 1,
       timeout: 30_000,

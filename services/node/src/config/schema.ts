@@ -421,14 +421,15 @@ export const NODE_SCHEMA = z.strictObject(
           'Memory for remembering admitted HLS viewers (one entry per stream and query string, e.g. per token; about 500 bytes each). When full, the viewer seen least recently is forgotten and admitted again on its next request, so nobody is locked out.',
       }),
     }),
-    webrtc: group('WebRTC playback (WHEP): H.264 passed through over RTP, on one UDP port for every peer.', {
-      enabled: bool(true, { description: 'Answer WHEP requests (`POST /:app/:stream/whep`) on the public listener.', aliases: ['MESHCAST_WEBRTC_ENABLED'] }),
-      udp_port: int(8189, 1, 65535, { description: 'The one UDP port every WebRTC peer of this node uses (ICE over a UDP mux), advertised in every answer, so never 0. Bound on the first WHEP request.', aliases: ['MESHCAST_WEBRTC_UDP_PORT'] }),
+    webrtc: group('WebRTC: playback (WHEP, H.264 passed through) and ingest (WHIP, H.264 + Opus) over RTP, on one UDP port for every peer.', {
+      enabled: bool(true, { description: 'Answer WHEP requests (`POST /:app/:stream/whep`) on the public listener, and WHIP publishes (`POST /:app/:stream/whip`) on ingest nodes.', aliases: ['MESHCAST_WEBRTC_ENABLED'] }),
+      udp_port: int(8189, 1, 65535, { description: 'The one UDP port every WebRTC peer of this node uses (ICE over a UDP mux), advertised in every answer, so never 0. Bound on the first WHEP or WHIP request.', aliases: ['MESHCAST_WEBRTC_UDP_PORT'] }),
       candidates: z
         .preprocess(toList, z.array(z.string({ error: 'expected an address' }), { error: 'expected a list of addresses' }))
         .default([])
         .meta(meta('list of addresses', { description: 'Extra addresses advertised as ICE candidates besides `public_host` (a NAT\'s outside address).', aliases: ['MESHCAST_WEBRTC_CANDIDATES'] })),
       session_timeout_s: num(10, { description: 'A peer that has not connected this many seconds after its answer, or whose ICE/DTLS failed, is closed.' }, z.number({ error: 'expected a number' }).positive({ error: 'must be greater than 0' })),
+      whip_keyframe_interval_s: num(2, { description: 'A WHIP publisher is asked for a keyframe (RTCP PLI) this often: WebRTC encoders send one only when asked, and HLS segments, new viewers and relays start on keyframes. Match `hls.target_duration_s`; 0 asks only at the start and after a loss.' }, z.number({ error: 'expected a number' }).min(0, { error: 'must be 0 or more' })),
     }),
     apps: z
       .preprocess(nullToEmpty, z.record(z.string(), APP_OVERRIDES, { error: 'expected a mapping of app name to settings' }))

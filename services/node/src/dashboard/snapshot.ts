@@ -11,6 +11,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { HttpFeatureContext } from '../http/features.ts';
 import { signCredential } from '../mesh/mesh-credential.ts';
+import { isEncoder } from '../media/stream-hub.ts';
 import { MESH_CREDENTIAL_HEADER, encodeCredentialHeader } from './peer-credential.ts';
 import { decodePublishingStatus, mergePublishing, type PublishingStatus, type PublishingView } from '../mesh/publishing-status.ts';
 
@@ -268,9 +269,10 @@ export class SnapshotBuilder {
         const s = entry(r.app, r.stream);
         const source = r.publisher?.kind ?? 'none';
         s.nodes[nodeId] = { source, live: r.live, viewers: num(r.viewers), protocols: r.protocols ?? {}, bytesOut: num(r.bytesOut), droppedFrames: num(r.droppedFrames) };
-        if (source === 'rtmp' && s.owner === null) s.owner = nodeId;
-        if (source === 'rtmp' && !s.video && r.metadata) s.video = videoFromMetadata(r.metadata);
-        if (source === 'rtmp' && !s.audio && r.metadata) s.audio = audioFromMetadata(r.metadata);
+        const encoder = source === 'rtmp' || source === 'whip';
+        if (encoder && s.owner === null) s.owner = nodeId;
+        if (encoder && !s.video && r.metadata) s.video = videoFromMetadata(r.metadata);
+        if (encoder && !s.audio && r.metadata) s.audio = audioFromMetadata(r.metadata);
       }
     }
 
@@ -309,7 +311,7 @@ export class SnapshotBuilder {
       egressBps: 0,
       ingressBps: 0,
       cpu: 0,
-      streamsOwned: this.ctx.registry.list().filter((h) => h.publisher?.kind === 'rtmp').length,
+      streamsOwned: this.ctx.registry.list().filter((h) => isEncoder(h.publisher)).length,
       relaysHeld: this.ctx.registry.list().filter((h) => h.publisher?.kind === 'relay').length,
       draining: info.state === 'draining',
       heartbeatAgeMs: null,

@@ -14,6 +14,7 @@ import type { PublishingStatus } from '../mesh/publishing-status.ts';
 import type { VodLibrary } from '../vod/vod-library.ts';
 import { RECORDINGS_FEATURE } from '../recording/recording-feature.ts';
 import { WHEP_FEATURE } from '../webrtc/whep-feature.ts';
+import { WHIP_FEATURE } from '../webrtc/whip-feature.ts';
 
 export interface HttpFeatureContext {
   host: MediaHost;
@@ -35,4 +36,4 @@ export interface HttpFeature {
 }
 
 /** The features every node serves, in registration order. */
-export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, dashboardPeerFeature, { ...HLS_FEATURE, surface: 'public' }, WS_FLV_FEATURE, RECORDINGS_FEATURE, WHEP_FEATURE];
+export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, dashboardPeerFeature, { ...HLS_FEATURE, surface: 'public' }, WS_FLV_FEATURE, RECORDINGS_FEATURE, WHEP_FEATURE, WHIP_FEATURE];

@@ -15,16 +15,16 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FastifyInstance } from 'fastify';
-import type { StreamHub } from '../media/stream-hub.ts';
+import { isEncoder, type StreamHub } from '../media/stream-hub.ts';
 import type { SessionInfo, SessionProtocol, SessionRole } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from './features.ts';
 import { registerRecordingMetrics } from '../recording/recording-metrics.ts';
 
-const PROTOCOLS: readonly SessionProtocol[] = ['rtmp', 'http-flv', 'ws-flv', 'hls', 'whep'];
+const PROTOCOLS: readonly SessionProtocol[] = ['rtmp', 'http-flv', 'ws-flv', 'hls', 'whep', 'whip'];
 const ROLES: readonly SessionRole[] = ['idle', 'publisher', 'viewer', 'relay-pull'];
 const BUS_STATUSES = ['connected', 'disconnected', 'reconnecting', 'closed'] as const;
 const NODE_STATES = ['created', 'running', 'draining', 'stopped'] as const;
-const STREAM_SOURCES = ['rtmp', 'relay', 'pull', 'none'] as const;
+const STREAM_SOURCES = ['rtmp', 'whip', 'relay', 'pull', 'none'] as const;
 
 type HubTotals = { framesIn: number; bytesIn: number; bytesOut: number; droppedFrames: number; evictedSinks: number };
 
@@ -103,10 +103,10 @@ export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
     if (watched.has(hub)) return;
     watched.add(hub);
     hub.on('publish', (p: { kind: string }) => {
-      if (p.kind === 'rtmp') ownershipChanges.inc({ change: 'acquired' });
+      if (isEncoder(p)) ownershipChanges.inc({ change: 'acquired' });
     });
     hub.on('unpublish', (p: { kind: string }) => {
-      if (p.kind === 'rtmp') ownershipChanges.inc({ change: 'released' });
+      if (isEncoder(p)) ownershipChanges.inc({ change: 'released' });
     });
   };
   const onOpened = (hub: StreamHub): void => watchHub(hub);
@@ -155,7 +155,7 @@ export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
 
   function refreshHubs(): void {
     const totals: HubTotals = { ...retired };
-    const bySource: Record<(typeof STREAM_SOURCES)[number], number> = { rtmp: 0, relay: 0, pull: 0, none: 0 };
+    const bySource: Record<(typeof STREAM_SOURCES)[number], number> = { rtmp: 0, whip: 0, relay: 0, pull: 0, none: 0 };
     let sinks = 0;
     for (const hub of streams.list()) {
       totals.framesIn += hub.stats.framesIn;

@@ -18,7 +18,7 @@ export interface StreamRequest {
   sessionId: string;
   remote: string;
   /** `recording`: a request of the recordings playback API (recording-feature.ts); `vod`: a VOD file over HTTP (vod-http.ts). */
-  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'recording' | 'whep' | 'vod';
+  protocol: 'rtmp' | 'http-flv' | 'ws-flv' | 'hls' | 'recording' | 'whep' | 'whip' | 'vod';
   /** Set when the connection proved (mesh credential) that it is another node's relay pulling. */
   meshPeer?: string;
   /** Set by authorisation: when the credential that admitted this request lapses (a signed token's `exp`), in ms. */

@@ -45,10 +45,14 @@ export interface HubOptions {
 
 export interface PublisherHandle {
   readonly id: string;
-  readonly kind: 'rtmp' | 'relay' | 'pull';
+  /** `rtmp` and `whip`: an encoder publishing on this node (see isEncoder); `relay`, `pull`: media from elsewhere. */
+  readonly kind: 'rtmp' | 'whip' | 'relay' | 'pull';
   /** Called when a newer publisher takes the stream over, or the node fences the stream. */
   evict(reason: string): void;
 }
+
+/** An encoder publishes on this node (RTMP or WHIP): the stream is owned here, not relayed or pulled. */
+export const isEncoder = (p: { readonly kind: string } | undefined): boolean => p?.kind === 'rtmp' || p?.kind === 'whip';
 
 type SinkState = 'waitKey' | 'live' | 'lagging';
 

@@ -15,7 +15,7 @@ const PAD = 16;
  * rooted at the owner. Relays whose parent is not in the tree hang off the root, marked.
  */
 export function buildTree(stream) {
-  const rootId = stream.owner ?? Object.keys(stream.nodes).find((id) => stream.nodes[id].source === 'rtmp') ?? null;
+  const rootId = stream.owner ?? Object.keys(stream.nodes).find((id) => ['rtmp', 'whip'].includes(stream.nodes[id].source)) ?? null;
   if (!rootId) return null;
   const nodes = new Map([[rootId, { id: rootId, children: [], missing: false, orphan: false }]]);
   for (const r of stream.relays) {
