@@ -282,6 +282,19 @@ export class MediaNode implements MediaHost {
     return { ok: true, hub };
   }
 
+  /**
+   * A VOD file's play rules, the same as a live stream's without the stream part: refused while
+   * draining, on a node that serves no viewers, in an app that forbids playing, or by auth.
+   */
+  async admitVodPlay(req: StreamRequest): Promise<Refusal | undefined> {
+    if (this.state !== 'running') return { ok: false, code: 'NetStream.Play.Failed', description: 'node is draining' };
+    if (!this.config.roles.includes('playback')) return { ok: false, code: 'NetStream.Play.Failed', description: 'this node does not serve viewers (ingest-only)' };
+    if (!appConfig(this.config, req.app).allow_play) return { ok: false, code: 'NetStream.Play.Failed', description: `playing from app "${req.app}" is not allowed` };
+    const auth = await this.authorizer.authorize('play', req);
+    if (!auth.ok) return { ok: false, code: 'NetStream.Play.Unauthorized', description: auth.reason };
+    return undefined;
+  }
+
   endPlay(hub: StreamHub): void {
     this.mesh?.playEnded(hub);
   }

@@ -405,6 +405,27 @@ export class RtmpClient extends EventEmitter {
     return s;
   }
 
+  /** VOD: asks for a position (ms); resolves on NetStream.Seek.Notify. Frames from the new position follow. */
+  async seek(ms: number, timeoutMs = this.opts.timeoutMs ?? 10_000): Promise<StatusInfo> {
+    const done = this.waitStatus((c) => c === 'NetStream.Seek.Notify', (c) => c === 'NetStream.Seek.Failed', timeoutMs);
+    this.sendCommand(this.streamId, ['seek', 0, null, ms]);
+    return done;
+  }
+
+  /** VOD: pauses (true) or resumes (false) at `ms`; resolves on NetStream.Pause.Notify / NetStream.Unpause.Notify. */
+  async pause(pause: boolean, ms = 0, timeoutMs = this.opts.timeoutMs ?? 10_000): Promise<StatusInfo> {
+    const want = pause ? 'NetStream.Pause.Notify' : 'NetStream.Unpause.Notify';
+    const done = this.waitStatus((c) => c === want, () => false, timeoutMs);
+    this.sendCommand(this.streamId, ['pause', 0, null, pause, ms]);
+    return done;
+  }
+
+  /** FMS's getStreamLength: the named file's duration in seconds (0 when the server does not know it). */
+  async getStreamLength(stream = this.url.stream): Promise<number> {
+    const r = await this.call('getStreamLength', null, stream);
+    return r[0] === '_result' && typeof r[3] === 'number' ? r[3] : 0;
+  }
+
   /** Publishes `stream` (default: the URL's) live; resolves on NetStream.Publish.Start. */
   async publish(stream = this.url.stream, timeoutMs = this.opts.timeoutMs ?? 10_000): Promise<StatusInfo> {
     this.sendCommand(0, ['releaseStream', this.txn++, null, stream]);

@@ -49,6 +49,8 @@ export interface MediaHost {
   endPublish(hub: StreamHub, publisher: PublisherHandle): void;
   /** Returns the hub the viewer should attach to (local, relayed, or awaited). */
   admitPlay(req: StreamRequest): Promise<PlayAdmission>;
+  /** The play rules for a file of a VOD app (no hub, no relay): undefined when admitted. */
+  admitVodPlay(req: StreamRequest): Promise<Refusal | undefined>;
   endPlay(hub: StreamHub): void;
   /** An admitted publish or play has ended (webhooks, accounting). */
   sessionDone(action: 'publish' | 'play', req: StreamRequest, summary: { bytesIn: number; bytesOut: number; durationMs: number }): void;

@@ -40,13 +40,18 @@ import type { Logger } from '../log.ts';
 import type { MeshPull } from '../mesh/mesh-credential.ts';
 import { newSessionId, type Session, type SessionInfo, type SessionRole } from '../sessions.ts';
 import { joinParams } from '../auth/params.ts';
+import { VodError } from '../vod/vod-library.ts';
+import { openVodMedia, VodMediaError } from '../vod/vod-media.ts';
+import { VodPlayer, type VodOutput } from '../vod/vod-player.ts';
 
 type ConnState = 'handshake' | 'awaitConnect' | 'connected' | 'closed';
 
 type NetStream =
   | { kind: 'idle'; id: number }
   | { kind: 'publishing'; id: number; hub: StreamHub | undefined; handle: PublisherHandle; app: string; stream: string; lastMediaAt: number; req: StreamRequest; since: number }
-  | { kind: 'playing'; id: number; hub: StreamHub; sink: ViewerSink; app: string; stream: string; req: StreamRequest; since: number };
+  | { kind: 'playing'; id: number; hub: StreamHub; sink: ViewerSink; app: string; stream: string; req: StreamRequest; since: number }
+  /** Playing a file of a VOD app: its own player, no hub. */
+  | { kind: 'vod'; id: number; player: VodPlayer; app: string; stream: string; req: StreamRequest; since: number };
 
 /** Messages this actor handles, in order. */
 export type RtmpSessionMessage =
@@ -152,7 +157,10 @@ export class RtmpSession implements Session {
     });
     socket.setNoDelay(true);
     socket.on('data', (data: Buffer) => this.handle({ type: 'bytes', data }));
-    socket.on('drain', () => this.resumeReading());
+    socket.on('drain', () => {
+      this.resumeReading();
+      for (const ns of this.streams.values()) if (ns.kind === 'vod') ns.player.handle({ type: 'drained' });
+    });
     socket.on('close', () => this.handle({ type: 'socketClosed' }));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'socket error'));
     this.timer = setInterval(() => this.handle({ type: 'timer' }), 1000);
@@ -257,6 +265,11 @@ export class RtmpSession implements Session {
         if (c instanceof RtmpProtocolError) return this.fail(c);
         if (c.kind === 'userControl' && c.event === UserControlEvent.PING_REQUEST) {
           this.sendControl(userControlMessage(UserControlEvent.PING_RESPONSE, c.timestamp ?? 0));
+        }
+        if (c.kind === 'userControl' && c.event === UserControlEvent.SET_BUFFER_LENGTH) {
+          // A VOD player sends ahead by the client's buffer length.
+          const ns = this.streams.get(c.streamId ?? 0);
+          if (ns?.kind === 'vod') ns.player.handle({ type: 'bufferLength', ms: c.bufferLength ?? 0 });
         }
         return;
       }
@@ -386,12 +399,19 @@ export class RtmpSession implements Session {
         this.endStream(m.streamId, 'closeStream');
         return;
       case 'getStreamLength':
-        if (txn > 0) this.sendCommand(0, ['_result', txn, null, 0]);
+        return this.onGetStreamLength(txn, args[0]);
+      case 'pause':
+      case 'pauseRaw':
+      case 'seek': {
+        // Only a file can be paused or sought; a live stream ignores both, as before.
+        const ns = this.streams.get(m.streamId);
+        if (ns?.kind !== 'vod') return;
+        if (name === 'seek') ns.player.handle({ type: 'seek', ms: typeof args[0] === 'number' && Number.isFinite(args[0]) ? args[0] : 0 });
+        else ns.player.handle({ type: 'pause', pause: typeof args[0] === 'boolean' ? args[0] : undefined });
         return;
+      }
       case 'receiveAudio':
       case 'receiveVideo':
-      case 'pause':
-      case 'seek':
         return;
       default:
         this.log.debug({ command: clientText(name) }, 'unknown command');
@@ -520,6 +540,7 @@ export class RtmpSession implements Session {
       this.sendStatus(streamId, 'error', 'NetStream.Play.StreamNotFound', r.problem);
       return;
     }
+    if (this.host.vod?.isVodApp(r.req.app) && !this.meshPeer) return this.onVodPlay(streamId, r.req);
     if (this.meshPeer) {
       // A mesh credential opens one play, of the stream it names, once: a relay pulls each stream on its own connection.
       if (this.meshPlayed) {
@@ -550,6 +571,85 @@ export class RtmpSession implements Session {
     this.write(this.encoder.encode({ csid: 5, type: MessageType.DATA_AMF0, streamId, timestamp: 0, payload: encodeAmf0(['|RtmpSampleAccess', true, true]) }));
     hub.addSink(sink);
     this.log.debug('playing');
+  }
+
+  /**
+   * A play on a VOD app (`mp4:dir/file.mp4`, `file.flv`, `file`): the app's play rules, then the
+   * library's file (refusals as the onStatus codes FMS uses), then a VodPlayer of its own.
+   */
+  private async onVodPlay(streamId: number, req: StreamRequest): Promise<void> {
+    const refused = await this.host.admitVodPlay(req);
+    if (this.state === 'closed') return;
+    if (refused) {
+      this.log.info({ stream: req.stream, code: refused.code, reason: refused.description }, 'VOD play refused');
+      this.sendStatus(streamId, 'error', refused.code, refused.description);
+      return;
+    }
+    const opened = await this.openVod(req.app, req.stream);
+    // The connection may have closed while the file was found and opened.
+    if ((this.state as ConnState) === 'closed') {
+      if ('media' in opened) opened.media.close();
+      return;
+    }
+    if (!('media' in opened)) {
+      this.sendStatus(streamId, 'error', opened.code, opened.description);
+      return;
+    }
+    const ns = this.streams.get(streamId);
+    if (!ns || ns.kind !== 'idle') {
+      opened.media.close();
+      this.sendStatus(streamId, 'error', 'NetStream.Play.Failed', 'play on a stream that was not created or is busy');
+      return;
+    }
+    const out: VodOutput = {
+      status: (level, code, description) => this.sendStatus(streamId, level, code, description),
+      data: (values) => this.write(this.encoder.encode({ csid: 5, type: MessageType.DATA_AMF0, streamId, timestamp: 0, payload: encodeAmf0(values) })),
+      control: (event) =>
+        this.sendControl(userControlMessage(event === 'begin' ? UserControlEvent.STREAM_BEGIN : event === 'eof' ? UserControlEvent.STREAM_EOF : UserControlEvent.STREAM_IS_RECORDED, streamId)),
+      frame: (f) => this.writeMedia(f.rtmp(this.host.config.media.out_chunk_size, streamId)),
+      bufferedBytes: () => this.socket.writableLength,
+    };
+    this.log = this.log.child({ stream: req.stream });
+    const player = new VodPlayer(opened.media, out, this.log);
+    this.streams.set(streamId, { kind: 'vod', id: streamId, player, app: req.app, stream: req.stream, req, since: Date.now() });
+    this.log.info({ file: opened.media.file.name, durationMs: opened.media.durationMs }, 'playing VOD file');
+  }
+
+  /** The file a VOD request names, opened; or the onStatus refusal (logged here, once). */
+  private async openVod(app: string, name: string): Promise<{ media: Awaited<ReturnType<typeof openVodMedia>> } | { code: string; description: string }> {
+    try {
+      const file = await this.host.vod!.resolve(app, name);
+      return { media: await openVodMedia(file) };
+    } catch (err) {
+      if (err instanceof VodError) {
+        const code = err.reason === 'unavailable' ? 'NetStream.Play.Failed' : 'NetStream.Play.StreamNotFound';
+        if (err.reason === 'bad_path') this.peerWarn({ reason: err.message }, 'VOD path refused');
+        else this.log.info({ reason: err.reason, err: err.message }, 'VOD file not played');
+        return { code, description: err.message };
+      }
+      if (err instanceof VodMediaError) {
+        this.log.warn({ reason: err.reason, err: err.message }, 'VOD file cannot be played');
+        return { code: 'NetStream.Play.Failed', description: err.message };
+      }
+      throw err;
+    }
+  }
+
+  /** FMS's getStreamLength: the file's duration in seconds (0 for a live stream, or a file that cannot be opened). */
+  private async onGetStreamLength(txn: number, rawName: unknown): Promise<void> {
+    let seconds = 0;
+    if (typeof rawName === 'string' && this.host.vod?.isVodApp(this.app)) {
+      const r = this.request(rawName);
+      const refused = 'req' in r ? await this.host.admitVodPlay(r.req) : { description: r.problem };
+      if (!refused && 'req' in r) {
+        const opened = await this.openVod(this.app, r.req.stream);
+        if ('media' in opened) {
+          seconds = opened.media.durationMs / 1000;
+          opened.media.close();
+        }
+      }
+    }
+    if (txn > 0) this.sendCommand(0, ['_result', txn, null, seconds]);
   }
 
   /**
@@ -586,6 +686,10 @@ export class RtmpSession implements Session {
       case 'playing':
         ns.hub.removeSink(ns.sink);
         this.host.endPlay(ns.hub);
+        this.host.sessionDone('play', ns.req, { bytesIn: this.decoder.bytesReceived, bytesOut: this.bytesOut, durationMs: Date.now() - ns.since });
+        break;
+      case 'vod':
+        ns.player.handle({ type: 'close' });
         this.host.sessionDone('play', ns.req, { bytesIn: this.decoder.bytesReceived, bytesOut: this.bytesOut, durationMs: Date.now() - ns.since });
         break;
     }
@@ -695,6 +799,10 @@ export class RtmpSession implements Session {
         app = ns.app;
         stream = ns.stream;
         dropped += ns.hub.sinkDrops(ns.sink.id);
+      } else if (ns.kind === 'vod') {
+        role = 'viewer';
+        app = ns.app;
+        stream = ns.stream;
       }
     }
     return {
