@@ -9,8 +9,10 @@ import { after, before, describe, it } from 'node:test';
 import type { FlvTag } from '@meshcast/proto';
 import type { FlvSource } from '../src/load/index.ts';
 import { NodeProcess } from '../../tests/src/harness/node-process.ts';
+import { freeUdpPort } from '../../tests/src/harness/ports.ts';
 import { isLoopbackAddress, isLoopbackHost, parseLoadArgs, UsageError, type LoadOptions } from '../src/load-cli/options.ts';
 import { framesInRange, runLoad, streamNames, withStream, type LoadReport, type LoadUi } from '../src/load-cli/runner.ts';
+import { carriesIdr, parseRtp } from '../src/load-cli/whep-swarm.ts';
 import { apportion, arrivalOrder, zipfWeights } from '../src/load-cli/zipf.ts';
 
 const REPO = resolve(import.meta.dirname, '../..');
@@ -48,6 +50,21 @@ describe('meshcast-load options and pieces', () => {
     assert.deepEqual(streamNames('load', 3), ['load-1', 'load-2', 'load-3']);
     assert.equal(withStream('rtmp://127.0.0.1:1935/live/x?key=k', 'live', 'load-2', false), 'rtmp://127.0.0.1:1935/live/load-2?key=k');
     assert.equal(withStream('http://127.0.0.21:8080/live/x.flv', 'live', 'a b', true), 'http://127.0.0.21:8080/live/a%20b.flv');
+    assert.equal(withStream('http://127.0.0.21:8080/live/x/whep?token=t', 'live', 'load-1', 'whep'), 'http://127.0.0.21:8080/live/load-1/whep?token=t');
+    assert.deepEqual(opts(['--play-url', 'http://127.0.0.1:8080/live/cam/whep', '--protocol', 'whep']).stream, 'cam');
+    assert.throws(() => parseLoadArgs(['--url', 'rtmp://127.0.0.1/live/x', '--protocol', 'whep']), /--protocol whep needs --play-url/);
+    assert.throws(() => parseLoadArgs(['--url', 'rtmp://127.0.0.1/live/x', '--protocol', 'whep', '--play-url', 'http://127.0.0.1/live/x.flv']), /must be an http:\/\/…\/app\/stream\/whep URL/);
+  });
+
+  it('reads RTP headers and finds IDR slices in H.264 payloads', () => {
+    const rtp = Buffer.from([0x80, 0x80 | 102, 0, 1, 0, 0, 0x03, 0xe8, 0, 0, 0, 7, 0x65, 0x88]);
+    assert.deepEqual(parseRtp(rtp), { marker: true, payloadType: 102, timestamp: 1000, payload: Buffer.from([0x65, 0x88]) });
+    assert.equal(parseRtp(Buffer.from([0x80, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 0])), undefined, 'an RTCP sender report is not RTP');
+    assert.ok(carriesIdr(Buffer.from([0x65, 0x88])), 'single NAL IDR');
+    assert.ok(carriesIdr(Buffer.from([0x7c, 0x85, 0])), 'first FU-A fragment of an IDR');
+    assert.ok(!carriesIdr(Buffer.from([0x7c, 0x05, 0])), 'a middle FU-A fragment does not start a picture');
+    assert.ok(carriesIdr(Buffer.from([0x78, 0, 2, 0x67, 0x42, 0, 2, 0x65, 0x88])), 'STAP-A with SPS and IDR');
+    assert.ok(!carriesIdr(Buffer.from([0x41, 0x9a])), 'a P slice');
   });
 
   it('counts expected frames over looped media time', () => {
@@ -139,5 +156,29 @@ describe('meshcast-load against a meshcast node', { timeout: 60_000 }, () => {
     assert.ok(rep.summary.latencyMs.count > 0, 'clock stamps reach HTTP-FLV viewers');
     assert.ok(rep.summary.deliveredRatio > 0.98, `delivered ${rep.summary.deliveredRatio}`);
     assert.equal(rep.ok, true);
+  });
+
+  it('--protocol whep: libdatachannel viewers play H.264 + Opus over WHEP, and DELETE their sessions', async () => {
+    const webrtc = await NodeProcess.start({ host: '127.0.0.172', config: { webrtc: { udp_port: await freeUdpPort('127.0.0.172') } }, env: { MESHCAST_LOG_LEVEL: 'warn' } });
+    try {
+      // The bin, as an operator runs it: it must also exit once its peers are closed (libdatachannel's threads stopped).
+      const r = await runBin(['--url', `${webrtc.rtmpUrl}/live/whepload`, '--protocol', 'whep', '--play-url', `${webrtc.httpUrl}/live/whepload/whep`, '--viewers', '4', '--duration', '3', '--ramp', '0', '--json']);
+      assert.equal(r.code, 0, r.err);
+      const rep = JSON.parse(r.out) as LoadReport;
+      const s = rep.summary;
+      assert.equal(rep.window, 'arrival');
+      assert.equal(s.failed, 0, JSON.stringify(s.failures));
+      assert.equal(s.receiving, 4, 'every viewer decoded-ready a keyframe');
+      assert.equal(rep.ok, true);
+      // The test media is 30 fps video + AAC (→ Opus 20 ms packets): 3 s is ~90 video + ~150 audio frames per viewer.
+      assert.ok(rep.framesReceived >= 4 * 150, `frames received ${rep.framesReceived}`);
+      assert.ok(s.medianViewerBytes > 100_000, `median bytes per viewer ${s.medianViewerBytes}`);
+      // The sessions were DELETEd when the load tester stopped: the node lists no WHEP viewer.
+      const { sessions } = await webrtc.api<{ sessions: Array<{ protocol: string }> }>('/api/v1/sessions');
+      assert.deepEqual(sessions.filter((x) => x.protocol === 'whep'), []);
+    } finally {
+      await webrtc.kill();
+      webrtc.cleanup();
+    }
   });
 });

@@ -9,7 +9,7 @@ export const MAX_DURATION_S = 3600;
 export const MAX_STREAMS = 1000;
 export const MAX_PUBLISHERS = 200;
 
-export type Protocol = 'rtmp' | 'http-flv';
+export type Protocol = 'rtmp' | 'http-flv' | 'whep';
 
 export interface LoadOptions {
   /** Publish URL (rtmp://host:port/app/stream); names the app and stream. */
@@ -50,15 +50,18 @@ expected bytes, missing frames and failures by cause.
                      published by someone else, e.g. ffmpeg)
   --streams K        spread the viewers over K streams STREAM-1 … STREAM-K (default 1)
   --zipf S           Zipf popularity exponent over the K streams (default 1; 0 = even)
-  --protocol P       rtmp (default) or http-flv
+  --protocol P       rtmp (default), http-flv or whep (WebRTC: libdatachannel peers, H.264 + Opus;
+                     bytes are RTP payload, counted by arrival time)
   --play-url URL     where viewers play when that is not --url, e.g. an edge node:
-                     rtmp://127.0.0.21:1935/live/x or http://127.0.0.21:8080/live/x.flv
+                     rtmp://127.0.0.21:1935/live/x, http://127.0.0.21:8080/live/x.flv or
+                     http://127.0.0.21:8080/live/x/whep
                      (the app and stream names are taken from --url when given)
   --route URL        route-aware: ask this node's /api/v1/route for every viewer and follow it
                      (e.g. http://127.0.0.21:8080)
   --ramp R           new viewers per second (default 200; 0 = all at once)
   --workers W        viewer processes (default: one per 2000 viewers, at most cpus - 1; 0 = this process)
   --media M          small (640x360, 600 kbit/s; default), 720p (2 Mbit/s) or a path to an .flv file
+                     (with --protocol whep, small and 720p are encoded without B-frames)
   --timeout MS       connect + play timeout per viewer (default 10000)
   --json             print one JSON report on stdout (progress still goes to stderr)
   --quiet            no progress output
@@ -91,6 +94,9 @@ export function namesFromUrl(url: string): { app: string; stream: string } {
     throw new UsageError(`not a URL: ${url}`);
   }
   const parts = u.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  if (parts.length < 2) throw new UsageError(`${url}: expected …/app/stream`);
+  // A WHEP URL names the stream before its last segment: /app/stream/whep.
+  if (parts[parts.length - 1] === 'whep' && /^https?:$/.test(u.protocol)) parts.pop();
   if (parts.length < 2) throw new UsageError(`${url}: expected …/app/stream`);
   const stream = parts[parts.length - 1]!.replace(/\.flv$/, '');
   return { app: parts.slice(0, -1).join('/'), stream };
@@ -135,13 +141,15 @@ export function parseLoadArgs(argv: string[]): LoadOptions | 'help' {
   if (url && !/^rtmp:\/\//.test(url)) throw new UsageError(`--url must be an rtmp:// URL (got ${url})`);
   const { app, stream } = namesFromUrl((url ?? playUrl)!);
   const protocol = ((values['protocol'] as string | undefined) ?? 'rtmp') as Protocol;
-  if (protocol !== 'rtmp' && protocol !== 'http-flv') throw new UsageError('--protocol is rtmp or http-flv');
+  if (protocol !== 'rtmp' && protocol !== 'http-flv' && protocol !== 'whep') throw new UsageError('--protocol is rtmp, http-flv or whep');
   if (playUrl) {
-    const want = protocol === 'rtmp' ? /^rtmp:\/\// : /^https?:\/\/.*\.flv(\?|$)/;
-    if (!want.test(playUrl)) throw new UsageError(`--play-url must be ${protocol === 'rtmp' ? 'an rtmp:// URL' : 'an http://…/app/stream.flv URL'} for --protocol ${protocol}`);
+    const want = { rtmp: /^rtmp:\/\//, 'http-flv': /^https?:\/\/.*\.flv(\?|$)/, whep: /^https?:\/\/.*\/whep(\?|$)/ }[protocol];
+    const what = { rtmp: 'an rtmp:// URL', 'http-flv': 'an http://…/app/stream.flv URL', whep: 'an http://…/app/stream/whep URL' }[protocol];
+    if (!want.test(playUrl)) throw new UsageError(`--play-url must be ${what} for --protocol ${protocol}`);
   }
   if (route && !/^https?:\/\//.test(route)) throw new UsageError('--route is the base URL of a node, e.g. http://127.0.0.21:8080');
   if (protocol === 'http-flv' && !playUrl && !route) throw new UsageError('--protocol http-flv needs --play-url http://host:port/app/stream.flv or --route http://node:port');
+  if (protocol === 'whep' && !playUrl && !route) throw new UsageError('--protocol whep needs --play-url http://host:port/app/stream/whep or --route http://node:port');
   const force = Boolean(values['force']);
   const viewers = int(values['viewers'] as string | undefined, 'viewers', 10, 1);
   const durationS = real(values['duration'] as string | undefined, 'duration', 10, 1);

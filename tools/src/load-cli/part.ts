@@ -7,6 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { ViewerSwarm, decodeHistogram, encodeHistogram, newHistogram, type Histogram, type SwarmPartReport, type SwarmProgress } from '../load/index.ts';
 import { HttpFlvSwarm } from './http-flv-swarm.ts';
+import { WhepSwarm } from './whep-swarm.ts';
 import { isLoopbackHost, type Protocol } from './options.ts';
 import { arrivalOrder } from './zipf.ts';
 
@@ -53,7 +54,7 @@ export interface PartReport {
   route: RouteStats | undefined;
 }
 
-type AnySwarm = ViewerSwarm | HttpFlvSwarm;
+type AnySwarm = ViewerSwarm | HttpFlvSwarm | WhepSwarm;
 interface Group {
   stream: number;
   swarm: AnySwarm;
@@ -63,6 +64,12 @@ interface RouteAnswer {
   node: string;
   rtmp: string;
   flv: string;
+  whep?: string;
+}
+
+/** The URL a viewer of `protocol` plays from a route answer. */
+function routedUrl(a: RouteAnswer, protocol: Protocol): string | undefined {
+  return protocol === 'rtmp' ? a.rtmp : protocol === 'whep' ? a.whep : a.flv;
 }
 
 export class LoadPart {
@@ -85,9 +92,10 @@ export class LoadPart {
   }
 
   private makeSwarm(stream: number, url: string, viewers: number, rampPerSecond: number): AnySwarm {
-    const epoch = this.plan.epochs[stream];
+    // A WHEP viewer's media time starts at its first RTP frame, not at the publisher's timestamp 0.
+    const epoch = this.plan.protocol === 'whep' ? null : this.plan.epochs[stream];
     const opts = { url, viewers, timeoutMs: this.plan.timeoutMs, ...(rampPerSecond > 0 ? { rampPerSecond } : {}), ...(epoch != null ? { epochMs: epoch } : {}) };
-    const s = this.plan.protocol === 'rtmp' ? new ViewerSwarm(opts) : new HttpFlvSwarm(opts);
+    const s = this.plan.protocol === 'rtmp' ? new ViewerSwarm(opts) : this.plan.protocol === 'whep' ? new WhepSwarm(opts) : new HttpFlvSwarm(opts);
     this.groups.push({ stream, swarm: s });
     // A swarm started inside the measurement window joins it.
     if (this.marked) s.mark(this.range?.[stream]);
@@ -114,7 +122,7 @@ export class LoadPart {
     if (!r.ok) throw new Error(`HTTP${r.status}`);
     const a = (await r.json()) as RouteAnswer;
     this.routeLatency.recordValue(Math.max(1, Math.round(performance.now() - t0)));
-    const play = this.plan.protocol === 'rtmp' ? a.rtmp : a.flv;
+    const play = routedUrl(a, this.plan.protocol);
     if (typeof play !== 'string') throw new Error('bad-answer');
     if (!this.plan.allowRemote && !(await isLoopbackHost(new URL(play).hostname))) throw new Error('remote-target-refused');
     return a;
@@ -149,7 +157,7 @@ export class LoadPart {
       const byTarget = new Map<string, { stream: number; url: string; n: number }>();
       for (const x of answers) {
         if (!x) continue;
-        const url = this.plan.protocol === 'rtmp' ? x.a.rtmp : x.a.flv;
+        const url = routedUrl(x.a, this.plan.protocol)!;
         this.perNode[x.a.node] = (this.perNode[x.a.node] ?? 0) + 1;
         const key = `${x.stream} ${url}`;
         const g = byTarget.get(key) ?? { stream: x.stream, url, n: 0 };
@@ -251,6 +259,11 @@ export class LoadPart {
   stop(): void {
     this.stopping = true;
     for (const g of this.groups) g.swarm.stop();
+  }
+
+  /** Resolves once stopped viewers have said goodbye (WHEP: the DELETE of each session). */
+  async closed(): Promise<void> {
+    await Promise.all(this.groups.map((g) => (g.swarm instanceof WhepSwarm ? g.swarm.closed() : undefined)));
   }
 
   /** Resolves when route lookups (if any) are done. */

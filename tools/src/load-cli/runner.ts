@@ -64,10 +64,10 @@ export function streamNames(stream: string, k: number): string[] {
   return k === 1 ? [stream] : Array.from({ length: k }, (_, i) => `${stream}-${i + 1}`);
 }
 
-/** `base` with its path replaced by /app/stream (HTTP-FLV: /app/stream.flv); host, port and query kept. */
-export function withStream(base: string, app: string, stream: string, httpFlv: boolean): string {
+/** `base` with its path replaced by /app/stream (HTTP-FLV: /app/stream.flv; WHEP: /app/stream/whep); host, port and query kept. */
+export function withStream(base: string, app: string, stream: string, kind: boolean | 'whep'): string {
   const u = new URL(base);
-  const path = `/${app.split('/').map(encodeURIComponent).join('/')}/${encodeURIComponent(stream)}${httpFlv ? '.flv' : ''}`;
+  const path = `/${app.split('/').map(encodeURIComponent).join('/')}/${encodeURIComponent(stream)}${kind === 'whep' ? '/whep' : kind ? '.flv' : ''}`;
   return `${u.protocol}//${u.host}${path}${u.search}`;
 }
 
@@ -90,9 +90,11 @@ export function framesInRange(s: FlvSource, fromTs: number, toTs: number): numbe
   return n;
 }
 
-async function loadMedia(media: string): Promise<FlvSource> {
-  if (media === 'small') return loadFlvSource(await ensureTestMedia(TEST_MEDIA));
-  if (media === '720p') return loadFlvSource(await ensureTestMedia(BENCH_MEDIA));
+async function loadMedia(media: string, protocol: LoadOptions['protocol']): Promise<FlvSource> {
+  // WebRTC plays frames in decode order, so a node refuses WHEP for a B-frame source (WHEP.BFrames).
+  const forWebRtc = protocol === 'whep' ? { bFrames: false as const } : {};
+  if (media === 'small') return loadFlvSource(await ensureTestMedia({ ...TEST_MEDIA, ...forWebRtc }));
+  if (media === '720p') return loadFlvSource(await ensureTestMedia({ ...BENCH_MEDIA, ...forWebRtc }));
   return loadFlvSource(media);
 }
 
@@ -111,8 +113,8 @@ export async function runLoad(o: LoadOptions, ui: LoadUi, signal?: AbortSignal):
   const names = streamNames(o.stream, o.streams);
   const counts = apportion(o.viewers, zipfWeights(o.streams, o.zipf));
   const playBase = o.playUrl ?? o.url!;
-  const httpFlv = o.protocol === 'http-flv';
-  const targets: StreamTarget[] = names.map((stream) => ({ app: o.app, stream, playUrl: o.route ? '' : withStream(playBase, o.app, stream, httpFlv) }));
+  const kind = o.protocol === 'whep' ? 'whep' : o.protocol === 'http-flv';
+  const targets: StreamTarget[] = names.map((stream) => ({ app: o.app, stream, playUrl: o.route ? '' : withStream(playBase, o.app, stream, kind) }));
 
   const publishers: FlvLoopPublisher[] = [];
   const closedEarly = new Set<FlvLoopPublisher>();
@@ -122,7 +124,7 @@ export async function runLoad(o: LoadOptions, ui: LoadUi, signal?: AbortSignal):
   try {
     if (o.publishers > 0) {
       ui.log(`preparing test media (${o.media})…`);
-      source = await loadMedia(o.media);
+      source = await loadMedia(o.media, o.protocol);
       checkAbort();
       for (let i = 0; i < o.publishers; i++) {
         const url = withStream(o.url!, o.app, names[i]!, false);
@@ -192,7 +194,8 @@ export async function runLoad(o: LoadOptions, ui: LoadUi, signal?: AbortSignal):
     }
 
     // Measurement window.
-    const byMediaTime = publishers.length === o.streams && publishers.length > 0;
+    // WHEP viewers see RTP time, which starts at their own first frame: they count by arrival.
+    const byMediaTime = publishers.length === o.streams && publishers.length > 0 && o.protocol !== 'whep';
     const ranges: Record<number, { fromTs: number; toTs: number }> = {};
     let expectedBytes = 0;
     let framesExpected = 0;

@@ -52,6 +52,7 @@ export class LocalPart implements PartHandle {
   }
   async close(): Promise<void> {
     this.part?.stop();
+    await this.part?.closed();
   }
   kill(): void {
     this.part?.stop();
@@ -171,6 +172,7 @@ if (process.env['MESHCAST_LOAD_CLI_WORKER'] !== undefined && process.send) {
         return part.report();
       case 'stop':
         part?.stop();
+        await part?.closed();
         return true;
     }
   };

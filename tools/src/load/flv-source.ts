@@ -47,6 +47,8 @@ export interface TestMediaSpec {
   seconds: number;
   /** x264 profile. */
   profile: 'baseline' | 'main' | 'high';
+  /** false: no B-frames (x264 -bf 0), as WebRTC needs; default: x264's choice for the profile. */
+  bFrames?: false;
 }
 
 /** The benchmark's stream: 720p30, ~2 Mbit/s H.264 High + 128 kbit/s AAC, keyframe every 2 s, 10 s loop. */
@@ -55,7 +57,7 @@ export const BENCH_MEDIA: TestMediaSpec = { width: 1280, height: 720, fps: 30, v
 export const TEST_MEDIA: TestMediaSpec = { width: 640, height: 360, fps: 30, videoKbps: 600, audioKbps: 64, gopSeconds: 1, seconds: 3, profile: 'high' };
 
 export function mediaFileName(s: TestMediaSpec): string {
-  return `testsrc-${s.width}x${s.height}p${s.fps}-${s.profile}-${s.videoKbps}k-a${s.audioKbps}k-g${s.gopSeconds}s-${s.seconds}s.flv`;
+  return `testsrc-${s.width}x${s.height}p${s.fps}-${s.profile}${s.bFrames === false ? '-nobf' : ''}-${s.videoKbps}k-a${s.audioKbps}k-g${s.gopSeconds}s-${s.seconds}s.flv`;
 }
 
 /**
@@ -76,6 +78,7 @@ export async function ensureTestMedia(spec: TestMediaSpec = BENCH_MEDIA, cacheDi
     '-t', String(spec.seconds),
     '-c:v', 'libx264', '-profile:v', spec.profile, '-preset', 'veryfast', '-pix_fmt', 'yuv420p',
     '-g', String(gop), '-keyint_min', String(gop), '-sc_threshold', '0',
+    ...(spec.bFrames === false ? ['-bf', '0'] : []),
     '-b:v', `${kbps}k`, '-maxrate', `${kbps}k`, '-bufsize', `${kbps * 2}k`,
     '-c:a', 'aac', '-b:a', `${spec.audioKbps}k`, '-ar', '48000', '-ac', '2',
     '-f', 'flv', tmp,

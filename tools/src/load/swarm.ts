@@ -87,41 +87,49 @@ export class ViewerTally {
   constructor(private readonly swarm: SwarmCore<ViewerTally>) {}
 
   onMedia(type: number, ts: number, payload: Buffer): void {
-    const sw = this.swarm;
     if (type === 9 || type === 8) {
-      const len = payload.length;
-      this.bytes += len;
-      this.frames++;
-      if (ts > sw.winTs0 && ts <= sw.winTs1) {
-        this.winBytes += len;
-        this.winFrames++;
-      }
-      if (type !== 9 || isVideoSequenceHeader(payload)) return;
-      const now = performance.now();
-      if (this.ttff < 0) {
-        // The first picture a player can show: a keyframe (servers without a GOP cache make us wait for one).
-        if (!isVideoKeyframe(payload)) return;
-        this.ttff = now - this.t0;
-        sw.onFirstFrame(this.ttff);
-      }
-      const last = this.lastVideoTs;
-      if (last >= 0 && sw.inWindow) {
-        if (ts < last) this.tsBackwards++;
-        else if (ts - last > sw.tsJumpMs) this.tsJumps++;
-      }
-      this.lastVideoTs = ts;
-      this.lastVideoAt = now;
-      const offset = ts - now;
-      if (offset > this.bestOffset) this.bestOffset = offset;
-      else if (sw.inWindow) {
-        const lag = this.bestOffset - offset;
-        if (lag > this.maxLag) this.maxLag = lag;
-      }
-      if (sw.inWindow && sw.perfEpoch !== undefined) sw.onFrameLatency(now - sw.perfEpoch - ts);
-    } else if (type === 18 && sw.inWindow) {
+      this.countFrame(type, ts, payload.length, type === 9 && !isVideoSequenceHeader(payload), type === 9 && isVideoKeyframe(payload));
+    } else if (type === 18 && this.swarm.inWindow) {
       const stamp = readClockStamp(payload);
-      if (stamp >= 0) sw.onClock(Date.now() - stamp);
+      if (stamp >= 0) this.swarm.onClock(Date.now() - stamp);
     }
+  }
+
+  /**
+   * One received audio (8) or video (9) frame of `len` payload bytes at media time `ts` (ms),
+   * whatever the transport. `picture`: a video frame that is not a decoder configuration;
+   * `keyframe`: a picture a player can start on.
+   */
+  countFrame(type: 8 | 9, ts: number, len: number, picture: boolean, keyframe: boolean): void {
+    const sw = this.swarm;
+    this.bytes += len;
+    this.frames++;
+    if (ts > sw.winTs0 && ts <= sw.winTs1) {
+      this.winBytes += len;
+      this.winFrames++;
+    }
+    if (type !== 9 || !picture) return;
+    const now = performance.now();
+    if (this.ttff < 0) {
+      // The first picture a player can show: a keyframe (servers without a GOP cache make us wait for one).
+      if (!keyframe) return;
+      this.ttff = now - this.t0;
+      sw.onFirstFrame(this.ttff);
+    }
+    const last = this.lastVideoTs;
+    if (last >= 0 && sw.inWindow) {
+      if (ts < last) this.tsBackwards++;
+      else if (ts - last > sw.tsJumpMs) this.tsJumps++;
+    }
+    this.lastVideoTs = ts;
+    this.lastVideoAt = now;
+    const offset = ts - now;
+    if (offset > this.bestOffset) this.bestOffset = offset;
+    else if (sw.inWindow) {
+      const lag = this.bestOffset - offset;
+      if (lag > this.maxLag) this.maxLag = lag;
+    }
+    if (sw.inWindow && sw.perfEpoch !== undefined) sw.onFrameLatency(now - sw.perfEpoch - ts);
   }
 
   /** Largest lag in the window, counting the time since the last video frame (a stalled viewer keeps falling behind). */
