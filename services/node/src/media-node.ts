@@ -321,6 +321,7 @@ export class MediaNode implements MediaHost {
     this.rtmp.closeSessions(reason);
     for (const s of this.sessions.all()) s.kick(reason);
     this.registry.closeAll(reason);
+    this.vod.close();
     await this.mesh?.stop();
     await Promise.all([rtmpClosed, this.http?.close(), this.admin?.close()]);
     this.state = 'stopped';

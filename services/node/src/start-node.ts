@@ -5,6 +5,7 @@ import type { Logger } from './log.ts';
 import { MediaNode } from './media-node.ts';
 import { NodeMesh } from './mesh/node-mesh.ts';
 import { ConfiguredAuthorizer } from './auth/configured-authorizer.ts';
+import { joinVodMesh } from './vod/vod-remote.ts';
 
 export interface StartOptions {
   /** In-process bus to join when no NATS is configured (tests run several nodes in one process). */
@@ -18,7 +19,10 @@ export async function startNode(config: NodeConfig, log: Logger, opts: StartOpti
   try {
     await node.start({
       beforeHttp: async () => {
-        node.attachMesh(await NodeMesh.start(node, opts.network));
+        const mesh = await NodeMesh.start(node, opts.network);
+        node.attachMesh(mesh);
+        // VOD files this node does not hold are found on, and copied from, other nodes (vod-remote.ts).
+        await joinVodMesh({ bus: mesh.bus, config, library: node.vod, selfUrl: () => `http://${config.public_host}:${node.httpPort}`, log });
       },
     });
   } catch (err) {

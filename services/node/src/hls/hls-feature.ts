@@ -21,6 +21,7 @@ import { newSessionId } from '../sessions.ts';
 import type { StreamHub } from '../media/stream-hub.ts';
 import { HlsAdmissions, type AdmittedViewer } from './hls-admissions.ts';
 import { HlsStreamSession, type HlsSessionOptions } from './hls-session.ts';
+import { serveVodHttp } from '../vod/vod-http.ts';
 
 const PLAYLIST_TYPE = 'application/vnd.apple.mpegurl';
 const SEGMENT_RE = /^(\d{1,15})\.ts$/;
@@ -224,6 +225,8 @@ export function registerHls(app: FastifyInstance, ctx: HttpFeatureContext): HlsS
 
   app.get('/:app/:stream/:file', async (req: HlsRequest, reply: FastifyReply) => {
     const { app: appName, stream, file } = req.params;
+    // A VOD app's paths are files and their sub-resources (vod-http.ts), not live streams.
+    if (ctx.host.vod?.isVodApp(appName)) return serveVodHttp(ctx.host, req, reply, appName, `${stream}/${file}`);
     const maxBytes = ctx.host.config.limits.max_stream_name_bytes;
     const problem = checkName('app', appName, maxBytes) ?? checkName('stream', stream, maxBytes);
     if (problem) return reply.code(400).send({ error: problem });

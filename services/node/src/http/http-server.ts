@@ -16,6 +16,7 @@ import type { StreamRegistry } from '../media/stream-registry.ts';
 import { newSessionId, type ConnectionLimiter } from '../sessions.ts';
 import { HttpFlvSession } from './http-flv-session.ts';
 import { HTTP_FEATURES, type HttpFeatureContext } from './features.ts';
+import { serveVodHttp } from '../vod/vod-http.ts';
 import { checkAdminRequest } from './admin-guard.ts';
 import type { PublishingStatus } from '../mesh/publishing-status.ts';
 
@@ -70,6 +71,8 @@ export function buildHttpServer(host: MediaHost, registry: StreamRegistry, limit
 
   async function playFlv(req: FastifyRequest<{ Params: { app: string; file: string } }>, reply: FastifyReply): Promise<void> {
     const { app: appName, file } = req.params;
+    // A VOD app's paths are files (`/vod/clip.flv` is the file, not a live stream).
+    if (host.vod?.isVodApp(appName)) return void (await serveVodHttp(host, req, reply, appName, file));
     if (!file.endsWith('.flv')) {
       return void reply.code(404).send({ error: 'not found' });
     }

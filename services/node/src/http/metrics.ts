@@ -19,6 +19,7 @@ import { isEncoder, type StreamHub } from '../media/stream-hub.ts';
 import type { SessionInfo, SessionProtocol, SessionRole } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from './features.ts';
 import { registerRecordingMetrics } from '../recording/recording-metrics.ts';
+import { registerVodMetrics } from '../vod/vod-metrics.ts';
 
 const PROTOCOLS: readonly SessionProtocol[] = ['rtmp', 'http-flv', 'ws-flv', 'hls', 'whep', 'whip'];
 const ROLES: readonly SessionRole[] = ['idle', 'publisher', 'viewer', 'relay-pull'];
@@ -53,6 +54,7 @@ export function createNodeMetrics(ctx: HttpFeatureContext): NodeMetrics {
   registry.setDefaultLabels({ node: host.config.node_id });
   const registers = [registry];
   registerRecordingMetrics(ctx, registers);
+  registerVodMetrics(ctx, registers);
 
   const connections = new Gauge({ name: 'meshcast_connections', help: 'Open sessions by protocol and role (idle = handshaking or not yet publishing/playing).', labelNames: ['protocol', 'role'], registers });
   const admitted = new Gauge({ name: 'meshcast_connections_admitted', help: 'Connections holding a slot in the node-wide connection limit.', registers });

@@ -108,6 +108,8 @@ export function parseVodName(requestName: string): { name: string; format: VodFo
 export interface VodAppSource {
   /** Absolute or working-directory-relative root; empty when this node holds none of the app's files (mesh only). */
   root: string;
+  /** Files not under the root are looked for elsewhere (the mesh); default true. */
+  remote?: boolean;
 }
 
 /**
@@ -116,6 +118,8 @@ export interface VodAppSource {
  */
 export interface VodRemote {
   fetch(app: string, name: string, format: VodFormat): Promise<{ path: string; size: number }>;
+  /** Stops copies in progress and answering other nodes (node stopping). */
+  close?(): void;
 }
 
 export interface LocalVodLibraryOptions {
@@ -130,6 +134,8 @@ export class LocalVodLibrary implements VodLibrary {
   /** Real paths of roots, resolved once per root. */
   private readonly realRoots = new Map<string, Promise<string | undefined>>();
   remote: VodRemote | undefined;
+  /** Refused requests by reason, for `/metrics`. */
+  readonly refusals: Record<VodRefusal, number> = { bad_path: 0, not_found: 0, not_vod_app: 0, unavailable: 0 };
 
   constructor(private readonly opts: LocalVodLibraryOptions) {
     this.remote = opts.remote;
@@ -140,12 +146,21 @@ export class LocalVodLibrary implements VodLibrary {
   }
 
   async resolve(app: string, requestName: string): Promise<VodFile> {
+    try {
+      return await this.find(app, requestName);
+    } catch (err) {
+      if (err instanceof VodError) this.refusals[err.reason]++;
+      throw err;
+    }
+  }
+
+  private async find(app: string, requestName: string): Promise<VodFile> {
     const source = this.opts.appSource(app);
     if (!source) throw new VodError('not_vod_app', `app ${JSON.stringify(app)} is not a VOD app`);
     const { name, format } = parseVodName(requestName);
     const local = await this.localFile(app, name);
     if (local) return local;
-    if (!this.remote) throw new VodError('not_found', `no VOD file ${app}/${name}`);
+    if (!this.remote || source.remote === false) throw new VodError('not_found', `no VOD file ${app}/${name}`);
     const got = await this.remote.fetch(app, name, format);
     return { app, name, format, path: got.path, size: got.size };
   }
@@ -178,6 +193,10 @@ export class LocalVodLibrary implements VodLibrary {
     return { app, name, path: real, size: st.size, format: parseVodName(name).format };
   }
 
+  close(): void {
+    this.remote?.close?.();
+  }
+
   private realRoot(root: string): Promise<string | undefined> {
     let p = this.realRoots.get(root);
     if (!p) {
@@ -197,7 +216,7 @@ export function vodLibraryFor(cfg: NodeConfig): LocalVodLibrary {
   return new LocalVodLibrary({
     appSource: (app) => {
       const v = appConfig(cfg, app).vod;
-      return v ? { root: v.root } : undefined;
+      return v ? { root: v.root, remote: v.remote } : undefined;
     },
   });
 }
