@@ -1,10 +1,11 @@
 /**
  * WebRTC ingest (WHIP) on real node processes of a two-node mesh (real nats-server): headless
  * Chromium publishes its fake camera and microphone (H.264 + Opus) through a minimal WHIP client
- * to the ingest node, with the stream key as `Authorization: Bearer`. The OTHER node plays it over
- * RTMP and HLS, pulled over the relay, and ffprobe/ffmpeg see H.264 + AAC and decode frames.
- * A publish without a valid key is refused before any media; DELETE ends the publish; a peer that
- * closes without DELETE is cleaned up.
+ * to the ingest node, with the stream key as `Authorization: Bearer`. A WHEP viewer on the ingest
+ * node gets the publisher's Opus untouched, with no transcoder running; then the OTHER node plays
+ * the stream over RTMP and HLS, pulled over the relay, which starts the Opus→AAC transcoder, and
+ * ffprobe/ffmpeg see H.264 + AAC and decode frames. A publish without a valid key is refused
+ * before any media; DELETE ends the publish; a peer that closes without DELETE is cleaned up.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +16,7 @@ import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { ffmpegDecode, ffprobe, run } from '../harness/ffmpeg.ts';
 import { freeUdpPort, waitFor } from '../harness/ports.ts';
 import { browserUnavailable, launchBrowser, type HeadlessBrowser } from '../harness/browser.ts';
+import { playWhep } from '../harness/whep-client.ts';
 
 const KEY = 'whip-publish-key';
 
@@ -107,12 +109,12 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
 
   before(async () => {
     nats = await startNatsServer();
-    for (const [id, roles] of [['P-ingest', 'ingest'], ['P-play', 'playback']] as const) {
+    for (const [id, roles] of [['P-ingest', 'ingest,playback'], ['P-play', 'playback']] as const) {
       nodes.push(
         await NodeProcess.start({
           nodeId: id,
           args: ['--roles', roles],
-          config: { mesh: { ...MESH, nats: [nats.url] }, webrtc: { udp_port: await freeUdpPort() }, auth: { apps: { live: { publish: { keys: [KEY] } } } } },
+          config: { mesh: { ...MESH, nats: [nats.url] }, webrtc: { udp_port: await freeUdpPort() }, hls: { idle_timeout_s: 3 }, auth: { apps: { live: { publish: { keys: [KEY] } } } } },
         }),
       );
     }
@@ -159,11 +161,24 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
     assert.ok(live);
     const session = (await ingest.api<Sessions>('/api/v1/sessions')).sessions.find((s) => s.protocol === 'whip');
     assert.equal(session?.role, 'publisher');
-    const [tx] = ffmpegChildren(ingest);
-    assert.ok(tx, 'the Opus→AAC transcoder runs on the ingest node');
+    // A WebRTC viewer on the ingest node takes the publisher's Opus as it is: nothing is transcoded.
+    const viewer = await browser.newPage();
+    await viewer.goto(`${ingest.httpUrl}/healthz`);
+    const watched = await playWhep(viewer, `${ingest.httpUrl}/live/cam/whep`, 3000);
+    assert.equal(watched.status, 201, watched.error);
+    assert.ok(watched.framesDecoded > 30, `WHEP frames decoded on the ingest node: ${watched.framesDecoded}`);
+    assert.equal(watched.audioCodec, 'audio/opus');
+    assert.ok((watched.audioPackets ?? 0) > 50, `Opus packets passed through to the WHEP viewer: ${watched.audioPackets}`);
+    assert.deepEqual(ffmpegChildren(ingest), [], 'no transcoder while the only consumer is a WebRTC viewer');
+    assert.equal((await fetch(`${ingest.httpUrl}${watched.location}`, { method: 'DELETE' })).status, 200);
+    await viewer.close();
+
+    // A consumer that needs AAC (the playback node's relay, for its RTMP viewer) starts the transcoder on the owner.
+    const probing = ffprobe(`${play.rtmpUrl}/live/cam`);
+    const tx = await waitFor('the Opus→AAC transcoder started on the ingest node', () => ffmpegChildren(ingest)[0], 10_000, 50);
     const cpu0 = { at: Date.now(), cpu: cpuSeconds(tx) };
 
-    const rtmp = await ffprobe(`${play.rtmpUrl}/live/cam`);
+    const rtmp = await probing;
     const rtmpVideo = rtmp.streams.find((s) => s.codec_type === 'video');
     const rtmpAudio = rtmp.streams.find((s) => s.codec_type === 'audio');
     assert.equal(rtmpVideo?.codec_name, 'h264', JSON.stringify(rtmp.streams));
@@ -203,12 +218,19 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
     const bytesIn = (await ingest.api<Sessions>('/api/v1/sessions')).sessions.find((s) => s.protocol === 'whip')?.bytesIn ?? 0;
     assert.ok(bytesIn > 100_000, `bytes received from the WHIP peer: ${bytesIn}`);
 
+    // Once the playback node's viewers, segmenter and relay are gone, nothing needs AAC: the transcoder stops, the publish goes on.
+    const stoppedAt = Date.now();
+    await waitFor('the transcoder stopped after the last AAC consumer left', () => ffmpegChildren(ingest).length === 0 || undefined, 30_000, 200);
+    console.log(`# transcoder stopped ${Date.now() - stoppedAt} ms after the last AAC read (HLS idle 3 s + relay linger 2 s + transcoder linger 3 s)`);
+    assert.ok((await ingest.api<Streams>('/api/v1/streams')).streams.some((s) => s.stream === 'cam' && s.live), 'the publish goes on without the transcoder');
+
     const patch = await fetch(`${ingest.httpUrl}${pub.location}`, { method: 'PATCH', headers: { 'Content-Type': 'application/trickle-ice-sdpfrag' }, body: 'a=ice-ufrag:x' });
     assert.equal(patch.status, 405);
     const wrong = await fetch(`${ingest.httpUrl}${pub.location!.replace(/\.[0-9a-f]+$/, '.00')}`, { method: 'DELETE' });
     assert.equal(wrong.status, 404, 'only the holder of the Location may end the publish');
     assert.equal((await fetch(`${ingest.httpUrl}${pub.location}`, { method: 'DELETE' })).status, 200);
     await waitFor('the publish ended', async () => !(await ingest.api<Streams>('/api/v1/streams')).streams.some((s) => s.stream === 'cam' && s.live) || undefined, 5000);
+    // (The playback node's relay lingers; the transcoder ends with the publish at once.)
     await waitFor('the transcoder stopped', () => ffmpegChildren(ingest).length === 0 || undefined, 5000);
     assert.equal((await ingest.api<Sessions>('/api/v1/sessions')).sessions.filter((s) => s.protocol === 'whip').length, 0);
     await page.evaluate('window.__pubs.at(-1).close()');

@@ -27,8 +27,8 @@ const FFMPEG_ARGS = [
 ];
 
 export interface AacOutput {
-  /** The stream's AudioSpecificConfig: sent once, before the first frame, and again if it changes. */
-  config(asc: Buffer): void;
+  /** The stream's AudioSpecificConfig: sent once, before the first frame (at its time), and again if it changes. */
+  config(asc: Buffer, ms: number): void;
   /** One raw AAC frame at `ms` on the publisher's timeline. */
   frame(ms: number, data: Buffer): void;
 }
@@ -88,6 +88,7 @@ export class AacTranscoder {
       if (stderr.length < 2000) stderr += d.toString();
     });
     child.stdout!.on('data', (d: Buffer) => {
+      if (this.stopped) return; // output still in the pipe of a child being killed
       for (const f of this.reader.push(d)) this.frame(f);
     });
     // A write after the child died fails here, once; the exit handler reports why.
@@ -108,12 +109,12 @@ export class AacTranscoder {
   }
 
   private frame(f: AdtsFrame): void {
+    const ms = this.baseMs + Math.round((this.samplesOut * 1000) / f.sampleRate);
     const asc = adtsAudioSpecificConfig(f);
     if (!this.asc || !this.asc.equals(asc)) {
       this.asc = asc;
-      this.out.config(asc);
+      this.out.config(asc, ms);
     }
-    const ms = this.baseMs + Math.round((this.samplesOut * 1000) / f.sampleRate);
     this.samplesOut += AAC_FRAME_SAMPLES;
     this.out.frame(ms, f.data);
   }

@@ -23,6 +23,7 @@ import { newSessionId } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
 import { attachAudioChain, attachVideoChain, newSsrc, WhepSession, type WhepTrackSetup } from './whep-session.ts';
 import { OpusTranscoder } from './opus-transcoder.ts';
+import { whipOpusOf } from './whip-session.ts';
 
 /** Why a WHEP request cannot be served, with its HTTP status: one place, used by the routes and the docs' table. */
 export const WHEP_REFUSALS = {
@@ -190,7 +191,7 @@ export const WHEP_FEATURE: HttpFeature = {
           const assrc = newSsrc();
           a.addSSRC(assrc, 'meshcast', `meshcast-${id}`, `audio-${id}`);
           const atrack = pc.addTrack(a);
-          audio = { track: atrack, rtpConfig: attachAudioChain(atrack, assrc, opus.pt), transcoder: transcoderFor(hub) };
+          audio = { track: atrack, rtpConfig: attachAudioChain(atrack, assrc, opus.pt), transcoder: whipOpusOf(hub) ?? transcoderFor(hub) };
         }
         pc.setLocalDescription('answer');
         const local = pc.localDescription();
@@ -236,10 +237,13 @@ function bindAddress(host: string): string | undefined {
 
 /** The offered Opus payload type to send the stream's audio as, when the stream's audio is AAC (anything else is not transcoded). */
 function audioChoice(hub: StreamHub, media: ReturnType<typeof parseSdpOffer>): { mid: string; pt: number } | undefined {
-  const header = hub.snapshot().find((f) => f.type === 8 && f.isSequenceHeader);
-  if (!header) return undefined;
-  const tag = classifyAudioTag(header.payload);
-  if (tag instanceof CodecConfigError || tag.codec !== 'aac') return undefined;
+  // A stream published over WHIP on this node has Opus already (whip-session.ts); otherwise only AAC is transcoded.
+  if (!whipOpusOf(hub)) {
+    const header = hub.snapshot().find((f) => f.type === 8 && f.isSequenceHeader);
+    if (!header) return undefined;
+    const tag = classifyAudioTag(header.payload);
+    if (tag instanceof CodecConfigError || tag.codec !== 'aac') return undefined;
+  }
   const m = media.find((x) => x.kind === 'audio' && (x.direction === 'recvonly' || x.direction === 'sendrecv'));
   const f = m?.formats.find((x) => x.codec.toLowerCase() === 'opus' && x.clockRate === 48000);
   return m && f ? { mid: m.mid, pt: f.pt } : undefined;

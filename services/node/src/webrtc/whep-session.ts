@@ -10,13 +10,14 @@
 import { randomInt } from 'node:crypto';
 import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection, Track, RtpPacketizationConfig } from 'node-datachannel';
-import { avccAccessUnit, classifyVideoTag, parseAvcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
+import { avccAccessUnit, classifyVideoTag, opusPacketSamples, parseAvcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
 import { FRAME_VIDEO, type WireFormat } from '../media/frame.ts';
 import type { MediaHost, StreamRequest } from '../media/host.ts';
 import type { MediaSink, StreamHub } from '../media/stream-hub.ts';
 import type { Logger } from '../log.ts';
 import type { Session, SessionInfo } from '../sessions.ts';
-import { OPUS_FRAME_SAMPLES, type OpusListener, type OpusTranscoder } from './opus-transcoder.ts';
+import { OPUS_FRAME_SAMPLES, type OpusListener } from './opus-transcoder.ts';
+import type { OpusSource } from './whip-session.ts';
 
 const { H264RtpPacketizer, RtcpNackResponder, RtcpSrReporter } = nodeDataChannel;
 
@@ -33,8 +34,8 @@ export interface WhepTrackSetup {
   pc: PeerConnection;
   track: Track;
   rtpConfig: RtpPacketizationConfig;
-  /** The Opus track and the stream's shared transcoder, when the offer takes Opus and the stream has AAC. */
-  audio?: { track: Track; rtpConfig: RtpPacketizationConfig; transcoder: OpusTranscoder };
+  /** The Opus track and where its packets come from: the stream's shared AAC→Opus transcoder, or a WHIP publisher's own Opus. */
+  audio?: { track: Track; rtpConfig: RtpPacketizationConfig; transcoder: OpusSource };
 }
 
 /** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track. */
@@ -74,6 +75,7 @@ export class WhepSession implements Session, MediaSink {
   private connectTimer: NodeJS.Timeout | undefined;
   private opusListener: OpusListener | undefined;
   private opusPackets = 0;
+  private opusSamples = 0;
 
   constructor(
     readonly id: string,
@@ -108,7 +110,9 @@ export class WhepSession implements Session, MediaSink {
         if (this.state === 'closed' || this.opusListener) return;
         this.opusListener = (packet) => {
           if (!audio.track.isOpen()) return;
-          audio.rtpConfig.timestamp = (base + this.opusPackets * OPUS_FRAME_SAMPLES) >>> 0;
+          // Each packet advances the clock by its own duration: a WHIP publisher's packets (passed through) need not be 20 ms.
+          audio.rtpConfig.timestamp = (base + this.opusSamples) >>> 0;
+          this.opusSamples += opusPacketSamples(packet) || OPUS_FRAME_SAMPLES;
           this.opusPackets++;
           try {
             audio.track.sendMessageBinary(packet);

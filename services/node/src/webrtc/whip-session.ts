@@ -8,7 +8,11 @@
  *   packet) is dropped and the stream resumes at the next keyframe, which it asks the peer for
  *   with a PLI (also at the start, and every webrtc.whip_keyframe_interval_s: a WebRTC encoder
  *   sends keyframes only when asked, and HLS segments and new viewers start on one);
- * - audio: Opus → AAC through the publish's AacTranscoder (one ffmpeg child);
+ * - audio: the peer's Opus goes untouched to this node's WHEP viewers of the stream (whipOpusOf);
+ *   the stream's other consumers (RTMP, HTTP-FLV, HLS, recording, and relays to other nodes, whose
+ *   viewers, WHEP ones included, get AAC) get AAC from an AacTranscoder (one ffmpeg child), which
+ *   runs only while the hub has such a consumer: started AAC_START_MS after the first arrives,
+ *   stopped AAC_LINGER_MS after the last leaves;
  * - time: each track's RTP clock in ms from the moment its first packet arrived, relative to the
  *   first packet of the session, so audio and video line up as they arrived. AAC comes out of the
  *   transcoder tens of ms after the video of the same moment; video is held back (at most
@@ -25,6 +29,20 @@ import type { PublisherHandle, StreamHub } from '../media/stream-hub.ts';
 import type { Logger } from '../log.ts';
 import type { Session, SessionInfo } from '../sessions.ts';
 import { AacTranscoder } from './aac-transcoder.ts';
+import type { OpusListener } from './opus-transcoder.ts';
+
+/** Where WebRTC viewers of a stream take Opus packets from (a WHIP publisher's own, or the AAC→Opus transcoder). */
+export interface OpusSource {
+  add(l: OpusListener): void;
+  remove(l: OpusListener): void;
+}
+
+const whipOpus = new WeakMap<PublisherHandle, OpusSource>();
+
+/** The publisher's Opus when the stream is published over WHIP on this node: WHEP viewers here take it as it is. */
+export function whipOpusOf(hub: StreamHub): OpusSource | undefined {
+  return hub.publisher ? whipOpus.get(hub.publisher) : undefined;
+}
 
 const VIDEO_CLOCK = 90_000;
 const OPUS_CLOCK = 48_000;
@@ -36,6 +54,13 @@ const MAX_HELD_BYTES = 8 * 1024 * 1024;
 export const MAX_ACCESS_UNIT_BYTES = 4 * 1024 * 1024;
 /** Keyframe requests while waiting for one, at most this often. */
 const PLI_INTERVAL_MS = 500;
+/**
+ * A consumer that needs AAC must stay this long before the transcoder starts: a WHEP viewer joins the
+ * hub a moment before it takes the Opus, and must not start an ffmpeg for nothing.
+ */
+const AAC_START_MS = 300;
+/** The transcoder stops this long after the last consumer that needs AAC left (a viewer reconnecting keeps it). */
+const AAC_LINGER_MS = 3000;
 
 export interface WhipTracks {
   pc: PeerConnection;
@@ -76,6 +101,9 @@ export class WhipSession implements Session {
   /** The latest AAC time handed to the hub: video up to it may go. */
   private audioUpTo = -1;
   private transcoder: AacTranscoder | undefined;
+  private aacWantedSince: number | undefined;
+  private aacUnwantedSince: number | undefined;
+  private readonly opusListeners = new Set<OpusListener>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -106,13 +134,7 @@ export class WhipSession implements Session {
     video.onMessage((msg) => this.onVideo(msg));
     video.onClosed(() => this.close('the peer closed the video track'));
     if (audio) {
-      this.transcoder = new AacTranscoder(
-        {
-          config: (asc) => this.emit(FRAME_AUDIO, Math.max(0, this.audioUpTo), flvAacSequenceHeader(asc)),
-          frame: (ms, data) => this.onAac(ms, data),
-        },
-        this.log,
-      );
+      whipOpus.set(this.handle, { add: (l) => this.opusListeners.add(l), remove: (l) => this.opusListeners.delete(l) });
       audio.track.onMessage((msg) => this.onAudio(msg));
     }
     pc.onStateChange((s) => {
@@ -123,6 +145,7 @@ export class WhipSession implements Session {
       const now = Date.now();
       if (this.state === 'connecting' && now > connectBy) return this.close(`the peer did not connect within ${connectTimeoutMs} ms`);
       if (this.state === 'publishing' && now - this.lastRtpAt > idleMs) return this.close(`no media from the peer for ${idleMs} ms`);
+      this.manageTranscoder(now);
       this.release(now, false);
       if (this.waitKey || (keyEveryMs > 0 && this.state === 'publishing' && now - this.lastKeyAt >= keyEveryMs)) this.requestKeyframe(false);
     }, 100);
@@ -193,24 +216,70 @@ export class WhipSession implements Session {
   }
 
   private onAudio(msg: Buffer): void {
-    if (this.state !== 'publishing' || !this.transcoder) return;
+    if (this.state !== 'publishing') return;
     const p = parseRtp(msg);
-    if (!p || p.payloadType !== this.tracks.audio!.pt) return;
+    if (!p || p.payloadType !== this.tracks.audio!.pt || p.payload.length === 0) return;
     const now = Date.now();
     this.lastRtpAt = now;
     this.bytesIn += msg.length;
     this.audioClock ??= new RtpClock(OPUS_CLOCK, this.baseMs(now));
-    this.transcoder.push(p.payload, p.timestamp, this.audioClock.toMs(p.timestamp));
+    const ms = this.audioClock.toMs(p.timestamp);
+    for (const l of this.opusListeners) l(p.payload);
+    this.transcoder?.push(p.payload, p.timestamp, ms);
+  }
+
+  /**
+   * AAC only while the hub has a consumer other than this node's WHEP viewers taking the Opus
+   * (each such viewer is one hub sink and one Opus listener).
+   */
+  private manageTranscoder(now: number): void {
+    if (!this.tracks.audio || this.state !== 'publishing') return;
+    const needAac = this.hub.consumerCount > this.opusListeners.size;
+    if (needAac) {
+      this.aacUnwantedSince = undefined;
+      this.aacWantedSince ??= now;
+      if (!this.transcoder && now - this.aacWantedSince >= AAC_START_MS) {
+        this.transcoder = new AacTranscoder(
+          {
+            // At the first frame's time: the hub reads a time far behind its clock as a publisher restart.
+            config: (asc, ms) => this.onAacConfig(asc, ms),
+            frame: (ms, data) => this.onAac(ms, data),
+          },
+          this.log,
+        );
+        this.log.info({ consumers: this.hub.consumerCount, webrtcViewers: this.opusListeners.size }, 'Opus→AAC transcoding started: the stream has consumers that need AAC');
+      }
+    } else {
+      this.aacWantedSince = undefined;
+      if (!this.transcoder) return;
+      this.aacUnwantedSince ??= now;
+      if (now - this.aacUnwantedSince >= AAC_LINGER_MS) this.stopTranscoder('no consumer needs AAC');
+    }
+  }
+
+  private stopTranscoder(reason: string): void {
+    if (!this.transcoder) return;
+    this.transcoder.stop(reason);
+    this.transcoder = undefined;
+    this.log.info({ reason }, 'Opus→AAC transcoding stopped');
+    this.release(Date.now(), true);
+    this.audioUpTo = -1;
+  }
+
+  private onAacConfig(asc: Buffer, ms: number): void {
+    if (this.state !== 'publishing' || !this.transcoder) return;
+    this.release(Date.now(), false, ms);
+    this.emit(FRAME_AUDIO, ms, flvAacSequenceHeader(asc));
   }
 
   private onAac(ms: number, data: Buffer): void {
-    if (this.state !== 'publishing') return;
+    if (this.state !== 'publishing' || !this.transcoder) return;
     this.audioUpTo = ms;
     this.release(Date.now(), false);
     this.emit(FRAME_AUDIO, ms, flvAacFrame(data));
   }
 
-  /** Video waits for the audio of its moment (see the file comment); without audio it goes at once. */
+  /** Video waits for the audio of its moment (see the file comment); without AAC coming it goes at once. */
   private hold(type: FrameType, ms: number, payload: Buffer): void {
     if (!this.transcoder) return this.emit(type, ms, payload);
     this.held.push({ type, ms, payload, at: Date.now() });
@@ -218,10 +287,11 @@ export class WhipSession implements Session {
     this.release(Date.now(), this.heldBytes > MAX_HELD_BYTES);
   }
 
-  private release(now: number, all: boolean): void {
+  /** Hands the hub the held video up to `upTo` (default: the audio handed so far), and any held longer than HOLD_MS. */
+  private release(now: number, all: boolean, upTo = this.audioUpTo): void {
     while (this.held.length > 0) {
       const h = this.held[0]!;
-      if (!all && h.ms > this.audioUpTo && now - h.at < HOLD_MS) break;
+      if (!all && h.ms > upTo && now - h.at < HOLD_MS) break;
       this.held.shift();
       this.heldBytes -= h.payload.length;
       this.emit(h.type, h.ms, h.payload);
@@ -253,6 +323,9 @@ export class WhipSession implements Session {
     this.state = 'closed';
     clearInterval(this.timer);
     this.transcoder?.stop(reason);
+    this.transcoder = undefined;
+    whipOpus.delete(this.handle);
+    this.opusListeners.clear();
     this.held = [];
     this.heldBytes = 0;
     this.host.endPublish(this.hub, this.handle);
