@@ -7,7 +7,8 @@
  * - `#EXT-X-MEDIA-SEQUENCE`: the first listed segment's sequence number.
  * - `#EXT-X-DISCONTINUITY-SEQUENCE`: how many discontinuity tags have left the playlist
  *   (§6.2.1: the server increments it when it removes one), written when not 0.
- * - No `#EXT-X-ENDLIST`: the stream is live, a publisher may come back.
+ * - No `#EXT-X-ENDLIST`: the stream is live, a publisher may come back. A file's playlist
+ *   (`vod`, HLS VOD) is whole instead: `#EXT-X-PLAYLIST-TYPE:VOD` and `#EXT-X-ENDLIST`.
  */
 
 export interface PlaylistSegment {
@@ -25,6 +26,8 @@ export interface PlaylistInput {
   segments: readonly PlaylistSegment[];
   /** URI of a segment, relative to the playlist (default `<seq>.ts`). */
   uri?: (seq: number) => string;
+  /** A whole file (HLS VOD): every segment is listed and the list ends. */
+  vod?: boolean;
 }
 
 export function renderMediaPlaylist(input: PlaylistInput): string {
@@ -32,11 +35,13 @@ export function renderMediaPlaylist(input: PlaylistInput): string {
   const uri = input.uri ?? ((seq: number) => `${seq}.ts`);
   const first = segs[0];
   const lines = ['#EXTM3U', '#EXT-X-VERSION:3', `#EXT-X-TARGETDURATION:${Math.max(1, Math.ceil(input.targetDurationS))}`, `#EXT-X-MEDIA-SEQUENCE:${first?.seq ?? 0}`];
+  if (input.vod) lines.push('#EXT-X-PLAYLIST-TYPE:VOD');
   if (first && first.discontinuitiesBefore > 0) lines.push(`#EXT-X-DISCONTINUITY-SEQUENCE:${first.discontinuitiesBefore}`);
   for (const s of segs) {
     if (s.discontinuity) lines.push('#EXT-X-DISCONTINUITY');
     lines.push(`#EXTINF:${(s.durationMs / 1000).toFixed(3)},`, uri(s.seq));
   }
+  if (input.vod) lines.push('#EXT-X-ENDLIST');
   return `${lines.join('\n')}\n`;
 }
 

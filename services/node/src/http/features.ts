@@ -15,6 +15,7 @@ import type { VodLibrary } from '../vod/vod-library.ts';
 import { RECORDINGS_FEATURE } from '../recording/recording-feature.ts';
 import { WHEP_FEATURE } from '../webrtc/whep-feature.ts';
 import { WHIP_FEATURE } from '../webrtc/whip-feature.ts';
+import { VOD_HLS_FEATURE } from '../vod/vod-hls.ts';
 import { VOD_HTTP_FEATURE } from '../vod/vod-http.ts';
 import { VOD_ADMIN_FEATURE } from '../vod/vod-metrics.ts';
 
@@ -38,4 +39,4 @@ export interface HttpFeature {
 }
 
 /** The features every node serves, in registration order. */
-export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, dashboardPeerFeature, { ...HLS_FEATURE, surface: 'public' }, WS_FLV_FEATURE, RECORDINGS_FEATURE, WHEP_FEATURE, WHIP_FEATURE, VOD_HTTP_FEATURE, VOD_ADMIN_FEATURE];
+export const HTTP_FEATURES: HttpFeature[] = [metricsFeature, dashboardFeature, dashboardPeerFeature, { ...HLS_FEATURE, surface: 'public' }, WS_FLV_FEATURE, RECORDINGS_FEATURE, WHEP_FEATURE, WHIP_FEATURE, VOD_HTTP_FEATURE, VOD_ADMIN_FEATURE, VOD_HLS_FEATURE];
