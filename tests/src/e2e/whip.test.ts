@@ -17,8 +17,10 @@ import { ffmpegDecode, ffprobe, run } from '../harness/ffmpeg.ts';
 import { freeUdpPort, waitFor } from '../harness/ports.ts';
 import { browserUnavailable, launchBrowser, type HeadlessBrowser } from '../harness/browser.ts';
 import { playWhep } from '../harness/whep-client.ts';
+import { mintToken } from '../../../services/node/src/auth/token.ts';
 
 const KEY = 'whip-publish-key';
+const TOKEN_SECRET = 'whip-token-secret';
 
 interface Published {
   status: number;
@@ -114,7 +116,7 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
         await NodeProcess.start({
           nodeId: id,
           args: ['--roles', roles],
-          config: { mesh: { ...MESH, nats: [nats.url] }, webrtc: { udp_port: await freeUdpPort() }, hls: { idle_timeout_s: 3 }, auth: { apps: { live: { publish: { keys: [KEY] } } } } },
+          config: { mesh: { ...MESH, nats: [nats.url] }, webrtc: { udp_port: await freeUdpPort() }, hls: { idle_timeout_s: 3 }, auth: { token_secret: TOKEN_SECRET, apps: { live: { publish: { keys: [KEY], tokens: true } } } } },
         }),
       );
     }
@@ -234,6 +236,22 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
     await waitFor('the transcoder stopped', () => ffmpegChildren(ingest).length === 0 || undefined, 5000);
     assert.equal((await ingest.api<Sessions>('/api/v1/sessions')).sessions.filter((s) => s.protocol === 'whip').length, 0);
     await page.evaluate('window.__pubs.at(-1).close()');
+  });
+
+  test('the key in the query, and a signed publish token as the Bearer, publish too; a token for another stream does not', async () => {
+    const [ingest] = nodes as [NodeProcess];
+    const byQuery = await publishWhip(page, `${ingest.httpUrl}/live/q1/whip?key=${KEY}`, undefined, 300);
+    assert.equal(byQuery.status, 201, byQuery.error);
+    const token = (stream: string): string => mintToken({ secret: TOKEN_SECRET, action: 'publish', app: 'live', stream, ttlSeconds: 60 }).query;
+    const byToken = await publishWhip(page, `${ingest.httpUrl}/live/q2/whip`, token('q2'), 300);
+    assert.equal(byToken.status, 201, byToken.error);
+    const otherStream = await publishWhip(page, `${ingest.httpUrl}/live/q3/whip`, token('q2'), 0);
+    assert.equal(otherStream.status, 401, otherStream.error);
+    const twice = await publishWhip(page, `${ingest.httpUrl}/live/q3/whip?key=${KEY}`, KEY, 0);
+    assert.equal(twice.status, 401, `a key given twice (query and Bearer) is refused: ${twice.error}`);
+    for (const p of [byQuery, byToken]) assert.equal((await fetch(`${ingest.httpUrl}${p.location}`, { method: 'DELETE' })).status, 200);
+    await waitFor('both publishes ended', async () => !(await ingest.api<Streams>('/api/v1/streams')).streams.some((s) => (s.stream === 'q1' || s.stream === 'q2') && s.live) || undefined, 5000);
+    await page.evaluate('window.__pubs.forEach((pc) => pc.close())');
   });
 
   test('the SRS alias publishes too; a peer that closes without DELETE ends its publish', async () => {
