@@ -108,6 +108,7 @@ test('a node without the file copies it once for two concurrent viewers and serv
   const after = (await vodStats(b)).cache;
   assert.equal(after.fetches - before.fetches, 1, 'one copy for all three requests');
   assert.equal(after.hits - before.hits, 2);
+  assert.equal(after.sharedFetches - before.sharedFetches, 1, 'the second concurrent viewer waited for the first one\'s copy (single-flight)');
   const metrics = await (await fetch(`${b.adminUrl}/metrics`)).text();
   assert.match(metrics, /meshcast_vod_fetches_total\{[^}]*\} [1-9]/);
   assert.equal((await get(b, '/vod/missing.mp4?key=k1')).status, 404, 'nobody holds it');
