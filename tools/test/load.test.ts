@@ -27,7 +27,7 @@ import {
 } from '../src/load/index.ts';
 import { RtmpClientError } from '@meshcast/node/client';
 import { parseStat } from '../src/bench/proc.ts';
-import { formatRatio, maxCleanViewers, ratiosVs, renderMarkdown, renderSvgChart, type BenchResults, type RunResult } from '../src/bench/results.ts';
+import { formatRatio, maxCleanViewers, ratiosVs, renderMarkdown, renderSvgChart, type BenchResults, type RunResult, type WhepPhase } from '../src/bench/results.ts';
 import { startMeshcast, type ServerHandle } from '../src/bench/servers.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -199,6 +199,12 @@ describe('ratios vs nginx-rtmp', () => {
     const svg = renderSvgChart(res);
     assert.match(svg, /^<svg /);
     assert.equal((svg.match(/<polyline /g) ?? []).length, 6);
+    const phase = (cpu: number, gbps: number): WhepPhase => ({ receiving: 100, failed: 0, failures: {}, rampSeconds: 5, windowSeconds: 10, serverCpuPct: cpu, serverMaxRssBytes: 200 * 2 ** 20, cpuPctPerViewer: cpu / 100, gbps, gbpsPerCore: gbps / (cpu / 100), ttffP50Ms: 300, loadgenCpuPct: 50 });
+    const whep = renderMarkdown({ ...res, whep: { viewers: 100, ok: true, pinned: true, kbps: 2100, rtmp: phase(10, 0.2), whep: phase(40, 0.2), cpuPerViewerVsRtmp: 4 } });
+    assert.match(whep, /## WHEP row: 100 WebRTC viewers/);
+    assert.match(whep, /\| WHEP \| 100 \| 0 \| 40\.0 \| 0\.400 \| 0\.200 \| 0\.50 \|/);
+    assert.match(whep, /WHEP CPU per viewer = 4\.00× the RTMP CPU per viewer/);
+    assert.doesNotMatch(md, /WHEP row/, 'a run without the row says nothing of it');
   });
 });
 

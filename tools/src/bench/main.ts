@@ -14,6 +14,7 @@ import { FlvLoopPublisher } from '../load/publisher.ts';
 import { summarizeSwarm } from '../load/stats.ts';
 import { SwarmWorkers } from '../load/workers.ts';
 import { TreeMeter } from './proc.ts';
+import { runWhepRow } from './whep-row.ts';
 import { Progress } from './progress.ts';
 import { renderMarkdown, renderSvgChart, type BenchResults, type RunResult } from './results.ts';
 import { SERVER_KINDS, SERVER_LABELS, killAllServers, startServer, type ServerHandle, type ServerKind } from './servers.ts';
@@ -36,6 +37,8 @@ const USAGE = `usage: npm run bench -- [options]
   --max-minutes M      abort (keeping partial results) after M minutes (default 60)
   --keep-logs          keep each server's temp dir (config + log)
   --no-chart           skip the PNG chart
+  --rows LIST          rtmp (the fan-out rows above), whep (the WHEP row) or both (default rtmp,whep)
+  --whep-viewers N     viewers in the WHEP row, RTMP then WHEP on one node (default 100)
 `;
 
 const MEDIA: Record<string, TestMediaSpec> = {
@@ -60,6 +63,8 @@ interface Opts {
   maxMinutes: number;
   keepLogs: boolean;
   chart: boolean;
+  rows: Array<'rtmp' | 'whep'>;
+  whepViewers: number;
 }
 
 function parseOpts(argv: string[]): Opts {
@@ -83,6 +88,8 @@ function parseOpts(argv: string[]): Opts {
       'max-minutes': { type: 'string', default: '60' },
       'keep-logs': { type: 'boolean', default: false },
       'no-chart': { type: 'boolean', default: false },
+      rows: { type: 'string', default: 'rtmp,whep' },
+      'whep-viewers': { type: 'string', default: '100' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -101,6 +108,8 @@ function parseOpts(argv: string[]): Opts {
   if (!MEDIA[values.media]) throw new Error(`--media: one of ${Object.keys(MEDIA).join(', ')}`);
   if (values.log !== 'quiet' && values.log !== 'info') throw new Error('--log: quiet or info');
   if (!values.host.startsWith('127.')) throw new Error('--host: the benchmark stays on loopback (127.0.0.0/8)');
+  const rows = values.rows.split(',').map((r) => r.trim());
+  for (const r of rows) if (r !== 'rtmp' && r !== 'whep') throw new Error(`--rows: unknown row "${r}" (rtmp, whep)`);
   return {
     viewers,
     seconds: num('seconds', values.seconds, 1),
@@ -118,6 +127,8 @@ function parseOpts(argv: string[]): Opts {
     maxMinutes: num('max-minutes', values['max-minutes'], 1),
     keepLogs: values['keep-logs'],
     chart: !values['no-chart'],
+    rows: rows as Opts['rows'],
+    whepViewers: Math.round(num('whep-viewers', values['whep-viewers'], 1)),
   };
 }
 
@@ -323,15 +334,15 @@ async function main(): Promise<number> {
   };
 
   const plan: Array<{ kind: ServerKind; n: number }> = [];
-  for (const n of o.viewers) for (const kind of o.servers) plan.push({ kind, n });
-  progress.start(plan.length);
+  if (o.rows.includes('rtmp')) for (const n of o.viewers) for (const kind of o.servers) plan.push({ kind, n });
+  progress.start(plan.length + (o.rows.includes('whep') ? 1 : 0));
   let code = 0;
   try {
-    live.workers = await SwarmWorkers.spawn(o.workers);
+    if (plan.length > 0) live.workers = await SwarmWorkers.spawn(o.workers);
     for (let i = 0; i < plan.length; i++) {
       const { kind, n } = plan[i]!;
       checkAbort();
-      const r = await runOne(o, kind, n, source, live.workers, progress, i + 1, results.servers);
+      const r = await runOne(o, kind, n, source, live.workers!, progress, i + 1, results.servers);
       results.runs.push(r);
       writeJson();
       if (r.ok && r.swarm) {
@@ -341,6 +352,35 @@ async function main(): Promise<number> {
         );
       }
       if (i < plan.length - 1) await sleep(o.cooldownSeconds * 1000, () => progress.update(i + 1, 1, 'cool-down'));
+    }
+    if (o.rows.includes('whep')) {
+      const runNo = plan.length + 1;
+      // WebRTC cannot play B-frames in order: the row's media is the same clip encoded without them.
+      const whepSource = loadFlvSource(await ensureTestMedia({ ...spec, bFrames: false }));
+      const row = await runWhepRow(
+        {
+          host: o.host,
+          viewers: o.whepViewers,
+          seconds: o.seconds,
+          rampSeconds: o.rampSeconds,
+          warmupSeconds: o.warmupSeconds,
+          settleSeconds: o.settleSeconds,
+          clockMs: o.clockMs,
+          log: o.log,
+          keepLogs: o.keepLogs,
+          checkAbort,
+          progress: (p) => progress.update(runNo, 0.5, p),
+        },
+        whepSource,
+      );
+      results.whep = row;
+      writeJson();
+      if (row.rtmp && row.whep) {
+        progress.log(
+          `WHEP row × ${row.viewers}: CPU per viewer WHEP ${row.whep.cpuPctPerViewer.toFixed(3)} % vs RTMP ${row.rtmp.cpuPctPerViewer.toFixed(3)} % (${(row.cpuPerViewerVsRtmp ?? NaN).toFixed(2)}×); ${row.whep.gbpsPerCore.toFixed(2)} Gbit/s per core over WHEP, ${row.rtmp.gbpsPerCore.toFixed(2)} over RTMP`,
+        );
+      }
+      if (!row.ok) progress.log(`WHEP row: FAILED: ${row.error ?? ''}`);
     }
   } catch (err) {
     if (err instanceof Aborted) {

@@ -29,6 +29,63 @@ export interface RunResult {
   loadgenParentCpuPct: number;
 }
 
+/** One protocol's half of the WHEP row: N viewers of one stream on one node. */
+export interface WhepPhase {
+  receiving: number;
+  failed: number;
+  failures: Record<string, number>;
+  rampSeconds: number;
+  windowSeconds: number;
+  /** The node's process tree (with its ffmpeg AAC→Opus child), % of one core. */
+  serverCpuPct: number;
+  serverMaxRssBytes: number;
+  cpuPctPerViewer: number;
+  /** Media payload served over the window (RTMP: FLV audio+video payload; WHEP: RTP payload), Gbit/s. */
+  gbps: number;
+  /** gbps ÷ the node's cores in use. */
+  gbpsPerCore: number;
+  ttffP50Ms: number;
+  loadgenCpuPct: number;
+}
+
+/** The WHEP row: the same node, stream and viewer count, RTMP then WHEP, in one run. */
+export interface WhepRowResult {
+  viewers: number;
+  ok: boolean;
+  error?: string;
+  /** Node on core 0, load generator on core 1 (taskset). */
+  pinned: boolean;
+  kbps: number;
+  rtmp?: WhepPhase;
+  whep?: WhepPhase;
+  /** WHEP CPU per viewer ÷ RTMP CPU per viewer. */
+  cpuPerViewerVsRtmp?: number;
+}
+
+/** The WHEP row as markdown (empty when the run had none). */
+export function renderWhepMarkdown(row: WhepRowResult | undefined): string[] {
+  if (!row) return [];
+  const L: string[] = [];
+  L.push(`## WHEP row: ${row.viewers} WebRTC viewers on one node vs ${row.viewers} RTMP viewers of the same node, same run`);
+  L.push('');
+  L.push(
+    `One meshcast node, one ${row.kbps} kbit/s publisher without B-frames. ${row.pinned ? 'The node (and its ffmpeg AAC→Opus child) ran on core 0 and the load generator (publisher and viewers) on core 1.' : 'Not pinned to cores (taskset missing or fewer than two cores).'} WHEP viewers are the load tester's libdatachannel peers (\`meshcast-load --protocol whep\`).` +
+      (row.ok ? '' : ` **Failed: ${(row.error ?? '').replace(/\|/g, '/')}**`),
+  );
+  L.push('');
+  if (row.rtmp && row.whep) {
+    L.push('| protocol | receiving | failed | server CPU % | CPU % per viewer | Gbit/s served | Gbit/s per core | server RSS MB | TTFF p50 ms | load gen CPU % |');
+    L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const [name, p] of [['RTMP', row.rtmp], ['WHEP', row.whep]] as const) {
+      L.push(`| ${name} | ${p.receiving} | ${p.failed} | ${fn(p.serverCpuPct, 1)} | ${fn(p.cpuPctPerViewer, 3)} | ${fn(p.gbps, 3)} | ${fn(p.gbpsPerCore, 2)} | ${mb(p.serverMaxRssBytes)} | ${fn(p.ttffP50Ms)} | ${fn(p.loadgenCpuPct, 1)} |`);
+    }
+    L.push('');
+    L.push(`WHEP CPU per viewer = ${fx(row.cpuPerViewerVsRtmp ?? NaN)} the RTMP CPU per viewer. Bytes are media payload counted on arrival (WHEP: RTP payload, without RTP/SRTP/UDP headers). The WHEP CPU includes the stream's one AAC→Opus transcode.`);
+    L.push('');
+  }
+  return L;
+}
+
 export interface BenchResults {
   tool: 'meshcast-bench';
   startedAt: string;
@@ -39,6 +96,7 @@ export interface BenchResults {
   media: { file: string; width: number; height: number; fps: number; gopSeconds: number; loopSeconds: number; kbps: number };
   servers: Partial<Record<ServerKind, string>>;
   runs: RunResult[];
+  whep?: WhepRowResult;
 }
 
 export interface Ratios {
@@ -167,6 +225,7 @@ export function renderMarkdown(res: BenchResults, chartFile?: string): string {
     L.push('Largest viewer count served cleanly (≥ 99 % delivered, nobody behind or failed): ' + servers.map((s) => `${SERVER_LABELS[s]} ${maxCleanViewers(res.runs, s) || 'none'}`).join(', ') + '.');
     L.push('');
   }
+  L.push(...renderWhepMarkdown(res.whep));
   if (notes.length > 0) {
     L.push('Notes:');
     L.push('');

@@ -33,6 +33,8 @@ const LIVE = new Set<ServerHandle>();
 export class ServerHandle {
   exitCode: number | null | undefined;
   readonly exited: Promise<number | null>;
+  /** meshcast only: its public HTTP port (media, WHEP). */
+  httpPort = 0;
 
   constructor(
     readonly kind: ServerKind,
@@ -196,6 +198,7 @@ export async function startMeshcast(o: ServerOptions = {}): Promise<ServerHandle
     /* keep the name */
   }
   const h = new ServerHandle('meshcast', proc, host, rtmpPort, dir, logFile, ver, o.keepDir ?? false);
+  h.httpPort = httpPort;
   await waitReady(
     h,
     async () => {

@@ -69,6 +69,8 @@ class WhepViewer extends ViewerTally {
   tracks: Track[] = [];
   /** The session resource from the answer's Location, for the DELETE. */
   resource: string | undefined;
+  /** The offer went out (libdatachannel may report gathering complete more than once). */
+  posted = false;
   timer: NodeJS.Timeout | undefined;
   // Per video access unit being received: its bytes and whether it holds an IDR.
   auBytes = 0;
@@ -130,7 +132,8 @@ export class WhepSwarm extends SwarmCore<WhepViewer> {
       }
     });
     pc.onGatheringStateChange((s) => {
-      if (s !== 'complete' || this.stopping) return;
+      if (s !== 'complete' || this.stopping || v.posted) return;
+      v.posted = true;
       const offer = pc.localDescription();
       if (!offer) return this.fail(v, 'connect:NO_OFFER');
       void this.post(v, offer.sdp);
