@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeAmf0, encodeFlvHeader, encodeFlvTag } from '@meshcast/proto';
 import { FRAME_DATA, FRAME_VIDEO, type MediaFrame } from '../src/media/frame.ts';
-import { keyframeAtOrBefore, openVodMedia, VodMediaError, type VodMedia } from '../src/vod/vod-media.ts';
+import { keyframeAtOrBefore, openVodMedia, VodMediaError, VodMediaPool, type VodMedia } from '../src/vod/vod-media.ts';
 import type { VodFile } from '../src/vod/vod-library.ts';
 
 const run = promisify(execFile);
@@ -154,3 +154,43 @@ test('a file that is not media is refused with a typed error', async () => {
   await writeFile(flv, Buffer.alloc(4096, 7));
   await assert.rejects(openVodMedia(await vodFile(flv, 'flv')), (e: unknown) => e instanceof VodMediaError && e.reason === 'malformed');
 });
+
+test('the pool opens a file once for all its users, keeps a few idle, and forgets one that failed', async () => {
+  const opened: string[] = [];
+  const closed: string[] = [];
+  const pool = new VodMediaPool(async (file) => {
+    opened.push(file.name);
+    if (file.name.startsWith('bad')) throw new VodMediaError('malformed', 'bad file');
+    await new Promise((r) => setTimeout(r, 5));
+    return { file, durationMs: 1, metadata: {}, videoHeader: undefined, audioHeader: undefined, keyframes: [], frames: async function* () {}, close: () => void closed.push(file.name) };
+  });
+  const f = (name: string, size = 1): VodFile => ({ app: 'vod', name, path: `/x/${name}`, size, format: 'mp4' });
+  const [a, b] = await Promise.all([pool.acquire(f('a.mp4')), pool.acquire(f('a.mp4'))]);
+  assert.deepEqual(opened, ['a.mp4'], 'two viewers at once: one open');
+  a.close();
+  a.close(); // a second close of the same use counts once
+  b.close();
+  await settleTimers();
+  assert.deepEqual([...closed], [], 'kept while idle');
+  const again = await pool.acquire(f('a.mp4'));
+  assert.deepEqual(opened, ['a.mp4']);
+  // Eight other idle files: the ninth idle one (the oldest) is closed; one in use never is.
+  for (let i = 0; i < 9; i++) (await pool.acquire(f(`o${i}.mp4`))).close();
+  await settleTimers();
+  assert.deepEqual([...closed], ['o0.mp4']);
+  assert.ok(!closed.includes('a.mp4'), 'in use');
+  again.close();
+  await assert.rejects(pool.acquire(f('bad.mp4')), VodMediaError);
+  await assert.rejects(pool.acquire(f('bad.mp4')), VodMediaError);
+  assert.equal(opened.filter((n) => n === 'bad.mp4').length, 2, 'a failed open is tried again');
+  // Another size is another version of the file.
+  (await pool.acquire(f('a.mp4', 2))).close();
+  assert.equal(opened.filter((n) => n === 'a.mp4').length, 2);
+  pool.closeIdle();
+  await settleTimers();
+  assert.equal(pool.size, 0);
+});
+
+async function settleTimers(): Promise<void> {
+  await new Promise((r) => setTimeout(r, 10));
+}

@@ -59,7 +59,7 @@ interface Seen {
 }
 
 /** A player of the project's RTMP client that records, in arrival order, frames, statuses, data messages and StreamEOF. */
-async function recordingPlayer(url: string): Promise<{ client: RtmpClient; seen: Seen[] }> {
+async function recordingPlayer(url: string, start?: number): Promise<{ client: RtmpClient; seen: Seen[] }> {
   const seen: Seen[] = [];
   const onFrame = (m: RtmpMessage): void => {
     const at = Date.now();
@@ -76,7 +76,7 @@ async function recordingPlayer(url: string): Promise<{ client: RtmpClient; seen:
   client.onFrame = onFrame;
   client.on('status', (s: StatusInfo) => seen.push({ at: Date.now(), kind: 'status', code: s.code }));
   client.on('eof', () => seen.push({ at: Date.now(), kind: 'eof' }));
-  await client.play();
+  await client.play(undefined, undefined, start);
   return { client, seen };
 }
 
@@ -156,6 +156,18 @@ describe('VOD apps: files over RTMP and HLS from a node process', () => {
       await waitFor('audio after the seek', () => seen.slice(notify).some((s) => s.kind === 'audio' && !s.header), 5000);
       const audio = seen.slice(notify).filter((s) => s.kind === 'audio' && !s.header);
       assert.ok(audio.every((a) => a.ts! >= expectedKey - 100), 'no audio from before the keyframe');
+    } finally {
+      client.close();
+    }
+  });
+
+  test('play with a start position begins at the keyframe at or before it', async () => {
+    const { client, seen } = await recordingPlayer(`${node.rtmpUrl}/vod/clip.flv`, 6500);
+    try {
+      await waitFor('first picture', () => seen.some((s) => s.kind === 'video' && !s.header), 5000);
+      const first = seen.find((s) => s.kind === 'video' && !s.header)!;
+      assert.ok(first.key);
+      assert.ok(Math.abs(first.ts! - 6000) <= 50, `first picture at ${first.ts}`);
     } finally {
       client.close();
     }

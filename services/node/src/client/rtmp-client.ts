@@ -390,8 +390,11 @@ export class RtmpClient extends EventEmitter {
     }
   }
 
-  /** Plays `stream` (default: the URL's); resolves on NetStream.Play.Start. Frames go to onFrame / 'frame'. */
-  async play(stream = this.url.stream, timeoutMs = this.opts.timeoutMs ?? 10_000): Promise<StatusInfo> {
+  /**
+   * Plays `stream` (default: the URL's); resolves on NetStream.Play.Start. Frames go to onFrame / 'frame'.
+   * `start`: play's start argument (a position in ms in a recorded stream; negative: live or either).
+   */
+  async play(stream = this.url.stream, timeoutMs = this.opts.timeoutMs ?? 10_000, start = -1000): Promise<StatusInfo> {
     const id = await this.createStream();
     this.send(userControlMessage(UserControlEvent.SET_BUFFER_LENGTH, id, 1000));
     const started = this.waitStatus(
@@ -399,7 +402,7 @@ export class RtmpClient extends EventEmitter {
       (c) => (c.startsWith('NetStream.Play.') && c !== 'NetStream.Play.Reset' && c !== 'NetStream.Play.PublishNotify') || c === 'NetConnection.Connect.Rejected',
       timeoutMs,
     );
-    this.sendCommand(id, ['play', 0, null, stream, -1000]);
+    this.sendCommand(id, ['play', 0, null, stream, start]);
     const s = await started;
     this.state = 'playing';
     return s;

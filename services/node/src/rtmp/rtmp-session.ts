@@ -41,8 +41,8 @@ import type { MeshPull } from '../mesh/mesh-credential.ts';
 import { newSessionId, type Session, type SessionInfo, type SessionRole } from '../sessions.ts';
 import { joinParams } from '../auth/params.ts';
 import { VodError } from '../vod/vod-library.ts';
-import { openVodMedia, VodMediaError } from '../vod/vod-media.ts';
-import { VodPlayer, type VodOutput } from '../vod/vod-player.ts';
+import { vodMediaPool, VodMediaError, type VodMedia } from '../vod/vod-media.ts';
+import { SYSTEM_CLOCK, VodPlayer, type VodOutput } from '../vod/vod-player.ts';
 
 type ConnState = 'handshake' | 'awaitConnect' | 'connected' | 'closed';
 
@@ -386,7 +386,7 @@ export class RtmpSession implements Session {
       case 'publish':
         return this.onPublish(m.streamId, args[0], args[1]);
       case 'play':
-        return this.onPlay(m.streamId, args[0]);
+        return this.onPlay(m.streamId, args[0], args[1]);
       case 'play2':
         return;
       case 'deleteStream': {
@@ -529,7 +529,7 @@ export class RtmpSession implements Session {
     this.log.info('publishing');
   }
 
-  private async onPlay(streamId: number, rawName: unknown): Promise<void> {
+  private async onPlay(streamId: number, rawName: unknown, start: unknown): Promise<void> {
     const ns = this.streams.get(streamId);
     if (!ns || ns.kind !== 'idle') {
       this.sendStatus(streamId, 'error', 'NetStream.Play.Failed', 'play on a stream that was not created or is busy');
@@ -540,7 +540,8 @@ export class RtmpSession implements Session {
       this.sendStatus(streamId, 'error', 'NetStream.Play.StreamNotFound', r.problem);
       return;
     }
-    if (this.host.vod?.isVodApp(r.req.app) && !this.meshPeer) return this.onVodPlay(streamId, r.req);
+    // play(name, start): a start of 0 or more is a position in a recorded stream (-1/-2: live or either, from the beginning here).
+    if (this.host.vod?.isVodApp(r.req.app) && !this.meshPeer) return this.onVodPlay(streamId, r.req, typeof start === 'number' && start > 0 && Number.isFinite(start) ? start : 0);
     if (this.meshPeer) {
       // A mesh credential opens one play, of the stream it names, once: a relay pulls each stream on its own connection.
       if (this.meshPlayed) {
@@ -577,7 +578,7 @@ export class RtmpSession implements Session {
    * A play on a VOD app (`mp4:dir/file.mp4`, `file.flv`, `file`): the app's play rules, then the
    * library's file (refusals as the onStatus codes FMS uses), then a VodPlayer of its own.
    */
-  private async onVodPlay(streamId: number, req: StreamRequest): Promise<void> {
+  private async onVodPlay(streamId: number, req: StreamRequest, startMs: number): Promise<void> {
     const refused = await this.host.admitVodPlay(req);
     if (this.state === 'closed') return;
     if (refused) {
@@ -610,16 +611,17 @@ export class RtmpSession implements Session {
       bufferedBytes: () => this.socket.writableLength,
     };
     this.log = this.log.child({ stream: req.stream });
-    const player = new VodPlayer(opened.media, out, this.log);
+    const player = new VodPlayer(opened.media, out, this.log, SYSTEM_CLOCK, startMs);
     this.streams.set(streamId, { kind: 'vod', id: streamId, player, app: req.app, stream: req.stream, req, since: Date.now() });
     this.log.info({ file: opened.media.file.name, durationMs: opened.media.durationMs }, 'playing VOD file');
   }
 
   /** The file a VOD request names, opened; or the onStatus refusal (logged here, once). */
-  private async openVod(app: string, name: string): Promise<{ media: Awaited<ReturnType<typeof openVodMedia>> } | { code: string; description: string }> {
+  private async openVod(app: string, name: string): Promise<{ media: VodMedia } | { code: string; description: string }> {
     try {
       const file = await this.host.vod!.resolve(app, name);
-      return { media: await openVodMedia(file) };
+      // The node's opened copy of the file, shared with its other viewers; close() ends this viewer's use.
+      return { media: await vodMediaPool(this.host).acquire(file) };
     } catch (err) {
       if (err instanceof VodError) {
         const code = err.reason === 'unavailable' ? 'NetStream.Play.Failed' : 'NetStream.Play.StreamNotFound';

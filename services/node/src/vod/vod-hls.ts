@@ -8,8 +8,8 @@
  * this module answers the two sub-resources. Segments start on a video keyframe, at the first
  * keyframe at least TARGET_MS after the previous cut, so each one decodes on its own; they are
  * made from the demuxed frames by the project's TS muxer (as live HLS does) when first asked for.
- * Memory is bounded: a few opened files (their indexes) and SEGMENT_CACHE_BYTES of segments,
- * least recently used dropped first. A segment being made is shared by concurrent requests.
+ * Memory is bounded: files are opened through the node's VodMediaPool (shared with RTMP
+ * viewers), and SEGMENT_CACHE_BYTES of segments are kept, least recently used dropped first. A segment being made is shared by concurrent requests.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { TsMuxer } from '@meshcast/proto';
@@ -19,14 +19,12 @@ import { FRAME_AUDIO, FRAME_VIDEO } from '../media/frame.ts';
 import { renderMediaPlaylist, targetDurationFor, type PlaylistSegment } from '../hls/playlist.ts';
 import { VOD_SUB_ROUTES, type VodSubRoute } from './vod-http.ts';
 import type { VodFile } from './vod-library.ts';
-import { openVodMedia, VodMediaError, type VodMedia } from './vod-media.ts';
+import { vodMediaPool, VodMediaError, type VodMedia, type VodMediaPool } from './vod-media.ts';
 
 /** Segments are cut at the first keyframe at least this long after the previous cut. */
 export const VOD_HLS_TARGET_MS = 4000;
 /** Segment bytes kept for later requests (other viewers, seeks back). */
 const SEGMENT_CACHE_BYTES = 32 * 1024 * 1024;
-/** Opened files kept with their index (each holds a demuxer and its keyframe table). */
-const OPEN_FILES = 8;
 const PLAYLIST_TYPE = 'application/vnd.apple.mpegurl';
 const SEGMENT_RE = /^(\d{1,9})\.ts$/;
 
@@ -47,24 +45,21 @@ export function planSegments(media: Pick<VodMedia, 'keyframes' | 'durationMs'>, 
   return starts.map((startMs, i) => ({ startMs, endMs: i + 1 < starts.length ? starts[i + 1]! : Math.max(media.durationMs, startMs + 1) }));
 }
 
-interface OpenFile {
-  media: Promise<VodMedia>;
-  /** Segment builds reading the file now: it is closed only when none is. */
-  users: number;
-  spans?: VodSegmentSpan[];
-  evicted: boolean;
-}
+/** Files whose cuts are remembered. */
+const PLANNED_FILES = 64;
 
-/** One node's HLS VOD state (opened files, segment cache). */
+/** One node's HLS VOD state: each file's cuts and a cache of made segments (files are opened through the node's VodMediaPool). */
 export class VodHls {
-  private readonly files = new Map<string, OpenFile>();
+  private readonly spans = new Map<string, VodSegmentSpan[]>();
   private readonly segments = new Map<string, Buffer>();
   private segmentBytes = 0;
   private readonly building = new Map<string, Promise<Buffer | undefined>>();
   readonly stats = { segmentsMade: 0, segmentHits: 0 };
 
+  constructor(private readonly pool: VodMediaPool) {}
+
   async playlist(file: VodFile, query: string): Promise<string> {
-    const spans = await this.withFile(file, async (media, entry) => (entry.spans ??= planSegments(media)));
+    const spans = await this.withFile(file, async (media) => this.spansOf(file, media));
     const segments: PlaylistSegment[] = spans.map((s, seq) => ({ seq, durationMs: s.endMs - s.startMs, discontinuity: false, discontinuitiesBefore: 0 }));
     const suffix = query ? `?${query}` : '';
     const maxMs = Math.max(0, ...segments.map((s) => s.durationMs));
@@ -84,8 +79,8 @@ export class VodHls {
     }
     let pending = this.building.get(key);
     if (!pending) {
-      pending = this.withFile(file, async (media, entry) => {
-        const spans = (entry.spans ??= planSegments(media));
+      pending = this.withFile(file, async (media) => {
+        const spans = this.spansOf(file, media);
         const span = spans[seq];
         if (!span) return undefined;
         return makeSegment(media, span, seq === spans.length - 1);
@@ -99,9 +94,20 @@ export class VodHls {
   }
 
   close(): void {
-    for (const [k, f] of this.files) this.evict(k, f);
+    this.spans.clear();
     this.segments.clear();
     this.segmentBytes = 0;
+  }
+
+  private spansOf(file: VodFile, media: VodMedia): VodSegmentSpan[] {
+    const key = fileKey(file);
+    let spans = this.spans.get(key);
+    if (!spans) {
+      spans = planSegments(media);
+      this.spans.set(key, spans);
+      if (this.spans.size > PLANNED_FILES) this.spans.delete(this.spans.keys().next().value!);
+    }
+    return spans;
   }
 
   private keep(key: string, data: Buffer): void {
@@ -116,38 +122,13 @@ export class VodHls {
     }
   }
 
-  private async withFile<T>(file: VodFile, use: (media: VodMedia, entry: OpenFile) => Promise<T>): Promise<T> {
-    const key = fileKey(file);
-    let entry = this.files.get(key);
-    if (entry) {
-      this.files.delete(key);
-      this.files.set(key, entry);
-    } else {
-      entry = { media: openVodMedia(file), users: 0, evicted: false };
-      this.files.set(key, entry);
-      // A file that cannot be opened is not remembered: the next request tries again (it may have been replaced).
-      entry.media.catch(() => {
-        if (this.files.get(key) === entry) this.files.delete(key);
-      });
-      for (const [k, f] of this.files) {
-        if (this.files.size <= OPEN_FILES) break;
-        this.evict(k, f);
-      }
-    }
-    const e = entry;
-    e.users++;
+  private async withFile<T>(file: VodFile, use: (media: VodMedia) => Promise<T>): Promise<T> {
+    const media = await this.pool.acquire(file);
     try {
-      return await use(await e.media, e);
+      return await use(media);
     } finally {
-      e.users--;
-      if (e.evicted && e.users === 0) void e.media.then((m) => m.close(), () => undefined);
+      media.close();
     }
-  }
-
-  private evict(key: string, f: OpenFile): void {
-    this.files.delete(key);
-    f.evicted = true;
-    if (f.users === 0) void f.media.then((m) => m.close(), () => undefined);
   }
 }
 
@@ -179,7 +160,7 @@ const services = new WeakMap<MediaHost, VodHls>();
 function serviceOf(host: MediaHost): VodHls {
   let s = services.get(host);
   if (!s) {
-    s = new VodHls();
+    s = new VodHls(vodMediaPool(host));
     services.set(host, s);
   }
   return s;
@@ -226,6 +207,7 @@ export const VOD_HLS_FEATURE: HttpFeature = {
     app.addHook('onClose', async () => {
       services.get(ctx.host)?.close();
       services.delete(ctx.host);
+      vodMediaPool(ctx.host).closeIdle();
     });
   },
 };

@@ -142,8 +142,11 @@ function bytes(p: EncodedPacket): Buffer {
   return Buffer.from(p.data.buffer, p.data.byteOffset, p.data.byteLength);
 }
 
+/** Bytes of an MP4 file mediabunny keeps read (shared by every reader of the opened file). */
+const MP4_READ_CACHE_BYTES = 4 * 1024 * 1024;
+
 async function openMp4(file: VodFile): Promise<VodMedia> {
-  const input = new Input({ source: new FilePathSource(file.path), formats: ALL_FORMATS });
+  const input = new Input({ source: new FilePathSource(file.path, { maxCacheSize: MP4_READ_CACHE_BYTES }), formats: ALL_FORMATS });
   try {
     return await Mp4Media.open(file, input);
   } catch (err) {
@@ -402,4 +405,111 @@ class FlvMedia implements VodMedia {
   close(): void {
     // Each reader owns its own file stream; nothing is held between reads.
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One opened file for all its viewers
+
+/** Opened files kept while no viewer uses them (their index is reused by the next viewer). */
+const IDLE_FILES = 8;
+
+interface PoolEntry {
+  media: Promise<VodMedia>;
+  users: number;
+}
+
+/**
+ * The node's opened VOD files: every viewer of a file (RTMP players, HLS segment builds) shares
+ * one demuxer and index instead of parsing the file again. A file is closed when no one uses it
+ * and IDLE_FILES others were used since. A file that fails to open is not remembered.
+ */
+export class VodMediaPool {
+  private readonly entries = new Map<string, PoolEntry>();
+
+  constructor(private readonly open: (file: VodFile) => Promise<VodMedia> = openVodMedia) {}
+
+  /** The opened file; `close()` on what is returned ends this use (the file stays open for others). */
+  async acquire(file: VodFile): Promise<VodMedia> {
+    // One version of a file: a replaced file (another size) is opened anew.
+    const key = `${file.path}\0${file.size}`;
+    let entry = this.entries.get(key);
+    if (entry) this.entries.delete(key);
+    else {
+      const media = this.open(file);
+      entry = { media, users: 0 };
+      const e = entry;
+      media.catch(() => {
+        if (this.entries.get(key) === e) this.entries.delete(key);
+      });
+    }
+    this.entries.set(key, entry); // most recently used last
+    entry.users++;
+    let media: VodMedia;
+    try {
+      media = await entry.media;
+    } catch (err) {
+      entry.users--;
+      throw err;
+    }
+    this.trim();
+    const e = entry;
+    let released = false;
+    return {
+      file: media.file,
+      durationMs: media.durationMs,
+      metadata: media.metadata,
+      videoHeader: media.videoHeader,
+      audioHeader: media.audioHeader,
+      keyframes: media.keyframes,
+      frames: (fromMs) => media.frames(fromMs),
+      close: () => {
+        if (released) return;
+        released = true;
+        e.users--;
+        this.trim();
+      },
+    };
+  }
+
+  /** Files open now (in use or idle). */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Closes every file no one uses (the node is stopping). */
+  closeIdle(): void {
+    for (const [k, e] of [...this.entries]) if (e.users === 0) this.drop(k, e);
+  }
+
+  private trim(): void {
+    let idle = 0;
+    for (const e of this.entries.values()) if (e.users === 0) idle++;
+    for (const [k, e] of [...this.entries]) {
+      if (idle <= IDLE_FILES) return;
+      if (e.users === 0) {
+        this.drop(k, e);
+        idle--;
+      }
+    }
+  }
+
+  private drop(key: string, e: PoolEntry): void {
+    this.entries.delete(key);
+    void e.media.then(
+      (m) => m.close(),
+      () => undefined,
+    );
+  }
+}
+
+const pools = new WeakMap<object, VodMediaPool>();
+
+/** The pool of one node (keyed by its MediaHost), made on first use. */
+export function vodMediaPool(host: object): VodMediaPool {
+  let p = pools.get(host);
+  if (!p) {
+    p = new VodMediaPool();
+    pools.set(host, p);
+  }
+  return p;
 }
