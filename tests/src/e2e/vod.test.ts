@@ -21,10 +21,12 @@ import { NodeProcess } from '../harness/node-process.ts';
 import { run } from '../harness/ffmpeg.ts';
 import { sleep, waitFor } from '../harness/ports.ts';
 import { launchBrowser } from '../harness/browser.ts';
+import { mintToken } from '../../../services/node/src/auth/token.ts';
 
 const DURATION_S = 20;
 const GOP_S = 2;
 const FPS = 25;
+const TOKEN_SECRET = 'vod-e2e-token-secret';
 
 const tmp = mkdtempSync(join(tmpdir(), 'meshcast-vod-e2e-'));
 const root = join(tmp, 'media');
@@ -98,7 +100,8 @@ describe('VOD apps: files over RTMP and HLS from a node process', () => {
     assert.equal(made.code, 0, made.stderr);
     const flv = await run('ffmpeg', ['-v', 'error', '-i', mp4, '-c', 'copy', '-f', 'flv', '-y', join(root, 'clip.flv')], 60_000);
     assert.equal(flv.code, 0, flv.stderr);
-    node = await NodeProcess.start({ config: { apps: { vod: { vod: { root } } } } });
+    // `vod` is open; `paid` serves the same files to signed play tokens only.
+    node = await NodeProcess.start({ config: { apps: { vod: { vod: { root } }, paid: { vod: { root } } }, auth: { token_secret: TOKEN_SECRET, apps: { paid: { play: { tokens: true } } } } } });
   });
 
   after(async () => {
@@ -136,6 +139,34 @@ describe('VOD apps: files over RTMP and HLS from a node process', () => {
     } finally {
       bad.close();
     }
+  });
+
+  test('the play rules apply: a signed token for the file plays it, over RTMP and HLS; none, or another file\'s, is refused', async () => {
+    const token = (stream: string): string => mintToken({ secret: TOKEN_SECRET, action: 'play', app: 'paid', stream, ttlSeconds: 600 }).query;
+    // The token names the file as checked (`dir/clip.mp4`), whatever form the RTMP name takes.
+    const ok = await RtmpClient.connect(`${node.rtmpUrl}/paid/x`);
+    try {
+      assert.equal((await ok.play(`mp4:dir/clip.mp4?${token('dir/clip.mp4')}`)).code, 'NetStream.Play.Start');
+    } finally {
+      ok.close();
+    }
+    for (const name of ['mp4:dir/clip.mp4', `mp4:dir/clip.mp4?${token('clip.flv')}`]) {
+      const c = await RtmpClient.connect(`${node.rtmpUrl}/paid/x`);
+      try {
+        await assert.rejects(c.play(name), /NetStream\.Play\.Unauthorized/, name);
+      } finally {
+        c.close();
+      }
+    }
+    const base = `${node.httpUrl}/paid/dir/clip.mp4`;
+    assert.equal((await fetch(`${base}/index.m3u8`)).status, 403);
+    assert.equal((await fetch(`${base}/index.m3u8?${token('clip.flv')}`)).status, 403);
+    const playlist = await fetch(`${base}/index.m3u8?${token('dir/clip.mp4')}`);
+    assert.equal(playlist.status, 200);
+    const first = (await playlist.text()).split('\n').find((l) => l.endsWith('.ts') || l.includes('.ts?'))!;
+    assert.ok(first.includes('sig='), `segment URIs carry the token: ${first}`);
+    assert.equal((await fetch(`${base}/${first}`)).status, 200);
+    assert.equal((await fetch(`${base}/0.ts`)).status, 403, 'a segment needs the token too');
   });
 
   test('seek to the middle: Seek.Notify, then the keyframe at or before the target first', async () => {

@@ -40,7 +40,7 @@ import type { Logger } from '../log.ts';
 import type { MeshPull } from '../mesh/mesh-credential.ts';
 import { newSessionId, type Session, type SessionInfo, type SessionRole } from '../sessions.ts';
 import { joinParams } from '../auth/params.ts';
-import { VodError } from '../vod/vod-library.ts';
+import { parseVodName, VodError } from '../vod/vod-library.ts';
 import { vodMediaPool, VodMediaError, type VodMedia } from '../vod/vod-media.ts';
 import { SYSTEM_CLOCK, VodPlayer, type VodOutput } from '../vod/vod-player.ts';
 
@@ -578,7 +578,13 @@ export class RtmpSession implements Session {
    * A play on a VOD app (`mp4:dir/file.mp4`, `file.flv`, `file`): the app's play rules, then the
    * library's file (refusals as the onStatus codes FMS uses), then a VodPlayer of its own.
    */
-  private async onVodPlay(streamId: number, req: StreamRequest, startMs: number): Promise<void> {
+  private async onVodPlay(streamId: number, asked: StreamRequest, startMs: number): Promise<void> {
+    const named = this.vodRequest(asked);
+    if ('code' in named) {
+      this.sendStatus(streamId, 'error', named.code, named.description);
+      return;
+    }
+    const req = named.req;
     const refused = await this.host.admitVodPlay(req);
     if (this.state === 'closed') return;
     if (refused) {
@@ -586,7 +592,7 @@ export class RtmpSession implements Session {
       this.sendStatus(streamId, 'error', refused.code, refused.description);
       return;
     }
-    const opened = await this.openVod(req.app, req.stream);
+    const opened = await this.openVod(req.app, asked.stream);
     // The connection may have closed while the file was found and opened.
     if ((this.state as ConnState) === 'closed') {
       if ('media' in opened) opened.media.close();
@@ -616,6 +622,21 @@ export class RtmpSession implements Session {
     this.log.info({ file: opened.media.file.name, durationMs: opened.media.durationMs }, 'playing VOD file');
   }
 
+  /**
+   * A VOD request under the file's checked name (`mp4:dir/a.mp4` → `dir/a.mp4`), the name the
+   * play rules see over every protocol (a signed token, a webhook's stream); or the refusal of a
+   * name that is not a safe file name (logged here, once).
+   */
+  private vodRequest(req: StreamRequest): { req: StreamRequest } | { code: string; description: string } {
+    try {
+      return { req: { ...req, stream: parseVodName(req.stream).name } };
+    } catch (err) {
+      if (!(err instanceof VodError)) throw err;
+      this.peerWarn({ reason: err.message }, 'VOD path refused');
+      return { code: 'NetStream.Play.StreamNotFound', description: err.message };
+    }
+  }
+
   /** The file a VOD request names, opened; or the onStatus refusal (logged here, once). */
   private async openVod(app: string, name: string): Promise<{ media: VodMedia } | { code: string; description: string }> {
     try {
@@ -642,7 +663,8 @@ export class RtmpSession implements Session {
     let seconds = 0;
     if (typeof rawName === 'string' && this.host.vod?.isVodApp(this.app)) {
       const r = this.request(rawName);
-      const refused = 'req' in r ? await this.host.admitVodPlay(r.req) : { description: r.problem };
+      const named = 'req' in r ? this.vodRequest(r.req) : undefined;
+      const refused = named && 'req' in named ? await this.host.admitVodPlay(named.req) : { description: 'not a VOD file name' };
       if (!refused && 'req' in r) {
         const opened = await this.openVod(this.app, r.req.stream);
         if ('media' in opened) {
