@@ -235,7 +235,9 @@ function play(key, protocol) {
   setProtocol(protocol);
   const nodeSelect = $('play-node');
   const via = nodeSelect.selectedOptions[0] ? nodeSelect.selectedOptions[0].textContent : 'this node';
-  void player.play({ app: stream.app, stream: stream.stream, key, protocol, base: nodeSelect.value, via }).then(() => {
+  // Every node offered here has a route API: a WebRTC player asks them for another node when its own is lost.
+  const routeBases = [...nodeSelect.options].map((o) => o.value);
+  void player.play({ app: stream.app, stream: stream.stream, key, protocol, base: nodeSelect.value, via, routeBases }).then(() => {
     if (state.snapshot) renderStreams(state.snapshot);
   });
 }

@@ -38,6 +38,33 @@ export function mediaUrl(base, app, stream, protocol) {
   return protocol === 'hls' ? `${base}/${path}/index.m3u8` : `${base}/${path}.flv`;
 }
 
+/** How long a WebRTC connection may stay `disconnected` before the player gives up on that node. */
+const WHEP_DISCONNECTED_GRACE_MS = 1000;
+/** How long the player keeps asking the route API for another node after its node was lost. */
+const WHEP_REROUTE_FOR_MS = 30_000;
+
+/**
+ * Asks the route API (`GET /api/v1/route/:app/:stream` on each of `bases` in turn) for a WHEP URL
+ * on a node other than `avoid`'s. The answer's first candidate and its `next` list are tried in
+ * order: until the mesh has declared the lost node dead, placement may still name it.
+ */
+export async function rerouteWhep(bases, app, stream, avoid) {
+  const lost = new URL(avoid).origin;
+  const path = `/api/v1/route/${encodeURIComponent(app)}/${stream.split('/').map(encodeURIComponent).join('/')}`;
+  for (const base of bases) {
+    try {
+      const res = await fetch(`${base}${path}`, { signal: window.AbortSignal.timeout(2000) });
+      if (!res.ok) continue;
+      const answer = await res.json();
+      const pick = [answer, ...(answer.next || [])].find((c) => c.whep && new URL(c.whep).origin !== lost);
+      if (pick) return { whep: pick.whep, node: pick.node };
+    } catch {
+      // That node is down or slow: the next one may answer.
+    }
+  }
+  return null;
+}
+
 export class Player {
   /** `ui` holds the elements the player drives: video, placeholder, title, stop, status, res, time, buffer, dropped. */
   constructor(ui) {
@@ -51,7 +78,10 @@ export class Player {
     ui.video.addEventListener('waiting', () => this.current && this.setStatus('buffering…'));
   }
 
-  /** Plays `{ app, stream, key, protocol, base, via }`; replaces whatever was playing. */
+  /**
+   * Plays `{ app, stream, key, protocol, base, via, routeBases }`; replaces whatever was playing.
+   * `routeBases`: nodes whose route API to ask for another node when a WebRTC node is lost.
+   */
   async play(target) {
     this.stop();
     const generation = ++this.generation;
@@ -125,8 +155,13 @@ export class Player {
         media.addTrack(e.track);
         this.ui.video.srcObject = media;
       });
+      let graceTimer = null;
       pc.addEventListener('connectionstatechange', () => {
-        if (pc.connectionState === 'failed' && this.engine === engine) this.fail('WebRTC connection failed (is the node\'s UDP port reachable?)');
+        clearTimeout(graceTimer);
+        if (this.engine !== engine) return;
+        // A node that dies stops answering ICE consent checks: `disconnected` within seconds, `failed` much later.
+        if (pc.connectionState === 'failed') void this.rerouteWhep(engine, url);
+        else if (pc.connectionState === 'disconnected') graceTimer = setTimeout(() => this.engine === engine && void this.rerouteWhep(engine, url), WHEP_DISCONNECTED_GRACE_MS);
       });
       await pc.setLocalDescription(await pc.createOffer());
       await new Promise((resolve) => {
@@ -152,6 +187,40 @@ export class Player {
     } catch (err) {
       engine.destroy();
       throw err;
+    }
+  }
+
+  /** The WebRTC node was lost: ask the route API for another node and play from it (the session on the lost node is ended). */
+  async rerouteWhep(engine, lostUrl) {
+    const target = this.current;
+    const generation = this.generation;
+    if (!target || this.engine !== engine) return;
+    this.engine = null;
+    engine.destroy();
+    const bases = [...new Set([...(target.routeBases || []), target.base])];
+    const until = Date.now() + WHEP_REROUTE_FOR_MS;
+    while (generation === this.generation) {
+      this.setStatus('WebRTC node lost; asking the route API for another…');
+      const next = await rerouteWhep(bases, target.app, target.stream, lostUrl);
+      if (generation !== this.generation) return;
+      if (next) {
+        try {
+          const fresh = await this.startWhep(next.whep);
+          if (generation !== this.generation) {
+            fresh.destroy();
+            return;
+          }
+          this.engine = fresh;
+          this.ui.title.textContent = `${target.key} · ${LABELS.whep} · from ${next.node} (rerouted)`;
+          this.setStatus('connecting…');
+          this.ui.video.play().catch(() => undefined);
+          return;
+        } catch (err) {
+          this.setStatus(err instanceof Error ? err.message : String(err), 'error');
+        }
+      }
+      if (Date.now() > until) return this.fail('WebRTC node lost, and the route API named no other node');
+      await new Promise((r) => setTimeout(r, 1000));
     }
   }
 
