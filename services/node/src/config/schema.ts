@@ -429,6 +429,7 @@ export const NODE_SCHEMA = z.strictObject(
         .default([])
         .meta(meta('list of addresses', { description: 'Extra addresses advertised as ICE candidates besides `public_host` (a NAT\'s outside address).', aliases: ['MESHCAST_WEBRTC_CANDIDATES'] })),
       session_timeout_s: num(10, { description: 'A peer that has not connected this many seconds after its answer, or whose ICE/DTLS failed, is closed.' }, z.number({ error: 'expected a number' }).positive({ error: 'must be greater than 0' })),
+      rtcp_timeout_s: num(10, { description: 'A connected WHEP viewer that sends no RTCP (receiver reports, feedback) for this many seconds has gone away and is closed; browsers send RTCP about once a second. 0 turns this off.' }, z.number({ error: 'expected a number' }).min(0, { error: 'must be 0 or more' })),
       whip_keyframe_interval_s: num(2, { description: 'A WHIP publisher is asked for a keyframe (RTCP PLI) this often: WebRTC encoders send one only when asked, and HLS segments, new viewers and relays start on keyframes. Match `hls.target_duration_s`; 0 asks only at the start and after a loss.' }, z.number({ error: 'expected a number' }).min(0, { error: 'must be 0 or more' })),
     }),
     apps: z

@@ -215,7 +215,7 @@ export const WHEP_FEATURE: HttpFeature = {
       const secret = randomBytes(16);
       resources.set(id, { session, secret });
       ctx.host.sessions.add(session);
-      session.start(cfg.session_timeout_s * 1000);
+      session.start(cfg.session_timeout_s * 1000, cfg.rtcp_timeout_s * 1000);
       return void reply
         .code(201)
         .header('Content-Type', 'application/sdp')

@@ -18,6 +18,7 @@ import type { Logger } from '../log.ts';
 import type { Session, SessionInfo } from '../sessions.ts';
 import { OPUS_FRAME_SAMPLES, type OpusListener } from './opus-transcoder.ts';
 import type { OpusSource } from './whip-session.ts';
+import { RtcpWatchdog, type WatchdogClock } from './rtcp-watchdog.ts';
 
 const { H264RtpPacketizer, RtcpNackResponder, RtcpSrReporter } = nodeDataChannel;
 
@@ -76,6 +77,7 @@ export class WhepSession implements Session, MediaSink {
   private opusListener: OpusListener | undefined;
   private opusPackets = 0;
   private opusSamples = 0;
+  private watchdog: RtcpWatchdog | undefined;
 
   constructor(
     readonly id: string,
@@ -89,23 +91,30 @@ export class WhepSession implements Session, MediaSink {
     this.baseRtpTs = setup.rtpConfig.timestamp;
   }
 
-  /** Waits for the peer: media starts when the track opens; a peer that never connects is closed after `timeoutMs`. */
-  start(timeoutMs: number): void {
+  /**
+   * Waits for the peer: media starts when the track opens; a peer that never connects is closed
+   * after `timeoutMs`, and a connected one that sends no RTCP for `rtcpTimeoutMs` (0: never).
+   */
+  start(timeoutMs: number, rtcpTimeoutMs = 0, clock?: WatchdogClock): void {
     const { pc, track } = this.setup;
+    this.watchdog = new RtcpWatchdog(rtcpTimeoutMs, (silentMs) => this.close(`no RTCP from the peer for ${Math.round(silentMs / 1000)} s`), clock);
     track.onOpen(() => {
       if (this.state !== 'connecting') return;
       this.state = 'playing';
       clearTimeout(this.connectTimer);
       this.log.debug('WHEP viewer connected');
+      this.watchdog?.start();
       this.hub.addSink(this);
     });
     track.onMessage((msg) => {
+      this.watchdog?.heard();
       if (rtcpKeyframeRequests(msg).length > 0 && Date.now() - this.lastIdrAt > PLI_AFTER_IDR_MS) this.waitKey = true;
     });
     track.onClosed(() => this.close('the peer closed the track'));
     const audio = this.setup.audio;
     if (audio) {
       const base = audio.rtpConfig.timestamp;
+      audio.track.onMessage(() => this.watchdog?.heard());
       audio.track.onOpen(() => {
         if (this.state === 'closed' || this.opusListener) return;
         this.opusListener = (packet) => {
@@ -200,6 +209,7 @@ export class WhepSession implements Session, MediaSink {
     const wasPlaying = this.state === 'playing';
     this.state = 'closed';
     clearTimeout(this.connectTimer);
+    this.watchdog?.stop();
     if (wasPlaying) this.hub.removeSink(this);
     if (this.opusListener) this.setup.audio?.transcoder.remove(this.opusListener);
     this.host.endPlay(this.hub);
