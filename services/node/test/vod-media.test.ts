@@ -7,13 +7,14 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeAmf0, encodeFlvHeader, encodeFlvTag } from '@meshcast/proto';
 import { FRAME_DATA, FRAME_VIDEO, type MediaFrame } from '../src/media/frame.ts';
 import { keyframeAtOrBefore, openVodMedia, VodMediaError, VodMediaPool, type VodMedia } from '../src/vod/vod-media.ts';
 import type { VodFile } from '../src/vod/vod-library.ts';
+import { makeSegment, planSegments } from '../src/vod/vod-hls.ts';
 
 const run = promisify(execFile);
 let dir = '';
@@ -194,3 +195,24 @@ test('the pool opens a file once for all its users, keeps a few idle, and forget
 async function settleTimers(): Promise<void> {
   await new Promise((r) => setTimeout(r, 10));
 }
+
+test('HLS VOD segments: cut on keyframes, each decodable alone at its time; a file cut short is refused at open, typed', async () => {
+  const path = await makeMp4('seg.mp4', 2);
+  const media = await openVodMedia(await vodFile(path, 'mp4'));
+  const spans = planSegments(media, 4000);
+  assert.deepEqual(spans.map((s) => s.startMs), [0, 4000]);
+  assert.equal(spans[1]!.endMs, media.durationMs);
+  const ts = await makeSegment(media, spans[1]!, true);
+  assert.equal(ts.length % 188, 0);
+  const file = join(dir, 'seg1.ts');
+  await writeFile(file, ts);
+  const probed = await run('ffprobe', ['-v', 'error', '-show_entries', 'format=start_time,duration', '-of', 'csv=p=0', file]);
+  const [start, duration] = probed.stdout.trim().split(',').map(Number);
+  assert.ok(Math.abs(start! - 4) < 0.2 && Math.abs(duration! - 2) < 0.2, probed.stdout);
+  media.close();
+  // Half of the file (moov first): the sample tables promise what is not there.
+  const whole = await readFile(path);
+  const cut = join(dir, 'cut.mp4');
+  await writeFile(cut, whole.subarray(0, Math.floor(whole.length / 2)));
+  await assert.rejects(openVodMedia(await vodFile(cut, 'mp4')), (e: unknown) => e instanceof VodMediaError && e.reason === 'malformed' && /cut short/.test(e.message));
+});

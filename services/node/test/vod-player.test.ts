@@ -96,7 +96,7 @@ test('start: statuses, metadata, headers, then frames up to the lead; real time 
   const clock = new ManualClock();
   const out = recorder();
   const media = fakeMedia();
-  const p = new VodPlayer(media, out, log, clock);
+  const p = new VodPlayer(media, out, log, { clock });
   await settle();
   assert.deepEqual(
     out.log.slice(0, 6).map((o) => o.code),
@@ -120,7 +120,7 @@ test('start: statuses, metadata, headers, then frames up to the lead; real time 
 test('back-pressure: nothing is sent while the socket holds too much; drained resumes', async () => {
   const clock = new ManualClock();
   const out = recorder();
-  const p = new VodPlayer(fakeMedia(), out, log, clock);
+  const p = new VodPlayer(fakeMedia(), out, log, { clock });
   await settle();
   out.buffered = WRITE_BUFFER_BYTES + 1;
   const before = framesOf(out.log).length;
@@ -136,7 +136,7 @@ test('back-pressure: nothing is sent while the socket holds too much; drained re
 test('pause holds the position; unpause goes on from the next frame without a burst', async () => {
   const clock = new ManualClock();
   const out = recorder();
-  const p = new VodPlayer(fakeMedia(), out, log, clock);
+  const p = new VodPlayer(fakeMedia(), out, log, { clock });
   await clock.advance(1000);
   p.handle({ type: 'pause', pause: true });
   const at = out.log.length;
@@ -154,7 +154,7 @@ test('pause holds the position; unpause goes on from the next frame without a bu
 test('seek: Seek.Notify, Play.Start, headers, then the keyframe at or before the target', async () => {
   const clock = new ManualClock();
   const out = recorder();
-  const p = new VodPlayer(fakeMedia(), out, log, clock);
+  const p = new VodPlayer(fakeMedia(), out, log, { clock });
   await clock.advance(300);
   const at = out.log.length;
   p.handle({ type: 'seek', ms: 5300 });
@@ -173,7 +173,7 @@ test('seek: Seek.Notify, Play.Start, headers, then the keyframe at or before the
 test('end: Play.Complete, StreamEOF and Play.Stop when the last frame is due; a seek after it plays again', async () => {
   const clock = new ManualClock();
   const out = recorder();
-  const p = new VodPlayer(fakeMedia(), out, log, clock, 8000);
+  const p = new VodPlayer(fakeMedia(), out, log, { clock, startMs: 8000 });
   await clock.advance(900);
   assert.ok(!out.log.some((o) => o.code === 'NetStream.Play.Stop'), 'not before the media time');
   await clock.advance(1200);

@@ -42,7 +42,7 @@ import { newSessionId, type Session, type SessionInfo, type SessionRole } from '
 import { joinParams } from '../auth/params.ts';
 import { parseVodName, VodError } from '../vod/vod-library.ts';
 import { vodMediaPool, VodMediaError, type VodMedia } from '../vod/vod-media.ts';
-import { SYSTEM_CLOCK, VodPlayer, type VodOutput } from '../vod/vod-player.ts';
+import { VodPlayer, WRITE_BUFFER_BYTES, type VodOutput } from '../vod/vod-player.ts';
 
 type ConnState = 'handshake' | 'awaitConnect' | 'connected' | 'closed';
 
@@ -617,7 +617,9 @@ export class RtmpSession implements Session {
       bufferedBytes: () => this.socket.writableLength,
     };
     this.log = this.log.child({ stream: req.stream });
-    const player = new VodPlayer(opened.media, out, this.log, SYSTEM_CLOCK, startMs);
+    // Below the bound past which the session stops reading the peer's commands, so a seek or pause is read while media waits.
+    const writeBufferBytes = Math.min(WRITE_BUFFER_BYTES, Math.floor(this.host.config.limits.reply_buffer_bytes / 2));
+    const player = new VodPlayer(opened.media, out, this.log, { startMs, writeBufferBytes });
     this.streams.set(streamId, { kind: 'vod', id: streamId, player, app: req.app, stream: req.stream, req, since: Date.now() });
     this.log.info({ file: opened.media.file.name, durationMs: opened.media.durationMs }, 'playing VOD file');
   }

@@ -147,10 +147,16 @@ export async function makeSegment(media: VodMedia, span: VodSegmentSpan, last: b
   const chunks: Buffer[] = [muxer.startSegment()];
   // Audio is shifted by the reorder delay (vod-media.ts), so the last segment takes what runs past the duration.
   const end = last ? Infinity : span.endMs;
-  for await (const f of media.frames(span.startMs)) {
-    if (f.timestamp >= end) break;
-    if (f.type === FRAME_VIDEO && video) chunks.push(muxer.pushVideo(f.timestamp, f.payload));
-    else if (f.type === FRAME_AUDIO && audio && f.timestamp >= span.startMs) chunks.push(muxer.pushAudio(f.timestamp, f.payload));
+  try {
+    for await (const f of media.frames(span.startMs)) {
+      if (f.timestamp >= end) break;
+      if (f.type === FRAME_VIDEO && video) chunks.push(muxer.pushVideo(f.timestamp, f.payload));
+      else if (f.type === FRAME_AUDIO && audio && f.timestamp >= span.startMs) chunks.push(muxer.pushAudio(f.timestamp, f.payload));
+    }
+  } catch (err) {
+    if (err instanceof VodMediaError) throw err;
+    // The demuxer or the file failed mid-read (a truncated file, a disk error): the file's fault, not the node's.
+    throw new VodMediaError('malformed', `${media.file.app}/${media.file.name}: ${(err as Error).message}`);
   }
   return Buffer.concat(chunks);
 }

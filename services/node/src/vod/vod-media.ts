@@ -222,6 +222,12 @@ class Mp4Media implements VodMedia {
       meta.audiochannels = at.numberOfChannels;
       meta.stereo = at.numberOfChannels > 1;
     }
+    // mediabunny ends a track quietly where a file is cut short (a copy still being written, a partial download): refuse it here instead.
+    for (const t of [video, audio]) {
+      if (t && (await t.sink.getPacket(Infinity, { metadataOnly: true })) && !(await t.sink.getPacket(Infinity))) {
+        throw new VodMediaError('malformed', `${name}: the file is cut short (its last ${t === video ? 'video' : 'audio'} samples are missing)`);
+      }
+    }
     const durationMs = ms(await input.computeDuration());
     const metadata: AmfObject = { duration: durationMs / 1000, ...meta, filesize: file.size };
     return new Mp4Media(file, input, video, audio, durationMs, metadata, videoHeader, audioHeader, keyframes, shift);

@@ -61,8 +61,16 @@ export type VodPlayerMessage =
   | { type: 'bufferLength'; ms: number }
   | { type: 'close' };
 
-/** Unsent bytes the socket may hold before the player waits for it to drain. */
+/** Unsent bytes the socket may hold before the player waits for it to drain (unless the options give less). */
 export const WRITE_BUFFER_BYTES = 512 * 1024;
+
+export interface VodPlayerOptions {
+  clock?: Clock;
+  /** Where playback starts (ms; the keyframe at or before it). */
+  startMs?: number;
+  /** Unsent bytes the socket may hold before the player waits (default WRITE_BUFFER_BYTES). */
+  writeBufferBytes?: number;
+}
 /** How far ahead of real time frames are sent when the client gave no buffer length, and at most. */
 const MIN_LEAD_MS = 1000;
 const MAX_LEAD_MS = 10_000;
@@ -96,14 +104,18 @@ export class VodPlayer {
   private position = 0;
   private bytes = 0;
   private readonly label: string;
+  private readonly clock: Clock;
+  private readonly writeBufferBytes: number;
 
   constructor(
     private readonly media: VodMedia,
     private readonly out: VodOutput,
     private readonly log: Logger,
-    private readonly clock: Clock = SYSTEM_CLOCK,
-    startMs = 0,
+    opts: VodPlayerOptions = {},
   ) {
+    const clock = (this.clock = opts.clock ?? SYSTEM_CLOCK);
+    this.writeBufferBytes = opts.writeBufferBytes ?? WRITE_BUFFER_BYTES;
+    const startMs = opts.startMs ?? 0;
     this.label = `${media.file.app}/${media.file.name}`;
     out.control('recorded');
     out.control('begin');
@@ -223,7 +235,7 @@ export class VodPlayer {
     if (s.kind !== 'playing') return;
     const r = s.reader;
     for (;;) {
-      if (this.out.bufferedBytes() > WRITE_BUFFER_BYTES) return; // 'drained' resumes
+      if (this.out.bufferedBytes() > this.writeBufferBytes) return; // 'drained' resumes
       const f = r.next;
       if (!f) {
         if (r.eof) return this.finishWhenDue(s);
