@@ -216,3 +216,13 @@ test('HLS VOD segments: cut on keyframes, each decodable alone at its time; a fi
   await writeFile(cut, whole.subarray(0, Math.floor(whole.length / 2)));
   await assert.rejects(openVodMedia(await vodFile(cut, 'mp4')), (e: unknown) => e instanceof VodMediaError && e.reason === 'malformed' && /cut short/.test(e.message));
 });
+
+test('an FLV file plays whatever it holds over RTMP, but HLS VOD refuses video it cannot carry', async () => {
+  const path = join(dir, 'old.flv');
+  await run('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=25', '-t', '2', '-c:v', 'flv1', '-f', 'flv', '-y', path]);
+  const media = await openVodMedia(await vodFile(path, 'flv'));
+  const frames = await collect(media, 0);
+  assert.equal(frames.filter((f) => f.type === FRAME_VIDEO).length, 50, 'Sorenson H.263 frames pass through for RTMP');
+  await assert.rejects(makeSegment(media, planSegments(media)[0]!, true), (e: unknown) => e instanceof VodMediaError && e.reason === 'unsupported' && /not H\.264 or HEVC/.test(e.message));
+  media.close();
+});

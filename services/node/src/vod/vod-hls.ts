@@ -12,7 +12,7 @@
  * viewers), and SEGMENT_CACHE_BYTES of segments are kept, least recently used dropped first. A segment being made is shared by concurrent requests.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { TsMuxer } from '@meshcast/proto';
+import { classifyAudioTag, classifyVideoTag, CodecConfigError, TsMuxer } from '@meshcast/proto';
 import type { HttpFeature } from '../http/features.ts';
 import type { MediaHost } from '../media/host.ts';
 import { FRAME_AUDIO, FRAME_VIDEO } from '../media/frame.ts';
@@ -59,7 +59,10 @@ export class VodHls {
   constructor(private readonly pool: VodMediaPool) {}
 
   async playlist(file: VodFile, query: string): Promise<string> {
-    const spans = await this.withFile(file, async (media) => this.spansOf(file, media));
+    const spans = await this.withFile(file, async (media) => {
+      tsTracks(media); // a file HLS cannot carry is refused at the playlist, not segment by segment
+      return this.spansOf(file, media);
+    });
     const segments: PlaylistSegment[] = spans.map((s, seq) => ({ seq, durationMs: s.endMs - s.startMs, discontinuity: false, discontinuitiesBefore: 0 }));
     const suffix = query ? `?${query}` : '';
     const maxMs = Math.max(0, ...segments.map((s) => s.durationMs));
@@ -139,11 +142,11 @@ function fileKey(file: VodFile): string {
 
 /** The MPEG-TS bytes of one span: PAT/PMT, then the frames from its keyframe up to the next cut. */
 export async function makeSegment(media: VodMedia, span: VodSegmentSpan, last: boolean): Promise<Buffer> {
-  const video = media.videoHeader !== undefined;
-  const audio = media.audioHeader !== undefined;
-  const muxer = new TsMuxer({ ...(video ? { videoCodec: 'avc' as const } : {}), audio });
-  if (media.videoHeader) muxer.pushVideo(span.startMs, media.videoHeader);
-  if (media.audioHeader) muxer.pushAudio(span.startMs, media.audioHeader);
+  const { videoCodec, audio } = tsTracks(media);
+  const video = videoCodec !== undefined;
+  const muxer = new TsMuxer({ ...(videoCodec ? { videoCodec } : {}), audio });
+  if (media.videoHeader && video) muxer.pushVideo(span.startMs, media.videoHeader);
+  if (media.audioHeader && audio) muxer.pushAudio(span.startMs, media.audioHeader);
   const chunks: Buffer[] = [muxer.startSegment()];
   // Audio is shifted by the reorder delay (vod-media.ts), so the last segment takes what runs past the duration.
   const end = last ? Infinity : span.endMs;
@@ -159,6 +162,26 @@ export async function makeSegment(media: VodMedia, span: VodSegmentSpan, last: b
     throw new VodMediaError('malformed', `${media.file.app}/${media.file.name}: ${(err as Error).message}`);
   }
   return Buffer.concat(chunks);
+}
+
+/** What of a file MPEG-TS carries here: H.264 or HEVC video, AAC audio (an FLV file may hold other codecs; MP4 files are H.264/AAC already). */
+function tsTracks(media: VodMedia): { videoCodec: 'avc' | 'hevc' | undefined; audio: boolean } {
+  let videoCodec: 'avc' | 'hevc' | undefined;
+  if (media.videoHeader) {
+    const v = classifyVideoTag(media.videoHeader);
+    if (v instanceof CodecConfigError || (v.codec !== 'avc' && v.codec !== 'hevc')) {
+      throw new VodMediaError('unsupported', `${media.file.app}/${media.file.name}: its video (${v instanceof CodecConfigError ? v.message : v.codec}) is not carried in HLS by this node (H.264 or HEVC)`);
+    }
+    videoCodec = v.codec;
+  } else if (media.keyframes.length > 0) {
+    // Video without a decoder configuration: a codec from before H.264 (Sorenson, VP6, screen video).
+    throw new VodMediaError('unsupported', `${media.file.app}/${media.file.name}: its video is not H.264 or HEVC, so it is not carried in HLS by this node`);
+  }
+  const a = media.audioHeader ? classifyAudioTag(media.audioHeader) : undefined;
+  // Audio other than AAC is left out (the pictures still play), as live HLS does.
+  const audio = a !== undefined && !(a instanceof CodecConfigError) && a.codec === 'aac';
+  if (!videoCodec && !audio) throw new VodMediaError('unsupported', `${media.file.app}/${media.file.name}: no H.264/HEVC video or AAC audio to carry in HLS`);
+  return { videoCodec, audio };
 }
 
 const services = new WeakMap<MediaHost, VodHls>();
