@@ -226,3 +226,23 @@ test('an FLV file plays whatever it holds over RTMP, but HLS VOD refuses video i
   await assert.rejects(makeSegment(media, planSegments(media)[0]!, true), (e: unknown) => e instanceof VodMediaError && e.reason === 'unsupported' && /not H\.264 or HEVC/.test(e.message));
   media.close();
 });
+
+test('an audio-only MP4: no keyframes, frames from the time asked, HLS cut by time', async () => {
+  const path = join(dir, 'tone.mp4');
+  await run('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'sine=frequency=440:sample_rate=44100', '-t', '9', '-c:a', 'aac', '-y', path]);
+  const media = await openVodMedia(await vodFile(path, 'mp4'));
+  assert.equal(media.videoHeader, undefined);
+  assert.deepEqual(media.keyframes, []);
+  assert.ok(Math.abs(media.durationMs - 9000) <= 100);
+  const from = await collect(media, 5000, 5);
+  assert.ok(from.every((f) => f.type === 8) && from[0]!.timestamp <= 5000 && from[0]!.timestamp > 4900, `first audio at ${from[0]!.timestamp}`);
+  const spans = planSegments(media, 4000);
+  assert.deepEqual(spans.map((s) => s.startMs), [0, 4000, 8000]);
+  const ts = await makeSegment(media, spans[1]!, false);
+  const file = join(dir, 'tone1.ts');
+  await writeFile(file, ts);
+  const probed = await run('ffprobe', ['-v', 'error', '-show_entries', 'format=start_time,duration', '-of', 'csv=p=0', file]);
+  const [start, duration] = probed.stdout.trim().split(',').map(Number);
+  assert.ok(Math.abs(start! - 4) < 0.1 && Math.abs(duration! - 4) < 0.1, probed.stdout);
+  media.close();
+});
