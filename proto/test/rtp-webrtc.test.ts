@@ -111,6 +111,17 @@ test('B-frames are seen in the composition time of AVC and enhanced coded frames
   assert.equal(hasCompositionOffset(Buffer.from([0x17, 0, 0, 0, 0x50])), false, 'a sequence header is not a frame');
   assert.equal(hasCompositionOffset(Buffer.from([0x91, 0x68, 0x76, 0x63, 0x31, 0, 0, 0x21])), true, 'enhanced hvc1 CodedFrames');
   assert.equal(hasCompositionOffset(Buffer.from([0x93, 0x68, 0x76, 0x63, 0x31, 0, 0, 0x21])), false, 'enhanced CodedFramesX has none');
+  assert.equal(hasCompositionOffset(Buffer.from([0x91, 0x61, 0x76, 0x30, 0x31, 0x12, 0x00, 0x32, 0x02])), false, 'AV1 CodedFrames: OBUs follow the FourCC, no composition time');
+  assert.equal(hasCompositionOffset(Buffer.from([0x91, 0x76, 0x70, 0x30, 0x39, 0x82, 0x49, 0x83])), false, 'VP9 CodedFrames: no composition time');
+});
+
+test('HEVC parameter sets inside an IDR are replaced by the configured ones; an IDR_N_LP is kept', () => {
+  const vps = Buffer.from([0x40, 1, 1]);
+  const sps = Buffer.from([0x42, 1, 2]);
+  const pps = Buffer.from([0x44, 1, 3]);
+  const idrNLp = Buffer.from([0x28, 1, 4]); // type 20: an H.264 reading of its first byte (& 0x1f = 8) would call it a PPS
+  const out = avccAccessUnit(avcc([Buffer.from([0x42, 1, 9]), idrNLp], 4), 4, [vps, sps, pps], 'hevc');
+  assert.deepEqual(split4(out), [vps, sps, pps, idrNLp]);
 });
 
 test('PLI and FIR are found in a compound RTCP packet; other feedback is not', () => {

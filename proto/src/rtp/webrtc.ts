@@ -90,12 +90,23 @@ export function offersCodec(media: OfferedMedia, codec: string): boolean {
   return media.formats.some((f) => f.codec.toUpperCase() === codec.toUpperCase());
 }
 
+/** H.264 SPS/PPS (types 7, 8; RFC 6184 §1.3) or HEVC VPS/SPS/PPS (types 32-34 in bits 1-6; RFC 7798 §1.1.4). */
+function isParameterSet(nal: Buffer, codec: 'avc' | 'hevc'): boolean {
+  if (codec === 'hevc') {
+    const type = (nal[0]! >> 1) & 0x3f;
+    return type >= 32 && type <= 34;
+  }
+  const type = nal[0]! & 0x1f;
+  return type === 7 || type === 8;
+}
+
 /**
- * An FLV AVC access unit (NAL units with `nalLengthSize`-byte lengths) as 4-byte length-prefixed
- * NAL units, with the stream's SPS and PPS in front when `parameterSets` is given (every IDR: a
- * viewer that joins or lost a picture decodes from there on).
+ * An FLV AVC (or HEVC) access unit (NAL units with `nalLengthSize`-byte lengths) as 4-byte
+ * length-prefixed NAL units, with the stream's parameter sets (H.264 SPS and PPS; HEVC VPS, SPS
+ * and PPS) in front when `parameterSets` is given (every IDR: a viewer that joins or lost a
+ * picture decodes from there on).
  */
-export function avccAccessUnit(data: Buffer, nalLengthSize: number, parameterSets?: readonly Buffer[]): Buffer {
+export function avccAccessUnit(data: Buffer, nalLengthSize: number, parameterSets?: readonly Buffer[], codec: 'avc' | 'hevc' = 'avc'): Buffer {
   const nals: Buffer[] = [];
   for (const ps of parameterSets ?? []) nals.push(ps);
   let off = 0;
@@ -108,8 +119,7 @@ export function avccAccessUnit(data: Buffer, nalLengthSize: number, parameterSet
     const nal = data.subarray(off, off + len);
     off += len;
     // Parameter sets inside the access unit are replaced by the configured ones, not sent twice.
-    const type = nal[0]! & 0x1f;
-    if (parameterSets && (type === 7 || type === 8)) continue;
+    if (parameterSets && isParameterSet(nal, codec)) continue;
     nals.push(nal);
   }
   let total = 0;
@@ -129,8 +139,9 @@ export function hasCompositionOffset(payload: Buffer): boolean {
   if (payload.length < 5) return false;
   const b0 = payload[0]!;
   if (b0 & 0x80) {
-    // Enhanced RTMP: only CodedFrames (packet type 1) carries a composition time.
-    return (b0 & 0x0f) === 1 && payload.length >= 8 && (payload[5]! | payload[6]! | payload[7]!) !== 0;
+    // Enhanced RTMP: only CodedFrames (packet type 1) of AVC and HEVC carries a composition time (AV1 and VP9 have none).
+    const fourcc = payload.toString('latin1', 1, 5);
+    return (b0 & 0x0f) === 1 && (fourcc === 'avc1' || fourcc === 'hvc1') && payload.length >= 8 && (payload[5]! | payload[6]! | payload[7]!) !== 0;
   }
   const codecId = b0 & 0x0f;
   if (codecId !== 7 && codecId !== 12) return false;

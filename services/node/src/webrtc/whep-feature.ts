@@ -21,7 +21,7 @@ import type { Socket } from 'node:net';
 import type { StreamHub } from '../media/stream-hub.ts';
 import { newSessionId } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
-import { attachAudioChain, attachVideoChain, newSsrc, WhepSession, type WhepTrackSetup } from './whep-session.ts';
+import { attachAudioChain, attachVideoChain, newSsrc, WhepSession, type PassthroughCodec, type WhepTrackSetup } from './whep-session.ts';
 import { OpusTranscoder } from './opus-transcoder.ts';
 import { whipOpusOf } from './whip-session.ts';
 
@@ -29,7 +29,7 @@ import { whipOpusOf } from './whip-session.ts';
 export const WHEP_REFUSALS = {
   bFrames: { status: 422, code: 'WHEP.BFrames', text: 'the source uses B-frames (composition time offsets), which WebRTC cannot play in order; publish without B-frames (x264: -bf 0 or a baseline profile)' },
   noH264: { status: 406, code: 'WHEP.NoH264', text: 'the offer has no H.264 with packetization-mode=1 in a video m-section' },
-  codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec is not passed through to WebRTC by this node (H.264 only)' },
+  codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec cannot be sent to this viewer: this node passes through H.264, and H.265 when the offer has it' },
   notLive: { status: 504, code: 'WHEP.NotLive', text: 'the stream has no video yet (play_wait_ms ran out)' },
   badOffer: { status: 400, code: 'WHEP.BadOffer', text: 'the body must be an SDP offer (Content-Type: application/sdp) with a video m-section' },
 } as const;
@@ -178,11 +178,14 @@ export const WHEP_FEATURE: HttpFeature = {
         livePeers++;
         pc.setRemoteDescription(sdp, 'offer');
         const v = new nodeDataChannel.Video(video.mid, 'SendOnly');
-        v.addH264Codec(choice.pt, choice.fmtp);
+        // libdatachannel takes the offer's fmtp as given; without one, its own H.265 line.
+        if (choice.codec === 'avc') v.addH264Codec(choice.pt, choice.fmtp);
+        else if (choice.fmtp) v.addVideoCodec(choice.pt, 'H265', choice.fmtp);
+        else v.addH265Codec(choice.pt);
         const ssrc = newSsrc();
         v.addSSRC(ssrc, 'meshcast', `meshcast-${id}`, `video-${id}`);
         const track = pc.addTrack(v);
-        const rtpConfig = attachVideoChain(track, ssrc, choice.pt);
+        const rtpConfig = attachVideoChain(track, ssrc, choice.pt, choice.codec);
         let audio: WhepTrackSetup['audio'];
         const opus = audioChoice(hub, media);
         if (opus) {
@@ -197,7 +200,7 @@ export const WHEP_FEATURE: HttpFeature = {
         const local = pc.localDescription();
         if (!local) throw new Error('no local description after setLocalDescription');
         answer = advertiseCandidates(local.sdp, advertised(), cfg.udp_port);
-        session = new WhepSession(id, { pc, track, rtpConfig, audio }, hub, sreq, ctx.host, (s) => {
+        session = new WhepSession(id, { pc, track, rtpConfig, codec: choice.codec, audio }, hub, sreq, ctx.host, (s) => {
           ctx.host.sessions.remove(s);
           resources.delete(s.id);
           livePeers--;
@@ -272,7 +275,13 @@ function untilVideo(hub: StreamHub, waitMs: number, socket: Socket): Promise<boo
   });
 }
 
-type Choice = { pt: number; fmtp: string } | { refusal: keyof typeof WHEP_REFUSALS; detail?: string };
+type Choice = { codec: PassthroughCodec; pt: number; fmtp: string } | { refusal: keyof typeof WHEP_REFUSALS; detail?: string };
+
+/** The offer's video codecs, for a refusal's reason ("H264, VP8, AV1"). */
+function offeredVideoCodecs(video: ReturnType<typeof parseSdpOffer>[number]): string {
+  const names = [...new Set(video.formats.map((f) => f.codec.toUpperCase()).filter((c) => !['RTX', 'RED', 'ULPFEC', 'FLEXFEC-03'].includes(c)))];
+  return names.length > 0 ? names.join(', ') : 'no video codec';
+}
 
 /** What to answer for this stream and this offer: the H.264 payload type, or why not. */
 function codecChoice(hub: StreamHub, video: ReturnType<typeof parseSdpOffer>[number]): Choice {
@@ -282,9 +291,15 @@ function codecChoice(hub: StreamHub, video: ReturnType<typeof parseSdpOffer>[num
   if (header) {
     const tag = classifyVideoTag(header.payload);
     if (!(tag instanceof CodecConfigError)) {
+      if (tag.codec === 'hevc') {
+        // H.265 over RTP (RFC 7798): the browser's own format line is answered as offered.
+        const f = video.formats.find((x) => x.codec.toUpperCase() === 'H265' && x.clockRate === 90000);
+        if (f) return { codec: 'hevc', pt: f.pt, fmtp: f.fmtp };
+      }
       if (tag.codec !== 'avc') {
         const name = FOURCC[tag.codec] ?? tag.codec;
-        return { refusal: 'codec', detail: `${name}${offersCodec(video, name) ? ' (offered by the browser, but passthrough is not implemented)' : ' (not in the offer either)'}` };
+        const why = tag.codec === 'hevc' || !offersCodec(video, name) ? 'the offer does not have it' : `the offer has it, but this node passes through only H.264 and H.265`;
+        return { refusal: 'codec', detail: `the stream's video is ${name}; ${why} (the offer has ${offeredVideoCodecs(video)})` };
       }
       const cfg = parseAvcDecoderConfig(header.payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength));
       if (!(cfg instanceof CodecConfigError) && cfg.sps[0]) plid = profileLevelId(cfg.sps[0]);
@@ -293,5 +308,5 @@ function codecChoice(hub: StreamHub, video: ReturnType<typeof parseSdpOffer>[num
   const f = chooseH264(video, plid);
   if (!f) return { refusal: 'noH264' };
   // The answer names the stream's own profile and level: the browser's decoder takes any it offered.
-  return { pt: f.pt, fmtp: `level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=${plid}` };
+  return { codec: 'avc', pt: f.pt, fmtp: `level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=${plid}` };
 }

@@ -10,7 +10,7 @@
 import { randomInt } from 'node:crypto';
 import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection, Track, RtpPacketizationConfig } from 'node-datachannel';
-import { avccAccessUnit, classifyVideoTag, opusPacketSamples, parseAvcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
+import { avccAccessUnit, classifyVideoTag, opusPacketSamples, parseAvcDecoderConfig, parseHevcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
 import { FRAME_VIDEO, type WireFormat } from '../media/frame.ts';
 import type { MediaHost, StreamRequest } from '../media/host.ts';
 import type { MediaSink, StreamHub } from '../media/stream-hub.ts';
@@ -31,18 +31,23 @@ const PLI_AFTER_IDR_MS = 300;
 /** RTP payload bytes per packet: a 1200-byte budget leaves room for SRTP, UDP, IP and TURN headers. */
 const MAX_FRAGMENT = 1200;
 
+/** The video codecs passed through to WebRTC untouched (as classifyVideoTag names them). */
+export type PassthroughCodec = 'avc' | 'hevc';
+
 export interface WhepTrackSetup {
   pc: PeerConnection;
   track: Track;
   rtpConfig: RtpPacketizationConfig;
+  /** The stream's video codec the track carries; frames of any other codec (a republish with another) are not sent. */
+  codec: PassthroughCodec;
   /** The Opus track and where its packets come from: the stream's shared AAC→Opus transcoder, or a WHIP publisher's own Opus. */
   audio?: { track: Track; rtpConfig: RtpPacketizationConfig; transcoder: OpusSource };
 }
 
-/** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track. */
-export function attachVideoChain(track: Track, ssrc: number, payloadType: number): RtpPacketizationConfig {
+/** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track: RFC 6184 for H.264, RFC 7798 for H.265. */
+export function attachVideoChain(track: Track, ssrc: number, payloadType: number, codec: PassthroughCodec = 'avc'): RtpPacketizationConfig {
   const rtpConfig = new nodeDataChannel.RtpPacketizationConfig(ssrc, 'meshcast', payloadType, VIDEO_CLOCK);
-  const packetizer = new H264RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT);
+  const packetizer = codec === 'hevc' ? new nodeDataChannel.H265RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT) : new H264RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT);
   packetizer.addToChain(new RtcpSrReporter(rtpConfig));
   packetizer.addToChain(new RtcpNackResponder());
   track.setMediaHandler(packetizer);
@@ -157,22 +162,26 @@ export class WhepSession implements Session, MediaSink {
   private video(ts: number, payload: Buffer): void {
     const tag = classifyVideoTag(payload);
     if (tag instanceof CodecConfigError) return;
+    const codec = this.setup.codec;
+    if (tag.codec !== codec) return;
     if (tag.isSequenceHeader) {
-      const cfg = parseAvcDecoderConfig(payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength));
+      const record = payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength);
+      const cfg = codec === 'hevc' ? parseHevcDecoderConfig(record) : parseAvcDecoderConfig(record);
       if (cfg instanceof CodecConfigError) {
-        this.log.warn({ err: cfg.message }, 'unusable H.264 decoder configuration; waiting for the next one');
+        this.log.warn({ err: cfg.message, codec }, 'unusable video decoder configuration; waiting for the next one');
         this.parameterSets = [];
         return;
       }
-      this.parameterSets = [...cfg.sps, ...cfg.pps];
+      this.parameterSets = cfg.codec === 'hevc' ? [...cfg.vps, ...cfg.sps, ...cfg.pps] : [...cfg.sps, ...cfg.pps];
       this.nalLengthSize = cfg.nalLengthSize;
       return;
     }
-    if (tag.codec !== 'avc' || tag.packetType !== 1) return;
+    // Coded frames: packet type 1 (legacy and Enhanced RTMP CodedFrames) or 3 (Enhanced CodedFramesX, no composition time).
+    if (tag.packetType !== 1 && !(tag.enhanced && tag.packetType === 3)) return;
     if (this.waitKey && !tag.isKeyframe) return;
     if (tag.isKeyframe && this.parameterSets.length === 0) return; // no decoder configuration yet
     const data = payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength);
-    const au = avccAccessUnit(data, this.nalLengthSize, tag.isKeyframe ? this.parameterSets : undefined);
+    const au = avccAccessUnit(data, this.nalLengthSize, tag.isKeyframe ? this.parameterSets : undefined, codec);
     if (au.length === 0) return;
     this.firstTs ??= ts;
     this.setup.rtpConfig.timestamp = (this.baseRtpTs + (ts - this.firstTs) * (VIDEO_CLOCK / 1000)) >>> 0;
