@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeAmf0, encodeFlvHeader, encodeFlvTag } from '@meshcast/proto';
@@ -244,5 +244,17 @@ test('an audio-only MP4: no keyframes, frames from the time asked, HLS cut by ti
   const probed = await run('ffprobe', ['-v', 'error', '-show_entries', 'format=start_time,duration', '-of', 'csv=p=0', file]);
   const [start, duration] = probed.stdout.trim().split(',').map(Number);
   assert.ok(Math.abs(start! - 4) < 0.1 && Math.abs(duration! - 4) < 0.1, probed.stdout);
+  media.close();
+});
+
+test('an opened FLV file keeps being read by every reader after it is removed (a cache eviction), and readers at once do not disturb each other', async () => {
+  const src = join(dir, 'clip.flv');
+  const path = join(dir, 'evicted.flv');
+  await copyFile(src, path);
+  const media = await openVodMedia(await vodFile(path, 'flv'));
+  await unlink(path);
+  const [a, b] = await Promise.all([collect(media, 0), collect(media, 4500)]);
+  assert.equal(a.filter((f) => f.type === FRAME_VIDEO && f.payload[1] === 1).length, 150);
+  assert.equal(b.filter((f) => f.type === FRAME_VIDEO && f.payload[1] === 1).length, 50);
   media.close();
 });

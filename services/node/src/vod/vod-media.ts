@@ -15,7 +15,7 @@
  * FLV: a tag's timestamp is its decode time + shift, audio and pictures are shown at their
  * presentation time + shift, and the two stay in sync.
  */
-import { createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { ALL_FORMATS, EncodedPacketSink, FilePathSource, Input, type EncodedPacket, type InputAudioTrack, type InputVideoTrack } from 'mediabunny';
 import {
   FlvDecoder,
@@ -306,6 +306,17 @@ const FLV_READ_CHUNK = 256 * 1024;
 /** What a reader started mid-file is fed first: an FLV header with both tracks and no extra bytes, and PreviousTagSize0. */
 const FLV_RESTART = Buffer.concat([Buffer.from([0x46, 0x4c, 0x56, 1, 0x05, 0, 0, 0, FLV_HEADER_SIZE]), Buffer.alloc(4)]);
 
+/** The file from `start` in chunks, by positioned reads: any number of readers share one descriptor. */
+async function* readFrom(fh: FileHandle, start: number): AsyncGenerator<Buffer, void, undefined> {
+  for (let pos = start; ; ) {
+    const buf = Buffer.allocUnsafe(FLV_READ_CHUNK);
+    const { bytesRead } = await fh.read(buf, 0, FLV_READ_CHUNK, pos);
+    if (bytesRead === 0) return;
+    pos += bytesRead;
+    yield buf.subarray(0, bytesRead);
+  }
+}
+
 async function openFlv(file: VodFile): Promise<VodMedia> {
   const name = `${file.app}/${file.name}`;
   const decoder = new FlvDecoder();
@@ -316,9 +327,16 @@ async function openFlv(file: VodFile): Promise<VodMedia> {
   let lastTs = 0;
   let firstTagOffset = -1;
   const keyframes: VodKeyframe[] = [];
-  const stream = createReadStream(file.path, { highWaterMark: FLV_READ_CHUNK });
+  // One descriptor for the file's life: readers (viewers, seeks) read from it at their offsets, so a
+  // file replaced or removed (a cache eviction) meanwhile does not change what they read.
+  let fh: FileHandle;
   try {
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
+    fh = await open(file.path, 'r');
+  } catch (err) {
+    throw new VodMediaError('io', `${name}: ${(err as Error).message}`);
+  }
+  try {
+    for await (const chunk of readFrom(fh, 0)) {
       if (offset < 0) {
         // The header's DataOffset says where PreviousTagSize0 is (the decoder skips to it the same way).
         if (chunk.length < FLV_HEADER_SIZE) throw new VodMediaError('malformed', `${name}: shorter than an FLV header`);
@@ -343,17 +361,19 @@ async function openFlv(file: VodFile): Promise<VodMedia> {
       }
     }
   } catch (err) {
+    await fh.close();
     if (err instanceof VodMediaError) throw err;
     throw new VodMediaError('io', `${name}: ${(err as Error).message}`);
-  } finally {
-    stream.destroy();
   }
-  if (offset < 0 || !decoder.header) throw new VodMediaError('malformed', `${name}: not an FLV file`);
+  if (offset < 0 || !decoder.header) {
+    await fh.close();
+    throw new VodMediaError('malformed', `${name}: not an FLV file`);
+  }
   const declared = typeof meta?.duration === 'number' && Number.isFinite(meta.duration) ? Math.round(meta.duration * 1000) : 0;
   const durationMs = Math.max(declared, lastTs);
   const { duration: _d, filesize: _f, ...rest } = meta ?? {};
   const metadata: AmfObject = { ...plainMetadata(rest), duration: durationMs / 1000, filesize: file.size };
-  return new FlvMedia(file, durationMs, metadata, videoHeader, audioHeader, keyframes, firstTagOffset);
+  return new FlvMedia(file, fh, durationMs, metadata, videoHeader, audioHeader, keyframes, firstTagOffset);
 }
 
 /** The file's own onMetaData minus what it cannot be trusted for here (its keyframe tables describe other offsets). */
@@ -366,6 +386,7 @@ function plainMetadata(m: AmfObject): AmfObject {
 class FlvMedia implements VodMedia {
   constructor(
     readonly file: VodFile,
+    private readonly fh: FileHandle,
     readonly durationMs: number,
     readonly metadata: AmfObject,
     readonly videoHeader: Buffer | undefined,
@@ -381,35 +402,30 @@ class FlvMedia implements VodMedia {
     const skipBefore = key ? key.timestamp : fromMs;
     const decoder = new FlvDecoder();
     decoder.push(FLV_RESTART);
-    const stream = createReadStream(this.file.path, { start, highWaterMark: FLV_READ_CHUNK });
-    try {
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        const tags = decoder.push(chunk);
-        if (tags instanceof FlvError) throw new VodMediaError('malformed', `${this.file.app}/${this.file.name}: ${tags.message}`);
-        for (const t of tags) {
-          if (t.type === FRAME_VIDEO) {
-            if (isVideoSequenceHeader(t.payload)) {
-              if (!t.payload.equals(this.videoHeader ?? Buffer.alloc(0))) yield new MediaFrame(FRAME_VIDEO, t.timestamp, t.payload, false, true);
-              continue;
-            }
-            yield new MediaFrame(FRAME_VIDEO, t.timestamp, t.payload, isVideoKeyframe(t.payload), false);
-          } else if (t.type === FRAME_AUDIO) {
-            if (t.timestamp < skipBefore) continue;
-            if (isAudioSequenceHeader(t.payload)) {
-              if (!t.payload.equals(this.audioHeader ?? Buffer.alloc(0))) yield new MediaFrame(FRAME_AUDIO, t.timestamp, t.payload, false, true);
-              continue;
-            }
-            yield new MediaFrame(FRAME_AUDIO, t.timestamp, t.payload, false, false);
+    for await (const chunk of readFrom(this.fh, start)) {
+      const tags = decoder.push(chunk);
+      if (tags instanceof FlvError) throw new VodMediaError('malformed', `${this.file.app}/${this.file.name}: ${tags.message}`);
+      for (const t of tags) {
+        if (t.type === FRAME_VIDEO) {
+          if (isVideoSequenceHeader(t.payload)) {
+            if (!t.payload.equals(this.videoHeader ?? Buffer.alloc(0))) yield new MediaFrame(FRAME_VIDEO, t.timestamp, t.payload, false, true);
+            continue;
           }
+          yield new MediaFrame(FRAME_VIDEO, t.timestamp, t.payload, isVideoKeyframe(t.payload), false);
+        } else if (t.type === FRAME_AUDIO) {
+          if (t.timestamp < skipBefore) continue;
+          if (isAudioSequenceHeader(t.payload)) {
+            if (!t.payload.equals(this.audioHeader ?? Buffer.alloc(0))) yield new MediaFrame(FRAME_AUDIO, t.timestamp, t.payload, false, true);
+            continue;
+          }
+          yield new MediaFrame(FRAME_AUDIO, t.timestamp, t.payload, false, false);
         }
       }
-    } finally {
-      stream.destroy();
     }
   }
 
   close(): void {
-    // Each reader owns its own file stream; nothing is held between reads.
+    void this.fh.close().catch(() => undefined); // already closed: nothing left to release
   }
 }
 
