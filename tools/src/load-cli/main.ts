@@ -1,7 +1,8 @@
 /** `meshcast-load` entry point. */
-import { parseLoadArgs, UsageError, USAGE } from './options.ts';
+import { parseLoadArgs, UsageError, USAGE, type LoadOptions } from './options.ts';
 import { ProgressUi, renderReport } from './report.ts';
 import { LoadAborted, runLoad } from './runner.ts';
+import { renderVodReport, runVodLoad } from './vod-swarm.ts';
 
 async function main(argv: string[]): Promise<number> {
   let opts;
@@ -18,6 +19,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
+  if (opts.vod) return runVod(opts);
   const ui = new ProgressUi(opts.quiet ? 'quiet' : process.stderr.isTTY ? 'tty' : 'lines');
   const abort = new AbortController();
   let firstSignalAt = 0;
@@ -46,6 +48,24 @@ async function main(argv: string[]): Promise<number> {
     }
     process.stderr.write(`meshcast-load: ${err instanceof Error ? err.message : String(err)}\n`);
     return 1;
+  }
+}
+
+/** `--vod URL`: N viewers of one file (vod-swarm.ts). */
+async function runVod(opts: LoadOptions): Promise<number> {
+  const abort = new AbortController();
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => abort.abort());
+  const log = (line: string): void => {
+    if (!opts.quiet) process.stderr.write(`${line}\n`);
+  };
+  try {
+    const report = await runVodLoad({ ...opts, vod: opts.vod! }, log, abort.signal);
+    process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : `${renderVodReport(report)}\n`);
+    return report.ok ? 0 : 1;
+  } catch (err) {
+    if (err instanceof LoadAborted) return 130;
+    process.stderr.write(`meshcast-load: ${err instanceof Error ? err.message : String(err)}\n`);
+    return err instanceof UsageError ? 2 : 1;
   }
 }
 

@@ -12,6 +12,8 @@ export const MAX_PUBLISHERS = 200;
 export type Protocol = 'rtmp' | 'http-flv' | 'whep';
 
 export interface LoadOptions {
+  /** `--vod URL`: N viewers of one VOD file (vod-swarm.ts) instead of a published stream. */
+  vod: string | undefined;
   /** Publish URL (rtmp://host:port/app/stream); names the app and stream. */
   url: string | undefined;
   /** Where viewers play when not routed (rtmp://… or http://…/app/stream.flv). */
@@ -44,6 +46,10 @@ meshcast node or mesh; reports time to first frame, glass-to-glass latency, deli
 expected bytes, missing frames and failures by cause.
 
   --url URL          where the publishers publish: rtmp://host:port/app/stream
+  --vod URL          instead: N viewers of one VOD file, over RTMP (rtmp://host:port/vod/mp4:dir/file.mp4;
+                     played in real time, looping at the end) or progressive HTTP
+                     (http://host:port/vod/dir/file.mp4; downloaded again and again);
+                     with --viewers, --duration, --ramp, --timeout, --json, --quiet
   --viewers N        viewers to open (default 10; more than ${MAX_VIEWERS} needs --force)
   --duration S       measurement window once the viewers are up, seconds (default 10; > ${MAX_DURATION_S} needs --force)
   --publishers M     own publishers, one per stream (default: one per stream; 0 = the stream is
@@ -109,6 +115,7 @@ export function parseLoadArgs(argv: string[]): LoadOptions | 'help' {
       args: argv,
       options: {
         url: { type: 'string' },
+        vod: { type: 'string' },
         'play-url': { type: 'string' },
         route: { type: 'string' },
         viewers: { type: 'string', short: 'n' },
@@ -137,9 +144,12 @@ export function parseLoadArgs(argv: string[]): LoadOptions | 'help' {
   const url = values['url'] as string | undefined;
   const playUrl = values['play-url'] as string | undefined;
   const route = values['route'] as string | undefined;
-  if (!url && !playUrl) throw new UsageError('--url is required (or --play-url with --publishers 0)');
+  const vod = values['vod'] as string | undefined;
+  if (vod !== undefined && !/^(rtmp|https?):\/\/[^/]+\/[^/]+\/./.test(vod)) throw new UsageError(`--vod must be rtmp://host:port/app/<file> or http://host:port/app/<file> (got ${vod})`);
+  if (vod !== undefined && (url || playUrl || route || values['protocol'])) throw new UsageError('--vod plays a file: it takes no --url, --play-url, --route or --protocol (the URL says rtmp or http)');
+  if (!url && !playUrl && !vod) throw new UsageError('--url is required (or --play-url with --publishers 0, or --vod)');
   if (url && !/^rtmp:\/\//.test(url)) throw new UsageError(`--url must be an rtmp:// URL (got ${url})`);
-  const { app, stream } = namesFromUrl((url ?? playUrl)!);
+  const { app, stream } = vod ? { app: '', stream: '' } : namesFromUrl((url ?? playUrl)!);
   const protocol = ((values['protocol'] as string | undefined) ?? 'rtmp') as Protocol;
   if (protocol !== 'rtmp' && protocol !== 'http-flv' && protocol !== 'whep') throw new UsageError('--protocol is rtmp, http-flv or whep');
   if (playUrl) {
@@ -165,6 +175,7 @@ export function parseLoadArgs(argv: string[]): LoadOptions | 'help' {
   if (publishers > 0 && !url) throw new UsageError('publishers need --url rtmp://host:port/app/stream to publish to');
   const defaultWorkers = viewers <= 2000 ? 0 : Math.max(1, Math.min(Math.max(1, cpus().length - 1), Math.ceil(viewers / 2000)));
   return {
+    vod,
     url,
     playUrl,
     route: route?.replace(/\/+$/, ''),
