@@ -14,7 +14,7 @@ import { encodeAmf0, encodeFlvHeader, encodeFlvTag } from '@meshcast/proto';
 import { FRAME_DATA, FRAME_VIDEO, type MediaFrame } from '../src/media/frame.ts';
 import { keyframeAtOrBefore, openVodMedia, VodMediaError, VodMediaPool, type VodMedia } from '../src/vod/vod-media.ts';
 import type { VodFile } from '../src/vod/vod-library.ts';
-import { makeSegment, planSegments } from '../src/vod/vod-hls.ts';
+import { makeSegment, planSegments, VodHls } from '../src/vod/vod-hls.ts';
 
 const run = promisify(execFile);
 let dir = '';
@@ -257,4 +257,23 @@ test('an opened FLV file keeps being read by every reader after it is removed (a
   assert.equal(a.filter((f) => f.type === FRAME_VIDEO && f.payload[1] === 1).length, 150);
   assert.equal(b.filter((f) => f.type === FRAME_VIDEO && f.payload[1] === 1).length, 50);
   media.close();
+});
+
+test('HLS VOD service: a VOD playlist with every segment; a segment made once for concurrent requests, then from the cache', async () => {
+  const path = await makeMp4('hls.mp4', 2);
+  const file = await vodFile(path, 'mp4');
+  const pool = new VodMediaPool();
+  const hls = new VodHls(pool);
+  const text = await hls.playlist(file, 'sig=abc');
+  assert.match(text, /#EXT-X-PLAYLIST-TYPE:VOD\n/);
+  assert.match(text, /#EXTINF:4\.000,\n0\.ts\?sig=abc\n#EXTINF:2\.000,\n1\.ts\?sig=abc\n#EXT-X-ENDLIST\n$/);
+  const [a, b] = await Promise.all([hls.segment(file, 1), hls.segment(file, 1)]);
+  assert.ok(a && a === b, 'one build for both');
+  assert.equal(hls.stats.segmentsMade, 1);
+  assert.equal(await hls.segment(file, 1), a);
+  assert.equal(hls.stats.segmentHits, 1);
+  assert.equal(await hls.segment(file, 2), undefined, 'no such segment');
+  assert.equal(pool.size, 1, 'one opened file for all of it');
+  hls.close();
+  pool.closeIdle();
 });

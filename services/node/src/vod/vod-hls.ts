@@ -96,6 +96,11 @@ export class VodHls {
     return pending;
   }
 
+  /** Bytes of made segments kept. */
+  get cachedBytes(): number {
+    return this.segmentBytes;
+  }
+
   close(): void {
     this.spans.clear();
     this.segments.clear();
@@ -193,6 +198,12 @@ function serviceOf(host: MediaHost): VodHls {
     services.set(host, s);
   }
   return s;
+}
+
+/** Playback figures of one node (for metrics and the VOD admin API): files open for viewers, HLS VOD segments made and served from the cache. */
+export function vodPlaybackStats(host: MediaHost): { openFiles: number; hlsSegmentsMade: number; hlsSegmentHits: number; hlsCacheBytes: number } {
+  const hls = services.get(host);
+  return { openFiles: vodMediaPool(host).size, hlsSegmentsMade: hls?.stats.segmentsMade ?? 0, hlsSegmentHits: hls?.stats.segmentHits ?? 0, hlsCacheBytes: hls?.cachedBytes ?? 0 };
 }
 
 function queryOf(url: string | undefined): string {
