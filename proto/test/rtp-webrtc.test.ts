@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { OggOpusReader } from '../src/rtp/ogg.ts';
-import { advertiseCandidates, avccAccessUnit, chooseH264, hasCompositionOffset, parseSdpOffer, profileLevelId, rtcpKeyframeRequests } from '../src/rtp/webrtc.ts';
+import { advertiseCandidates, av1TemporalUnit, avccAccessUnit, chooseH264, hasCompositionOffset, parseSdpOffer, profileLevelId, rtcpKeyframeRequests } from '../src/rtp/webrtc.ts';
 
 /** The video m-section of a Chromium recvonly offer (payload types as Chromium 1xx numbers them), trimmed. */
 const CHROMIUM_OFFER = [
@@ -113,6 +113,19 @@ test('B-frames are seen in the composition time of AVC and enhanced coded frames
   assert.equal(hasCompositionOffset(Buffer.from([0x93, 0x68, 0x76, 0x63, 0x31, 0, 0, 0x21])), false, 'enhanced CodedFramesX has none');
   assert.equal(hasCompositionOffset(Buffer.from([0x91, 0x61, 0x76, 0x30, 0x31, 0x12, 0x00, 0x32, 0x02])), false, 'AV1 CodedFrames: OBUs follow the FourCC, no composition time');
   assert.equal(hasCompositionOffset(Buffer.from([0x91, 0x76, 0x70, 0x30, 0x39, 0x82, 0x49, 0x83])), false, 'VP9 CodedFrames: no composition time');
+});
+
+test('AV1 temporal units lose their temporal delimiters and get the sequence header on a keyframe', () => {
+  const td = Buffer.from([0x12, 0x00]);
+  const seq = Buffer.from([0x0a, 0x03, 1, 2, 3]);
+  const frame = Buffer.from([0x32, 0x02, 7, 8]); // OBU_FRAME with a 2-byte body
+  const frameExt = Buffer.from([0x36, 0x00, 0x01, 9]); // with an extension byte
+  assert.deepEqual(av1TemporalUnit(Buffer.concat([td, frame])), frame);
+  assert.deepEqual(av1TemporalUnit(Buffer.concat([td, frame]), seq), Buffer.concat([seq, frame]), 'a keyframe without its own sequence header gets the configured one');
+  assert.deepEqual(av1TemporalUnit(Buffer.concat([td, seq, frame]), Buffer.from([0x0a, 0x00])), Buffer.concat([seq, frame]), 'one it carries is not doubled');
+  assert.deepEqual(av1TemporalUnit(Buffer.concat([frame, frameExt])), Buffer.concat([frame, frameExt]));
+  assert.deepEqual(av1TemporalUnit(Buffer.concat([frame, Buffer.from([0x32, 0x09, 1])])), frame, 'a truncated OBU ends the unit');
+  assert.equal(av1TemporalUnit(td, seq).length, 0, 'nothing but a delimiter: nothing to send');
 });
 
 test('HEVC parameter sets inside an IDR are replaced by the configured ones; an IDR_N_LP is kept', () => {

@@ -90,6 +90,50 @@ export function offersCodec(media: OfferedMedia, codec: string): boolean {
   return media.formats.some((f) => f.codec.toUpperCase() === codec.toUpperCase());
 }
 
+/** AV1 OBU types (AV1 spec §6.2.2) this module acts on. */
+const OBU_SEQUENCE_HEADER = 1;
+const OBU_TEMPORAL_DELIMITER = 2;
+
+/**
+ * An FLV AV1 frame (Enhanced RTMP `av01` CodedFrames: OBUs in the low-overhead format, each with
+ * its size field) as the temporal unit an RTP AV1 packetiser takes. Temporal delimiters are
+ * dropped (the RTP AV1 payload format leaves them out), and on a keyframe `sequenceHeader` (the
+ * av1C record's configOBUs) is put in front unless the frame carries its own. A malformed OBU
+ * ends the unit there. Returns an empty buffer when nothing is left.
+ */
+export function av1TemporalUnit(data: Buffer, sequenceHeader?: Buffer): Buffer {
+  const kept: Buffer[] = [];
+  let hasSequenceHeader = false;
+  let off = 0;
+  while (off < data.length) {
+    const start = off;
+    const header = data[off]!;
+    const type = (header >> 3) & 0x0f;
+    const hasExtension = (header & 0x04) !== 0;
+    const hasSize = (header & 0x02) !== 0;
+    off += hasExtension ? 2 : 1;
+    let size = data.length - off;
+    if (hasSize) {
+      // leb128 (AV1 spec §4.10.5): at most 8 bytes.
+      size = 0;
+      let i = 0;
+      for (; i < 8 && off < data.length; i++) {
+        const b = data[off++]!;
+        size += (b & 0x7f) * 2 ** (7 * i);
+        if (!(b & 0x80)) break;
+      }
+      if (i === 8) break;
+    }
+    if (off + size > data.length) break;
+    off += size;
+    if (type === OBU_TEMPORAL_DELIMITER) continue;
+    if (type === OBU_SEQUENCE_HEADER) hasSequenceHeader = true;
+    kept.push(data.subarray(start, off));
+  }
+  if (sequenceHeader && sequenceHeader.length > 0 && !hasSequenceHeader && kept.length > 0) kept.unshift(sequenceHeader);
+  return Buffer.concat(kept);
+}
+
 /** H.264 SPS/PPS (types 7, 8; RFC 6184 §1.3) or HEVC VPS/SPS/PPS (types 32-34 in bits 1-6; RFC 7798 §1.1.4). */
 function isParameterSet(nal: Buffer, codec: 'avc' | 'hevc'): boolean {
   if (codec === 'hevc') {

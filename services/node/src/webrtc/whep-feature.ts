@@ -29,7 +29,7 @@ import { whipOpusOf } from './whip-session.ts';
 export const WHEP_REFUSALS = {
   bFrames: { status: 422, code: 'WHEP.BFrames', text: 'the source uses B-frames (composition time offsets), which WebRTC cannot play in order; publish without B-frames (x264: -bf 0 or a baseline profile)' },
   noH264: { status: 406, code: 'WHEP.NoH264', text: 'the offer has no H.264 with packetization-mode=1 in a video m-section' },
-  codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec cannot be sent to this viewer: this node passes through H.264, and H.265 when the offer has it' },
+  codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec cannot be sent to this viewer: this node passes through H.264, and H.265 or AV1 when the offer has it' },
   notLive: { status: 504, code: 'WHEP.NotLive', text: 'the stream has no video yet (play_wait_ms ran out)' },
   badOffer: { status: 400, code: 'WHEP.BadOffer', text: 'the body must be an SDP offer (Content-Type: application/sdp) with a video m-section' },
 } as const;
@@ -180,8 +180,9 @@ export const WHEP_FEATURE: HttpFeature = {
         const v = new nodeDataChannel.Video(video.mid, 'SendOnly');
         // libdatachannel takes the offer's fmtp as given; without one, its own H.265 line.
         if (choice.codec === 'avc') v.addH264Codec(choice.pt, choice.fmtp);
-        else if (choice.fmtp) v.addVideoCodec(choice.pt, 'H265', choice.fmtp);
-        else v.addH265Codec(choice.pt);
+        else if (choice.fmtp) v.addVideoCodec(choice.pt, choice.codec === 'hevc' ? 'H265' : 'AV1', choice.fmtp);
+        else if (choice.codec === 'hevc') v.addH265Codec(choice.pt);
+        else v.addAV1Codec(choice.pt);
         const ssrc = newSsrc();
         v.addSSRC(ssrc, 'meshcast', `meshcast-${id}`, `video-${id}`);
         const track = pc.addTrack(v);
@@ -291,14 +292,15 @@ function codecChoice(hub: StreamHub, video: ReturnType<typeof parseSdpOffer>[num
   if (header) {
     const tag = classifyVideoTag(header.payload);
     if (!(tag instanceof CodecConfigError)) {
-      if (tag.codec === 'hevc') {
-        // H.265 over RTP (RFC 7798): the browser's own format line is answered as offered.
-        const f = video.formats.find((x) => x.codec.toUpperCase() === 'H265' && x.clockRate === 90000);
-        if (f) return { codec: 'hevc', pt: f.pt, fmtp: f.fmtp };
+      if (tag.codec === 'hevc' || tag.codec === 'av1') {
+        // H.265 (RFC 7798) and AV1 over RTP: the browser's own format line is answered as offered.
+        const rtpName = tag.codec === 'hevc' ? 'H265' : 'AV1';
+        const f = video.formats.find((x) => x.codec.toUpperCase() === rtpName && x.clockRate === 90000);
+        if (f) return { codec: tag.codec, pt: f.pt, fmtp: f.fmtp };
       }
       if (tag.codec !== 'avc') {
         const name = FOURCC[tag.codec] ?? tag.codec;
-        const why = tag.codec === 'hevc' || !offersCodec(video, name) ? 'the offer does not have it' : `the offer has it, but this node passes through only H.264 and H.265`;
+        const why = tag.codec === 'hevc' || tag.codec === 'av1' || !offersCodec(video, name) ? 'the offer does not have it' : `the offer has it, but this node passes through only H.264, H.265 and AV1`;
         return { refusal: 'codec', detail: `the stream's video is ${name}; ${why} (the offer has ${offeredVideoCodecs(video)})` };
       }
       const cfg = parseAvcDecoderConfig(header.payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength));

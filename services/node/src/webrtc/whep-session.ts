@@ -10,7 +10,7 @@
 import { randomInt } from 'node:crypto';
 import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection, Track, RtpPacketizationConfig } from 'node-datachannel';
-import { avccAccessUnit, classifyVideoTag, opusPacketSamples, parseAvcDecoderConfig, parseHevcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
+import { av1TemporalUnit, avccAccessUnit, classifyVideoTag, opusPacketSamples, parseAvcDecoderConfig, parseHevcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
 import { FRAME_VIDEO, type WireFormat } from '../media/frame.ts';
 import type { MediaHost, StreamRequest } from '../media/host.ts';
 import type { MediaSink, StreamHub } from '../media/stream-hub.ts';
@@ -32,7 +32,7 @@ const PLI_AFTER_IDR_MS = 300;
 const MAX_FRAGMENT = 1200;
 
 /** The video codecs passed through to WebRTC untouched (as classifyVideoTag names them). */
-export type PassthroughCodec = 'avc' | 'hevc';
+export type PassthroughCodec = 'avc' | 'hevc' | 'av1';
 
 export interface WhepTrackSetup {
   pc: PeerConnection;
@@ -44,10 +44,15 @@ export interface WhepTrackSetup {
   audio?: { track: Track; rtpConfig: RtpPacketizationConfig; transcoder: OpusSource };
 }
 
-/** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track: RFC 6184 for H.264, RFC 7798 for H.265. */
+/** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track: RFC 6184 for H.264, RFC 7798 for H.265, the AOM RTP payload format for AV1. */
 export function attachVideoChain(track: Track, ssrc: number, payloadType: number, codec: PassthroughCodec = 'avc'): RtpPacketizationConfig {
   const rtpConfig = new nodeDataChannel.RtpPacketizationConfig(ssrc, 'meshcast', payloadType, VIDEO_CLOCK);
-  const packetizer = codec === 'hevc' ? new nodeDataChannel.H265RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT) : new H264RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT);
+  const packetizer =
+    codec === 'hevc'
+      ? new nodeDataChannel.H265RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT)
+      : codec === 'av1'
+        ? new nodeDataChannel.AV1RtpPacketizer('TemporalUnit', rtpConfig, MAX_FRAGMENT)
+        : new H264RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT);
   packetizer.addToChain(new RtcpSrReporter(rtpConfig));
   packetizer.addToChain(new RtcpNackResponder());
   track.setMediaHandler(packetizer);
@@ -164,6 +169,11 @@ export class WhepSession implements Session, MediaSink {
     if (tag instanceof CodecConfigError) return;
     const codec = this.setup.codec;
     if (tag.codec !== codec) return;
+    if (tag.isSequenceHeader && codec === 'av1') {
+      // av1C (AV1-ISOBMFF §2.3): 4 bytes of fields, then the configOBUs (the sequence header).
+      this.parameterSets = [payload.subarray(tag.dataOffset + 4, tag.dataOffset + tag.dataLength)];
+      return;
+    }
     if (tag.isSequenceHeader) {
       const record = payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength);
       const cfg = codec === 'hevc' ? parseHevcDecoderConfig(record) : parseAvcDecoderConfig(record);
@@ -181,7 +191,7 @@ export class WhepSession implements Session, MediaSink {
     if (this.waitKey && !tag.isKeyframe) return;
     if (tag.isKeyframe && this.parameterSets.length === 0) return; // no decoder configuration yet
     const data = payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength);
-    const au = avccAccessUnit(data, this.nalLengthSize, tag.isKeyframe ? this.parameterSets : undefined, codec);
+    const au = codec === 'av1' ? av1TemporalUnit(data, tag.isKeyframe ? this.parameterSets[0] : undefined) : avccAccessUnit(data, this.nalLengthSize, tag.isKeyframe ? this.parameterSets : undefined, codec);
     if (au.length === 0) return;
     this.firstTs ??= ts;
     this.setup.rtpConfig.timestamp = (this.baseRtpTs + (ts - this.firstTs) * (VIDEO_CLOCK / 1000)) >>> 0;
