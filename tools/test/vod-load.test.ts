@@ -12,6 +12,7 @@ import { startNode } from '../../services/node/src/start-node.ts';
 import type { MediaNode } from '../../services/node/src/media-node.ts';
 import { parseLoadArgs, UsageError } from '../src/load-cli/options.ts';
 import { VodSwarm } from '../src/load-cli/vod-swarm.ts';
+import { renderVodMarkdown, type VodPhase } from '../src/bench/results.ts';
 
 describe('meshcast-load --vod', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'vod-load-'));
@@ -80,5 +81,16 @@ describe('meshcast-load --vod', () => {
     } finally {
       swarm.stop();
     }
+  });
+});
+
+describe('bench VOD row', () => {
+  it('renders live and VOD CPU per viewer and the cache hit rate', () => {
+    const phase = (cpu: number): VodPhase => ({ receiving: 10, failed: 0, failures: {}, rampSeconds: 1, windowSeconds: 5, serverCpuPct: cpu, serverMaxRssBytes: 100 * 2 ** 20, cpuPctPerViewer: cpu / 10, mbps: 20, ttffP50Ms: 3 });
+    const md = renderVodMarkdown({ viewers: 10, ok: true, kbps: 2000, live: phase(2), vod: phase(8), cacheFetches: 1, cacheHits: 9, cacheHitRate: 0.9, cpuPerViewerVsLive: 4 }).join('\n');
+    assert.match(md, /\| live stream \| 10 \| 0 \| 2\.0 \| 0\.200 \|/);
+    assert.match(md, /\| VOD file \| 10 \| 0 \| 8\.0 \| 0\.800 \|/);
+    assert.match(md, /4\.00× the live CPU per viewer\. Edge cache: 1 fetch\(es\) from the origin, 9 hits, hit rate 90\.0 %/);
+    assert.deepEqual(renderVodMarkdown(undefined), []);
   });
 });

@@ -15,6 +15,7 @@ import { summarizeSwarm } from '../load/stats.ts';
 import { SwarmWorkers } from '../load/workers.ts';
 import { TreeMeter } from './proc.ts';
 import { runWhepRow } from './whep-row.ts';
+import { runVodRow } from './vod-row.ts';
 import { Progress } from './progress.ts';
 import { renderMarkdown, renderSvgChart, type BenchResults, type RunResult } from './results.ts';
 import { SERVER_KINDS, SERVER_LABELS, killAllServers, startServer, type ServerHandle, type ServerKind } from './servers.ts';
@@ -37,8 +38,11 @@ const USAGE = `usage: npm run bench -- [options]
   --max-minutes M      abort (keeping partial results) after M minutes (default 60)
   --keep-logs          keep each server's temp dir (config + log)
   --no-chart           skip the PNG chart
-  --rows LIST          rtmp (the fan-out rows above), whep (the WHEP row) or both (default rtmp,whep)
+  --rows LIST          rtmp (the fan-out rows above), whep (the WHEP row), vod (the VOD row)
+                       (default rtmp,whep,vod)
   --whep-viewers N     viewers in the WHEP row, RTMP then WHEP on one node (default 100)
+  --vod-viewers N      viewers in the VOD row: live then VOD RTMP viewers on an edge node that
+                       copies the file from an origin node (default 100)
 `;
 
 const MEDIA: Record<string, TestMediaSpec> = {
@@ -63,8 +67,9 @@ interface Opts {
   maxMinutes: number;
   keepLogs: boolean;
   chart: boolean;
-  rows: Array<'rtmp' | 'whep'>;
+  rows: Array<'rtmp' | 'whep' | 'vod'>;
   whepViewers: number;
+  vodViewers: number;
 }
 
 function parseOpts(argv: string[]): Opts {
@@ -88,8 +93,9 @@ function parseOpts(argv: string[]): Opts {
       'max-minutes': { type: 'string', default: '60' },
       'keep-logs': { type: 'boolean', default: false },
       'no-chart': { type: 'boolean', default: false },
-      rows: { type: 'string', default: 'rtmp,whep' },
+      rows: { type: 'string', default: 'rtmp,whep,vod' },
       'whep-viewers': { type: 'string', default: '100' },
+      'vod-viewers': { type: 'string', default: '100' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -109,7 +115,7 @@ function parseOpts(argv: string[]): Opts {
   if (values.log !== 'quiet' && values.log !== 'info') throw new Error('--log: quiet or info');
   if (!values.host.startsWith('127.')) throw new Error('--host: the benchmark stays on loopback (127.0.0.0/8)');
   const rows = values.rows.split(',').map((r) => r.trim());
-  for (const r of rows) if (r !== 'rtmp' && r !== 'whep') throw new Error(`--rows: unknown row "${r}" (rtmp, whep)`);
+  for (const r of rows) if (r !== 'rtmp' && r !== 'whep' && r !== 'vod') throw new Error(`--rows: unknown row "${r}" (rtmp, whep, vod)`);
   return {
     viewers,
     seconds: num('seconds', values.seconds, 1),
@@ -129,6 +135,7 @@ function parseOpts(argv: string[]): Opts {
     chart: !values['no-chart'],
     rows: rows as Opts['rows'],
     whepViewers: Math.round(num('whep-viewers', values['whep-viewers'], 1)),
+    vodViewers: Math.round(num('vod-viewers', values['vod-viewers'], 1)),
   };
 }
 
@@ -335,7 +342,7 @@ async function main(): Promise<number> {
 
   const plan: Array<{ kind: ServerKind; n: number }> = [];
   if (o.rows.includes('rtmp')) for (const n of o.viewers) for (const kind of o.servers) plan.push({ kind, n });
-  progress.start(plan.length + (o.rows.includes('whep') ? 1 : 0));
+  progress.start(plan.length + (o.rows.includes('whep') ? 1 : 0) + (o.rows.includes('vod') ? 1 : 0));
   let code = 0;
   try {
     if (plan.length > 0) live.workers = await SwarmWorkers.spawn(o.workers);
@@ -381,6 +388,34 @@ async function main(): Promise<number> {
         );
       }
       if (!row.ok) progress.log(`WHEP row: FAILED: ${row.error ?? ''}`);
+    }
+    if (o.rows.includes('vod')) {
+      const runNo = plan.length + (o.rows.includes('whep') ? 1 : 0) + 1;
+      const row = await runVodRow(
+        {
+          host: o.host,
+          viewers: o.vodViewers,
+          seconds: o.seconds,
+          rampSeconds: o.rampSeconds,
+          warmupSeconds: o.warmupSeconds,
+          settleSeconds: o.settleSeconds,
+          clockMs: o.clockMs,
+          log: o.log,
+          keepLogs: o.keepLogs,
+          checkAbort,
+          progress: (p) => progress.update(runNo, 0.5, p),
+        },
+        source,
+        file,
+      );
+      results.vod = row;
+      writeJson();
+      if (row.live && row.vod) {
+        progress.log(
+          `VOD row × ${row.viewers}: CPU per viewer VOD ${row.vod.cpuPctPerViewer.toFixed(3)} % vs live ${row.live.cpuPctPerViewer.toFixed(3)} % (${(row.cpuPerViewerVsLive ?? NaN).toFixed(2)}×); edge cache ${row.cacheFetches} fetch(es), ${row.cacheHits} hits, hit rate ${((row.cacheHitRate ?? NaN) * 100).toFixed(1)} %`,
+        );
+      }
+      if (!row.ok) progress.log(`VOD row: FAILED: ${row.error ?? ''}`);
     }
   } catch (err) {
     if (err instanceof Aborted) {

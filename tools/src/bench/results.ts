@@ -86,6 +86,67 @@ export function renderWhepMarkdown(row: WhepRowResult | undefined): string[] {
   return L;
 }
 
+/** One half of the VOD row: N RTMP viewers of the edge node, live or VOD. */
+export interface VodPhase {
+  receiving: number;
+  failed: number;
+  failures: Record<string, number>;
+  rampSeconds: number;
+  windowSeconds: number;
+  /** The edge node's process, % of one core. */
+  serverCpuPct: number;
+  serverMaxRssBytes: number;
+  cpuPctPerViewer: number;
+  /** Media payload received by the viewers over the window, Mbit/s. */
+  mbps: number;
+  ttffP50Ms: number;
+}
+
+/**
+ * The VOD row: a two-node mesh (origin holding an MP4, edge without it); N RTMP viewers of a
+ * live stream on the edge, then N RTMP VOD viewers of the file on the edge, which copies it
+ * from the origin once and serves everyone from its cache.
+ */
+export interface VodRowResult {
+  viewers: number;
+  ok: boolean;
+  error?: string;
+  kbps: number;
+  live?: VodPhase;
+  vod?: VodPhase;
+  /** The edge's VOD cache over the VOD phase (meshcast_vod_fetches_total, …_cache_hits_total). */
+  cacheFetches?: number;
+  cacheHits?: number;
+  /** hits ÷ (hits + fetches): the share of VOD plays served without a copy of their own. */
+  cacheHitRate?: number;
+  /** VOD CPU per viewer ÷ live CPU per viewer. */
+  cpuPerViewerVsLive?: number;
+}
+
+/** The VOD row as markdown (empty when the run had none). */
+export function renderVodMarkdown(row: VodRowResult | undefined): string[] {
+  if (!row) return [];
+  const L: string[] = [];
+  L.push(`## VOD row: ${row.viewers} RTMP VOD viewers of one MP4 vs ${row.viewers} live RTMP viewers, on an edge node that does not hold the file`);
+  L.push('');
+  L.push(
+    `A two-node mesh (nats-server): the origin holds the MP4 (the bench clip remuxed, ${row.kbps} kbit/s); the edge has the VOD app with no root, so its first VOD viewer makes it copy the file from the origin into its cache. Live: a looping publisher on the edge and N RTMP viewers. VOD: N RTMP VOD viewers (\`meshcast-load --vod\`, paced in real time by the node, looping at the end). CPU is the edge node's.` +
+      (row.ok ? '' : ` **Failed: ${(row.error ?? '').replace(/\|/g, '/')}**`),
+  );
+  L.push('');
+  if (row.live && row.vod) {
+    L.push('| viewers of | receiving | failed | server CPU % | CPU % per viewer | Mbit/s received | server RSS MB | first media p50 ms |');
+    L.push('|---|---:|---:|---:|---:|---:|---:|---:|');
+    for (const [name, p] of [['live stream', row.live], ['VOD file', row.vod]] as const) {
+      L.push(`| ${name} | ${p.receiving} | ${p.failed} | ${fn(p.serverCpuPct, 1)} | ${fn(p.cpuPctPerViewer, 3)} | ${fn(p.mbps, 1)} | ${mb(p.serverMaxRssBytes)} | ${fn(p.ttffP50Ms)} |`);
+    }
+    L.push('');
+    L.push(`VOD CPU per viewer = ${fx(row.cpuPerViewerVsLive ?? NaN)} the live CPU per viewer. Edge cache: ${fn(row.cacheFetches)} fetch(es) from the origin, ${fn(row.cacheHits)} hits, hit rate ${fn((row.cacheHitRate ?? NaN) * 100, 1)} %.`);
+    L.push('');
+  }
+  return L;
+}
+
 export interface BenchResults {
   tool: 'meshcast-bench';
   startedAt: string;
@@ -97,6 +158,7 @@ export interface BenchResults {
   servers: Partial<Record<ServerKind, string>>;
   runs: RunResult[];
   whep?: WhepRowResult;
+  vod?: VodRowResult;
 }
 
 export interface Ratios {
@@ -226,6 +288,7 @@ export function renderMarkdown(res: BenchResults, chartFile?: string): string {
     L.push('');
   }
   L.push(...renderWhepMarkdown(res.whep));
+  L.push(...renderVodMarkdown(res.vod));
   if (notes.length > 0) {
     L.push('Notes:');
     L.push('');

@@ -25,6 +25,8 @@ export interface ServerOptions {
   startTimeoutMs?: number;
   /** meshcast only: extra YAML config text. */
   meshcastConfig?: string;
+  /** meshcast only: the node id (default `bench`; several nodes of one mesh need their own). */
+  nodeId?: string;
 }
 
 /** Every server process we started, so exit/signal handlers can kill them synchronously. */
@@ -177,7 +179,7 @@ export async function startMeshcast(o: ServerOptions = {}): Promise<ServerHandle
   const dir = mkdtempSync(join(tmpdir(), 'meshcast-bench-mc-'));
   const rtmpPort = await freePort(host);
   const httpPort = await freePort(host);
-  const args = ['--import', 'tsx', join(REPO_ROOT, 'services/node/src/cli.ts'), 'node', '--node-id', 'bench', '--host', host, '--rtmp-port', String(rtmpPort), '--http-port', String(httpPort), '--log-level', o.log === 'info' ? 'info' : 'warn'];
+  const args = ['--import', 'tsx', join(REPO_ROOT, 'services/node/src/cli.ts'), 'node', '--node-id', o.nodeId ?? 'bench', '--host', host, '--rtmp-port', String(rtmpPort), '--http-port', String(httpPort), '--log-level', o.log === 'info' ? 'info' : 'warn'];
   if (o.meshcastConfig) {
     const file = join(dir, 'config.yaml');
     writeFileSync(file, o.meshcastConfig);
