@@ -5,6 +5,7 @@
  * node runs fails at start instead, with one line naming the setting.
  */
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { CONFIG_FILE_ENV, NODE_SCHEMA, SETTINGS, type NodeConfig, type Setting } from './config/schema.ts';
@@ -229,7 +230,8 @@ function checkConfig(cfg: NodeConfig): void {
   checkSecurity(cfg);
   checkRecording(cfg);
   checkVod(cfg);
-  // Last: the docs-config test relies on a block that fails only here having passed the rest.
+  // Last, the files and directories the machine must have: the docs-config test relies on a block that fails only here having passed the rest.
+  checkVodDirs(cfg);
   if (isMeshMode(cfg)) checkNatsFiles(cfg);
 }
 
@@ -243,16 +245,22 @@ function checkRecording(cfg: NodeConfig): void {
   }
 }
 
-/** Every VOD app's root is an existing directory, and an app with no root here has the mesh to fetch from. */
+const vodSettings = (cfg: NodeConfig) => [['app_defaults.vod', cfg.app_defaults.vod] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.vod`, a.vod] as const)];
+
+/** An app with no VOD root here has the mesh to fetch from. */
 function checkVod(cfg: NodeConfig): void {
-  const vods = [['app_defaults.vod', cfg.app_defaults.vod] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.vod`, a.vod] as const)];
+  for (const [path, v] of vodSettings(cfg)) {
+    if (!v || v.root !== '') continue;
+    if (!v.remote) throw settingError(`${path}.root`, 'is empty and remote is false: the app would serve no file (give a directory, or remote: true in a mesh)');
+    if (!isMeshMode(cfg)) throw settingError(`${path}.root`, 'is empty, and without a mesh (mesh.nats) there is no other node to serve the files from');
+  }
+}
+
+/** Every VOD app's root is an existing directory, and the cache directory can be made. */
+function checkVodDirs(cfg: NodeConfig): void {
+  const vods = vodSettings(cfg);
   for (const [path, v] of vods) {
-    if (!v) continue;
-    if (v.root === '') {
-      if (!v.remote) throw settingError(`${path}.root`, 'is empty and remote is false: the app would serve no file (give a directory, or remote: true in a mesh)');
-      if (!isMeshMode(cfg)) throw settingError(`${path}.root`, 'is empty, and without a mesh (mesh.nats) there is no other node to serve the files from');
-      continue;
-    }
+    if (!v || v.root === '') continue;
     let isDir = false;
     try {
       isDir = statSync(v.root).isDirectory();
@@ -260,6 +268,30 @@ function checkVod(cfg: NodeConfig): void {
       throw settingError(`${path}.root`, `${JSON.stringify(v.root)} cannot be read: ${(err as Error).message}`);
     }
     if (!isDir) throw settingError(`${path}.root`, `${JSON.stringify(v.root)} is not a directory`);
+  }
+  if (vods.some(([, v]) => v)) checkCacheDir(cfg.vod.cache_dir);
+}
+
+/** The VOD cache directory exists as a writable directory, or can be made in one (it is made at start). */
+function checkCacheDir(dir: string): void {
+  let at = resolve(dir);
+  for (;;) {
+    let st;
+    try {
+      st = statSync(at);
+    } catch {
+      const up = dirname(at);
+      if (up === at) return;
+      at = up;
+      continue;
+    }
+    if (!st.isDirectory()) throw settingError('vod.cache_dir', `${JSON.stringify(dir)} cannot be made: ${at} is not a directory`);
+    try {
+      accessSync(at, constants.W_OK);
+    } catch {
+      throw settingError('vod.cache_dir', `${JSON.stringify(dir)} cannot be made or written: ${at} is not writable`);
+    }
+    return;
   }
 }
 

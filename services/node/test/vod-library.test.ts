@@ -111,6 +111,9 @@ test('config: a VOD root that is missing or not a directory, a root-less app wit
     fails({ apps: { vod: { vod: { root: join(base, 'file') } } } }, /config key "apps\.vod\.vod\.root": .*is not a directory/);
     fails({ apps: { vod: { vod: true } } }, /config key "apps\.vod\.vod\.root": is empty, and without a mesh/);
     fails({ apps: { vod: { vod: { root: base } } }, vod: { cache_max_bytes: 1000 } }, /config key "vod\.cache_max_bytes": expected at least 1048576/);
+    fails({ apps: { vod: { vod: { root: base } } }, vod: { cache_dir: join(base, 'file', 'cache') } }, /config key "vod\.cache_dir": .*file is not a directory/);
+    // Without a VOD app the cache directory is never made, so it is not checked.
+    assert.doesNotThrow(() => loadConfig({ inline: { vod: { cache_dir: join(base, 'file', 'cache') } } }));
     const c = loadConfig({ inline: { apps: { vod: { vod: { root: base } } } } });
     assert.deepEqual(appConfig(c, 'vod').vod, { root: base, remote: true });
     assert.equal(appConfig(c, 'live').vod, false);
