@@ -78,10 +78,19 @@ export class VodCache {
     this.dir = resolve(dir);
   }
 
-  /** Creates the directory and removes cache files an earlier run left (only names this cache makes). */
+  /**
+   * Removes cache files an earlier run left (only names this cache makes). The directory itself
+   * is made by the first copy: a node whose VOD apps never copy anything leaves no trace.
+   */
   async start(): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
-    for (const f of await readdir(this.dir)) if (CACHE_FILE.test(f)) await rm(join(this.dir, f), { force: true });
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    for (const f of names) if (CACHE_FILE.test(f)) await rm(join(this.dir, f), { force: true });
   }
 
   snapshot(): VodCacheStats {
@@ -118,6 +127,7 @@ export class VodCache {
     flight.promise = (async () => {
       const dest = `${path}.part`;
       try {
+        await mkdir(this.dir, { recursive: true });
         await fill({
           dest,
           signal: this.aborter.signal,
