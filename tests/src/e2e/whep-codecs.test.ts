@@ -189,7 +189,13 @@ describe('WHEP for H.265 and AV1 sources (Enhanced RTMP)', { timeout: 120_000 },
       // 49: a fragmentation unit (RFC 7798 §4.4.3): the fragmented NAL's type is in the FU header.
       nalTypes.add(type === 49 ? payload[2]! & 0x3f : type);
     });
-    p.pc.setRemoteDescription(answer, 'answer');
+    try {
+      p.pc.setRemoteDescription(answer, 'answer');
+    } catch (err) {
+      // As in whep-peer-gone.test.ts: libdatachannel now and then throws on the answer's
+      // candidates after applying it; ICE goes on, and the wait for RTP below fails if not.
+      if (!/remote candidate without ICE transport/.test((err as Error).message)) throw err;
+    }
     await waitFor('H.265 RTP arrives', () => (packets > 30 && [32, 33, 34].every((t) => nalTypes.has(t)) && (nalTypes.has(19) || nalTypes.has(20))) || undefined, 15_000, 100);
     const sessions = (await node.api<{ sessions: Array<{ protocol: string; stream: string; bytesOut: number }> }>('/api/v1/sessions')).sessions;
     assert.ok(sessions.some((s) => s.protocol === 'whep' && s.stream === 'h265' && s.bytesOut > 0));
