@@ -21,6 +21,8 @@ import { mintToken } from '../../../services/node/src/auth/token.ts';
 
 const KEY = 'whip-publish-key';
 const TOKEN_SECRET = 'whip-token-secret';
+/** limits.idle_publisher_timeout_ms of the nodes: a WHIP peer that sends no RTP this long is dropped. */
+const IDLE_MS = 3000;
 
 interface Published {
   status: number;
@@ -116,7 +118,7 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
         await NodeProcess.start({
           nodeId: id,
           args: ['--roles', roles],
-          config: { mesh: { ...MESH, nats: [nats.url] }, webrtc: { udp_port: await freeUdpPort() }, hls: { idle_timeout_s: 3 }, auth: { token_secret: TOKEN_SECRET, apps: { live: { publish: { keys: [KEY], tokens: true } } } } },
+          config: { mesh: { ...MESH, nats: [nats.url] }, webrtc: { udp_port: await freeUdpPort() }, hls: { idle_timeout_s: 3 }, limits: { idle_publisher_timeout_ms: IDLE_MS }, auth: { token_secret: TOKEN_SECRET, apps: { live: { publish: { keys: [KEY], tokens: true } } } } },
         }),
       );
     }
@@ -263,5 +265,21 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
     await waitFor('the closed peer\'s publish ended', async () => !(await ingest.api<Streams>('/api/v1/streams')).streams.some((s) => s.stream === 'alias' && s.live) || undefined, 20_000);
     assert.equal((await ingest.api<Sessions>('/api/v1/sessions')).sessions.filter((s) => s.protocol === 'whip').length, 0);
     await waitFor('no transcoder left behind', () => ffmpegChildren(ingest).length === 0 || undefined, 5000);
+  });
+
+  test('a peer that stays connected but sends no RTP is dropped after limits.idle_publisher_timeout_ms', async () => {
+    const [ingest] = nodes as [NodeProcess];
+    const pub = await publishWhip(page, `${ingest.httpUrl}/live/quiet/whip`, KEY, 1000);
+    assert.equal(pub.status, 201, pub.error);
+    await waitFor('the quiet stream is live', async () => (await ingest.api<Streams>('/api/v1/streams')).streams.find((s) => s.stream === 'quiet' && s.live), 10_000);
+    // The senders stop (no RTP); ICE and DTLS stay up, so only the media timeout can notice.
+    const silentAt = Date.now();
+    await page.evaluate('Promise.all(window.__pubs.at(-1).getSenders().map((s) => s.replaceTrack(null)))');
+    await waitFor('the silent publish ended', async () => !(await ingest.api<Streams>('/api/v1/streams')).streams.some((s) => s.stream === 'quiet' && s.live) || undefined, 15_000, 200);
+    const after = Date.now() - silentAt;
+    assert.ok(after >= IDLE_MS - 500, `ended ${after} ms after the media stopped, not before the timeout`);
+    assert.equal(await page.evaluate('window.__pubs.at(-1).connectionState'), 'connected', 'the peer connection itself was still up');
+    assert.match(ingest.logs(), /no media from the peer for 3000 ms/);
+    await page.evaluate('window.__pubs.at(-1).close()');
   });
 });
