@@ -171,7 +171,7 @@ const toSeconds = (v: unknown): unknown => {
   return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd'];
 };
 
-export const RECORD_FORMATS = ['flv'] as const;
+export const RECORD_FORMATS = ['flv', 'fmp4'] as const;
 
 /**
  * An app's recording: `false` (off), `true` (on with the defaults) or `{format, segment_s, retention}`.
@@ -456,7 +456,7 @@ export const NODE_SCHEMA = z.strictObject(
       record: appFields.record.default(false).meta(
         meta('false | {format, segment_s, retention}', {
           description:
-            'Record the app\'s streams on the node that owns each one (see docs/recording.md): `false` (off), `true`, or `{format: flv, segment_s: 60, retention: 24h}` (segments cut at the first keyframe at or after `segment_s`; segments older than `retention`, a number of seconds or `90m`/`24h`/`7d`, are deleted).',
+            'Record the app\'s streams on the node that owns each one (see docs/recording.md): `false` (off), `true`, or `{format: flv, segment_s: 60, retention: 24h}` (`format`: `flv` files, or `fmp4` fragmented MP4 files `.mp4` with H.264/AAC; segments cut at the first keyframe at or after `segment_s`; segments older than `retention`, a number of seconds or `90m`/`24h`/`7d`, are deleted).',
         }),
       ),
       vod: appFields.vod.default(false).meta(

@@ -1,12 +1,13 @@
 /**
- * Recordings in a local directory: `<dir>/<app>/<stream>/<start>_<node>.flv`, one file per
+ * Recordings in a local directory: `<dir>/<app>/<stream>/<start>_<node>.flv` (or `.mp4`, fMP4), one file per
  * segment, appended as frames are flushed (a node that is killed leaves every byte it wrote, a
  * playable file up to its last whole tag). The embedded default, and the store of a node
- * without NATS. Durations are read from each file's last tag (cached by size).
+ * without NATS. Durations are read from each file's last tag or sample (cached by size).
  */
 import { mkdir, open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { lastTagTimestamp, readFlvTags } from './flv-segment.ts';
+import { readFmp4Tags } from './fmp4-segment.ts';
 import { parseSegmentKey, RecordingStoreError, segmentKey, streamPrefix, type ByteRange, type RecordingStore, type SegmentInfo, type SegmentRef, type SegmentWriter, type StoreUsage } from './store.ts';
 
 const TAIL_BYTES = 64 * 1024;
@@ -86,6 +87,13 @@ export class LocalDirStore implements RecordingStore {
     const fh = await open(file, 'r');
     let durationMs = 0;
     try {
+      if (ref.format === 'fmp4') {
+        // Fragmented MP4: its last sample says (a file cut short: its last whole fragment).
+        const tags = await readFmp4Tags(await fh.readFile()).catch(() => []);
+        durationMs = tags.length > 0 ? tags[tags.length - 1]!.timestamp : 0;
+        this.durations.set(key, { bytes: st.size, durationMs });
+        return { ...ref, key, bytes: st.size, durationMs };
+      }
       const n = Math.min(st.size, TAIL_BYTES);
       const tail = Buffer.alloc(n);
       await fh.read(tail, 0, n, st.size - n);

@@ -19,6 +19,7 @@ import { natsAuthOptions } from '../auth/nats-auth.ts';
 import { LocalDirStore } from './local-store.ts';
 import { NatsObjectStore } from './object-store.ts';
 import { readFlvTags } from './flv-segment.ts';
+import { readFmp4Tags } from './fmp4-segment.ts';
 import { segmentsToDelete, type DeleteReason } from './retention.ts';
 import { stitchMp4, type SegmentTags, type StitchedMp4 } from './mp4.ts';
 import { segmentKey, type RecordingStore, type SegmentInfo, type StoreUsage } from './store.ts';
@@ -135,7 +136,7 @@ export class RecordingService {
     const out = new Set<string>();
     for (const r of this.recorders.values()) {
       const k = r.openSegment;
-      if (k) out.add(segmentKey({ ...k, app: r.hub.app, stream: r.hub.stream, node: this.config.node_id, format: 'flv' }));
+      if (k) out.add(segmentKey({ ...k, app: r.hub.app, stream: r.hub.stream, node: this.config.node_id, format: r.format }));
     }
     return out;
   }
@@ -188,7 +189,7 @@ export class RecordingService {
     for (const s of used) {
       const data = await this.store.read(s);
       try {
-        parts.push({ startMs: s.startMs, tags: readFlvTags(data) });
+        parts.push({ startMs: s.startMs, tags: s.format === 'fmp4' ? await readFmp4Tags(data) : readFlvTags(data) });
       } catch (err) {
         // One damaged segment leaves a hole, not a failed request.
         this.log.warn({ app, stream, segment: s.key, err: (err as Error).message }, 'recording segment unreadable; skipped');

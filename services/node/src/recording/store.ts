@@ -6,7 +6,8 @@
  * serve files through the same list/read calls.
  */
 
-export type SegmentFormat = 'flv';
+/** `flv`: FLV files (flv-segment.ts); `fmp4`: fragmented MP4 files, extension `.mp4` (fmp4-segment.ts). */
+export type SegmentFormat = 'flv' | 'fmp4';
 
 /** A segment being or having been recorded: what its key says. */
 export interface SegmentRef {
@@ -65,7 +66,8 @@ export function encodePart(s: string): string {
   return encodeURIComponent(s).replace(/\./g, '%2E').replace(/\*/g, '%2A');
 }
 
-const EXT: Record<SegmentFormat, string> = { flv: 'flv' };
+const EXT: Record<SegmentFormat, string> = { flv: 'flv', fmp4: 'mp4' };
+const FORMAT_OF_EXT: Record<string, SegmentFormat> = { flv: 'flv', mp4: 'fmp4' };
 
 /** `2026-12-05T16-20-00.123Z`: the ISO time with `-` for `:`, sortable and legal in every file system. */
 function stamp(ms: number): string {
@@ -80,7 +82,7 @@ export function segmentKey(ref: SegmentRef): string {
   return `${streamPrefix(ref.app, ref.stream)}${stamp(ref.startMs)}_${encodePart(ref.node)}.${EXT[ref.format]}`;
 }
 
-const KEY_RE = /^([^/]+)\/([^/]+)\/(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d{3}Z)_([^/.]+)\.(flv)$/;
+const KEY_RE = /^([^/]+)\/([^/]+)\/(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d{3}Z)_([^/.]+)\.(flv|mp4)$/;
 
 /** The reverse of segmentKey; undefined for any other file. */
 export function parseSegmentKey(key: string): SegmentRef | undefined {
@@ -90,7 +92,7 @@ export function parseSegmentKey(key: string): SegmentRef | undefined {
   const startMs = Date.parse(iso);
   if (!Number.isFinite(startMs)) return undefined;
   try {
-    return { app: decodeURIComponent(m[1]!), stream: decodeURIComponent(m[2]!), startMs, node: decodeURIComponent(m[4]!), format: m[5] as SegmentFormat };
+    return { app: decodeURIComponent(m[1]!), stream: decodeURIComponent(m[2]!), startMs, node: decodeURIComponent(m[4]!), format: FORMAT_OF_EXT[m[5]!]! };
   } catch {
     return undefined;
   }

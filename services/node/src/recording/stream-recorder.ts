@@ -14,6 +14,7 @@ import type { StreamHub } from '../media/stream-hub.ts';
 import type { Logger } from '../log.ts';
 import { RecordingSegmenter, type SegmentOp } from './segmenter.ts';
 import type { RecordingStore, SegmentFormat, SegmentWriter } from './store.ts';
+import { Fmp4SegmentWriter } from './fmp4-segment.ts';
 
 export interface RecorderOptions {
   node: string;
@@ -52,6 +53,10 @@ export class StreamRecorder {
     private readonly log: Logger,
   ) {
     this.segmenter = new RecordingSegmenter({ segmentMs: opts.segmentMs, now: opts.now });
+  }
+
+  get format(): SegmentFormat {
+    return this.opts.format;
   }
 
   /** The segment being written, if any. */
@@ -153,7 +158,9 @@ export class StreamRecorder {
         if (this.writer) await this.writer.close(0).catch(() => undefined);
         this.writer = undefined;
         this.startMs = op.startMs;
-        this.writer = await this.store.open({ app: this.hub.app, stream: this.hub.stream, startMs: op.startMs, node: this.opts.node, format: this.opts.format });
+        const inner = await this.store.open({ app: this.hub.app, stream: this.hub.stream, startMs: op.startMs, node: this.opts.node, format: this.opts.format });
+        // fMP4: the segmenter's FLV bytes are remuxed on their way to the store (fmp4-segment.ts).
+        this.writer = this.opts.format === 'fmp4' ? new Fmp4SegmentWriter(inner) : inner;
         this.log.debug({ start: new Date(op.startMs).toISOString() }, 'recording segment opened');
         return;
       }
@@ -162,14 +169,24 @@ export class StreamRecorder {
           this.counters.bytesDropped += op.data.length;
           return;
         }
-        await this.writer.append(op.data, op.durationMs);
-        this.counters.bytesWritten += op.data.length;
+        if (this.writer instanceof Fmp4SegmentWriter) {
+          // What reaches the store: the muxer's output, not the FLV bytes it was made from.
+          const before = this.writer.bytesOut;
+          await this.writer.append(op.data, op.durationMs);
+          this.counters.bytesWritten += this.writer.bytesOut - before;
+        } else {
+          await this.writer.append(op.data, op.durationMs);
+          this.counters.bytesWritten += op.data.length;
+        }
         return;
       case 'close': {
         const w = this.writer;
         this.writer = undefined;
         if (!w) return;
+        const before = w instanceof Fmp4SegmentWriter ? w.bytesOut : 0;
         await w.close(op.durationMs);
+        // fMP4: the muxer writes the segment's last fragment at close.
+        if (w instanceof Fmp4SegmentWriter) this.counters.bytesWritten += w.bytesOut - before;
         this.counters.segmentsWritten++;
         this.log.info({ start: new Date(this.startMs).toISOString(), durationMs: op.durationMs }, 'recording segment written');
         return;
