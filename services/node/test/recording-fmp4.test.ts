@@ -58,12 +58,12 @@ async function record(tags: FlvTag[], format: SegmentFormat, offsetMs: number, s
 
 interface Probe {
   streams: Array<{ codec_name: string; codec_type: string }>;
-  format: { duration: string; format_name: string };
+  format: { duration: string; format_name: string; tags?: Record<string, string> };
   packets: Array<{ codec_type: string; pts: number; dts: number }>;
 }
 
 async function probe(file: string): Promise<Probe> {
-  const { stdout } = await run('ffprobe', ['-v', 'error', '-show_streams', '-show_format', '-show_packets', '-show_entries', 'packet=codec_type,pts,dts:stream=codec_name,codec_type:format=duration,format_name', '-of', 'json', file]);
+  const { stdout } = await run('ffprobe', ['-v', 'error', '-show_streams', '-show_format', '-show_packets', '-show_entries', 'packet=codec_type,pts,dts:stream=codec_name,codec_type:format=duration,format_name:format_tags', '-of', 'json', file]);
   return JSON.parse(stdout) as Probe;
 }
 
@@ -86,6 +86,7 @@ test('fMP4 segments from a real ffmpeg stream: cut on keyframes, each read alone
       const file = join(dir, 'rec', ...s.key.split('/'));
       const p = await probe(file);
       assert.match(p.format.format_name, /mp4/);
+      assert.equal(p.format.tags?.date, new Date(s.startMs).toISOString(), 'the file carries its wall-clock start (©day, to the ms)');
       assert.deepEqual(p.streams.map((x) => x.codec_name).sort(), ['aac', 'h264']);
       const dur = Number(p.format.duration);
       // The listed duration runs to the last frame's decode time; ffprobe's adds that frame's length and the B-frame delay (~100 ms).

@@ -77,7 +77,14 @@ export class Fmp4SegmentWriter implements SegmentWriter {
   private out: Buffer[] = [];
   bytesOut = 0;
 
-  constructor(private readonly inner: SegmentWriter) {}
+  /**
+   * `startMs`: the segment's wall-clock start, carried in its key and in the file's metadata too:
+   * the `©day` tag as an ISO time to the ms (ffprobe's `date`; the plain `date` tag keeps only the day).
+   */
+  constructor(
+    private readonly inner: SegmentWriter,
+    private readonly startMs?: number,
+  ) {}
 
   async append(data: Buffer, durationMs: number): Promise<void> {
     const tags = this.flv.push(data);
@@ -115,6 +122,7 @@ export class Fmp4SegmentWriter implements SegmentWriter {
       },
     });
     this.output = new Output({ format: new Mp4OutputFormat({ fastStart: 'fragmented', minimumFragmentDuration: FRAGMENT_S }), target: new AppendOnlyStreamTarget(writable) });
+    if (this.startMs !== undefined) this.output.setMetadataTags({ raw: { '©day': new Date(this.startMs).toISOString() } });
     if (this.avcc) {
       this.vsrc = new EncodedVideoPacketSource('avc');
       this.output.addVideoTrack(this.vsrc);
@@ -200,11 +208,6 @@ export class Fmp4SegmentWriter implements SegmentWriter {
       await this.inner.close(durationMs);
     }
   }
-}
-
-/** Wraps a store's writer when the segment format is fMP4. */
-export function fmp4Writer(inner: SegmentWriter): Fmp4SegmentWriter {
-  return new Fmp4SegmentWriter(inner);
 }
 
 /**

@@ -160,7 +160,7 @@ export class StreamRecorder {
         this.startMs = op.startMs;
         const inner = await this.store.open({ app: this.hub.app, stream: this.hub.stream, startMs: op.startMs, node: this.opts.node, format: this.opts.format });
         // fMP4: the segmenter's FLV bytes are remuxed on their way to the store (fmp4-segment.ts).
-        this.writer = this.opts.format === 'fmp4' ? new Fmp4SegmentWriter(inner) : inner;
+        this.writer = this.opts.format === 'fmp4' ? new Fmp4SegmentWriter(inner, op.startMs) : inner;
         this.log.debug({ start: new Date(op.startMs).toISOString() }, 'recording segment opened');
         return;
       }
