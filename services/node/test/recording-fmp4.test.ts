@@ -110,6 +110,11 @@ test('fMP4 segments from a real ffmpeg stream: cut on keyframes, each read alone
     const frames = back.filter((t) => t.type === 9 && t.payload[1] === 1);
     assert.ok(frames.some((t) => t.payload.readUIntBE(2, 3) > 0), 'composition offsets read back');
     for (let i = 1; i < frames.length; i++) assert.ok(frames[i]!.timestamp >= frames[i - 1]!.timestamp);
+    // A segment whose writer was killed mid-fragment reads up to its last whole fragment.
+    const whole = await store.read(segs[1]!);
+    const cut = await readFmp4Tags(whole.subarray(0, Math.floor(whole.length * 0.8)));
+    const all = await readFmp4Tags(whole);
+    assert.ok(cut.length > 10 && cut.length < all.length, `a cut file reads ${cut.length} of ${all.length} tags`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -19,7 +19,7 @@
  * readFmp4Tags is the way back: a segment's samples as FLV tags, so the MP4 stitcher joins FLV
  * and fMP4 segments (a format changed between runs) alike.
  */
-import { AppendOnlyStreamTarget, BufferSource, ALL_FORMATS, EncodedAudioPacketSource, EncodedPacket, EncodedPacketSink, EncodedVideoPacketSource, Input, Mp4OutputFormat, Output } from 'mediabunny';
+import { ALL_FORMATS, AppendOnlyStreamTarget, BufferSource, EncodedAudioPacketSource, EncodedPacket, EncodedPacketSink, EncodedVideoPacketSource, Input, Mp4OutputFormat, Output } from 'mediabunny';
 import { classifyAudioTag, classifyVideoTag, FlvDecoder, parseAacAudioSpecificConfig, parseAvcDecoderConfig, type FlvTag } from '@meshcast/proto';
 import { RecordingStoreError, type SegmentWriter } from './store.ts';
 
@@ -183,13 +183,19 @@ export class Fmp4SegmentWriter implements SegmentWriter {
     await this.vsrc!.add(new EncodedPacket(v.data, v.key ? 'key' : 'delta', v.pts / 1000, this.frameMs / 1000), meta as never);
   }
 
-  /** Hands what the muxer wrote so far to the store. */
+  /**
+   * Hands the whole boxes the muxer wrote so far to the store; a box still being written waits
+   * for the next call. So what the store holds always ends at a box boundary: an object-store
+   * part, or the file of a node killed mid-segment, is a playable fMP4 up to its last fragment.
+   */
   private async flushOut(durationMs: number): Promise<void> {
     if (this.out.length === 0) return;
-    const data = Buffer.concat(this.out);
-    this.out = [];
-    await this.inner.append(data, durationMs);
-    this.bytesOut += data.length;
+    const data = this.out.length === 1 ? this.out[0]! : Buffer.concat(this.out);
+    const whole = wholeBoxes(data);
+    this.out = whole < data.length ? [data.subarray(whole)] : [];
+    if (whole === 0) return;
+    await this.inner.append(data.subarray(0, whole), durationMs);
+    this.bytesOut += whole;
   }
 
   async close(durationMs: number): Promise<void> {
@@ -210,6 +216,21 @@ export class Fmp4SegmentWriter implements SegmentWriter {
   }
 }
 
+/** Bytes of `data` that are whole top-level ISO BMFF boxes (32-bit sizes; 64-bit `largesize` too). */
+export function wholeBoxes(data: Buffer): number {
+  let at = 0;
+  while (at + 8 <= data.length) {
+    let size = data.readUInt32BE(at);
+    if (size === 1) {
+      if (at + 16 > data.length) break;
+      size = Number(data.readBigUInt64BE(at + 8));
+    }
+    if (size < 8 || at + size > data.length) break;
+    at += size;
+  }
+  return at;
+}
+
 /**
  * A fragmented MP4 segment's samples as FLV tags (sequence headers first, then frames in
  * decode order, timestamps in ms from the file's 0): what the MP4 stitcher reads.
@@ -217,7 +238,8 @@ export class Fmp4SegmentWriter implements SegmentWriter {
  * presentation times, shifted so that none comes after its presentation time.
  */
 export async function readFmp4Tags(data: Buffer): Promise<FlvTag[]> {
-  const input = new Input({ source: new BufferSource(data), formats: ALL_FORMATS });
+  // A file cut short (its writer killed mid-box) is read up to its last whole box.
+  const input = new Input({ source: new BufferSource(data.subarray(0, wholeBoxes(data))), formats: ALL_FORMATS });
   try {
     const tags: FlvTag[] = [];
     const tag = (type: number, timestamp: number, payload: Buffer): FlvTag => ({ type, timestamp, streamId: 0, payload }) as FlvTag;
