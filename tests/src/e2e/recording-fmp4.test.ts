@@ -99,10 +99,14 @@ describe('fMP4 recording across an owner kill', () => {
     let viewerGap = 0;
     for (let i = 1; i < seen.length; i++) viewerGap = Math.max(viewerGap, seen[i]! - seen[i - 1]!);
 
-    const listing = await waitFor('the recording listed on B, closed', async () => {
+    // Settled: B's last segment is closed and stored (two listings a flush apart agree).
+    let previous = '';
+    const listing = await waitFor('the recording listed on B, settled', async () => {
       const l = (await (await fetch(`${b.httpUrl}/api/v1/recordings/live/frec`)).json()) as Listing;
-      return l.segments.some((s) => s.node === 'FB') && l.segments.length >= 4 ? l : undefined;
-    }, 15_000, 200);
+      const same = JSON.stringify(l) === previous;
+      previous = JSON.stringify(l);
+      return same && l.segments.some((s) => s.node === 'FB') && l.segments.length >= 4 ? l : undefined;
+    }, 20_000, FLUSH_MS + 200);
     assert.deepEqual([...new Set(listing.segments.map((s) => s.node))].sort(), ['FA', 'FB'], 'segments from the killed owner and from the promoted standby');
     assert.ok(listing.segments.every((s) => s.format === 'fmp4'), 'every segment is fMP4');
     assert.ok(listing.spans.length >= 1);
