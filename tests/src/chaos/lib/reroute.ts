@@ -22,7 +22,7 @@ export interface Rerouted {
   refused: string[];
 }
 
-export async function rerouteViewer(via: NodeProcess, app: string, stream: string, label: string, timeoutMs = 8000): Promise<Rerouted> {
+export async function rerouteViewer(via: Pick<NodeProcess, 'httpUrl'>, app: string, stream: string, label: string, timeoutMs = 8000): Promise<Rerouted> {
   const askedAt = Date.now();
   const deadline = askedAt + timeoutMs;
   let attempts = 0;
