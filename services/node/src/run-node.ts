@@ -2,7 +2,7 @@
  * Runs one node as a process: start, then stop cleanly on SIGTERM/SIGINT and exit 0.
  * SIGHUP re-reads the config and applies its auth, webhooks and limits sections.
  */
-import { configSource, configWarnings, loadConfig, type NodeConfig } from './config.ts';
+import { ConfigError, configSource, configWarnings, loadConfig, type NodeConfig } from './config.ts';
 import { ConfiguredAuthorizer } from './auth/configured-authorizer.ts';
 import { reloadFromSource } from './auth/reload.ts';
 import { createLogger } from './log.ts';
@@ -15,7 +15,9 @@ export async function runNode(config: NodeConfig): Promise<number> {
   try {
     node = await startNode(config, log);
   } catch (err) {
-    log.fatal({ err }, 'node failed to start');
+    // A setting found wrong only now (a port taken): one line naming it, as at config load.
+    if (err instanceof ConfigError) log.fatal(`node failed to start: ${err.message}`);
+    else log.fatal({ err }, 'node failed to start');
     log.flush();
     return 1;
   }

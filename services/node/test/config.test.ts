@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { checkWebrtcUdpPort } from '../src/webrtc/udp-port.ts';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -342,6 +344,35 @@ test('the real CLI: a mesh node without a secret exits 2 with one line naming me
   const lines = r.stderr.trimEnd().split('\n');
   assert.equal(lines.length, 1, r.stderr);
   assert.match(lines[0]!, /^meshcast node: config key "mesh\.mesh_secret".*--mesh-secret.*MESHCAST_MESH_SECRET/);
+});
+
+test('the real CLI: a WebRTC UDP port another process holds stops the start with one line naming webrtc.udp_port', async () => {
+  // libdatachannel binds the port only on the first WHEP/WHIP request; without the check at start
+  // the node would run and fail every WebRTC request.
+  const holder = createSocket('udp4');
+  await new Promise<void>((res) => holder.bind(0, '127.0.0.1', res));
+  const port = holder.address().port;
+  try {
+    const r = await runCli(['node', '--host', '127.0.0.1', '--rtmp-port', '0', '--http-port', '0', '--admin-port', '0'], { MESHCAST_WEBRTC_UDP_PORT: String(port) });
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    const fatal = r.stdout.trimEnd().split('\n').filter((l) => l.includes('"level":60'));
+    assert.equal(fatal.length, 1, r.stdout);
+    const msg = (JSON.parse(fatal[0]!) as { msg: string }).msg;
+    assert.match(msg, new RegExp(`config key "webrtc\\.udp_port": UDP port ${port} on 127\\.0\\.0\\.1 cannot be bound`));
+    assert.doesNotMatch(r.stdout, /"stack"/, 'one line, no stack');
+  } finally {
+    holder.close();
+  }
+  // The same port once free (and WebRTC off with the port still held) starts.
+  const held = createSocket('udp4');
+  await new Promise<void>((res) => held.bind(port, '127.0.0.1', res));
+  try {
+    await assert.doesNotReject(checkWebrtcUdpPort(loadConfig({ flags: { host: '127.0.0.1' }, env: { MESHCAST_WEBRTC_UDP_PORT: String(port), MESHCAST_WEBRTC_ENABLED: 'false' } })));
+    await assert.rejects(checkWebrtcUdpPort(loadConfig({ flags: { host: '127.0.0.1' }, env: { MESHCAST_WEBRTC_UDP_PORT: String(port) } }), 2, 1), /webrtc\.udp_port/);
+  } finally {
+    held.close();
+  }
+  await assert.doesNotReject(checkWebrtcUdpPort(loadConfig({ flags: { host: '127.0.0.1' }, env: { MESHCAST_WEBRTC_UDP_PORT: String(port) } })));
 });
 
 test('the real CLI: --help prints the generated help and exits 0', async () => {

@@ -24,6 +24,7 @@ import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
 import { attachAudioChain, attachVideoChain, newSsrc, WhepSession, type PassthroughCodec, type WhepTrackSetup } from './whep-session.ts';
 import { OpusTranscoder } from './opus-transcoder.ts';
 import { whipOpusOf } from './whip-session.ts';
+import { webrtcBindAddress } from './udp-port.ts';
 
 /** Why a WHEP request cannot be served, with its HTTP status: one place, used by the routes and the docs' table. */
 export const WHEP_REFUSALS = {
@@ -171,7 +172,7 @@ export const WHEP_FEATURE: HttpFeature = {
           enableIceUdpMux: true,
           portRangeBegin: cfg.udp_port,
           portRangeEnd: cfg.udp_port,
-          bindAddress: bindAddress(ctx.host.config.host),
+          bindAddress: webrtcBindAddress(ctx.host.config.host),
           disableAutoNegotiation: true,
         });
         peersCreated++;
@@ -235,9 +236,6 @@ function refuse(reply: FastifyReply, why: keyof typeof WHEP_REFUSALS, detail?: s
 }
 
 /** A wildcard host lets libdatachannel bind every interface; a named one is bound as given. */
-function bindAddress(host: string): string | undefined {
-  return host === '0.0.0.0' || host === '::' || host === '' ? undefined : host;
-}
 
 /** The offered Opus payload type to send the stream's audio as, when the stream's audio is AAC (anything else is not transcoded). */
 function audioChoice(hub: StreamHub, media: ReturnType<typeof parseSdpOffer>): { mid: string; pt: number } | undefined {

@@ -22,6 +22,7 @@ import { newSessionId } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
 import { KEY_PARAM } from '../auth/configured-authorizer.ts';
 import { WhipSession, type WhipTracks } from './whip-session.ts';
+import { webrtcBindAddress } from './udp-port.ts';
 
 /** Largest SDP offer read: a browser's is 3-6 KiB; anything near this is not an offer. */
 export const MAX_OFFER_BYTES = 64 * 1024;
@@ -161,7 +162,7 @@ export const WHIP_FEATURE: HttpFeature = {
           enableIceUdpMux: true,
           portRangeBegin: cfg.udp_port,
           portRangeEnd: cfg.udp_port,
-          bindAddress: bindAddress(ctx.host.config.host),
+          bindAddress: webrtcBindAddress(ctx.host.config.host),
           disableAutoNegotiation: true,
         });
         peersCreated++;
@@ -246,6 +247,3 @@ function chooseIngestH264(video: OfferedMedia): { pt: number; fmtp: string } | u
 }
 
 /** A wildcard host lets libdatachannel bind every interface; a named one is bound as given. */
-function bindAddress(host: string): string | undefined {
-  return host === '0.0.0.0' || host === '::' || host === '' ? undefined : host;
-}
