@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the base image meshcast's containers run on, from this host's own binaries, for
 # machines that cannot pull images: a minimal root filesystem holding the host's `node`,
-# `nats-server` and `dash` (as /bin/sh), exactly the shared libraries `ldd` says they need,
+# `nats-server`, `ffmpeg` (the node runs it for WebRTC audio: AAC→Opus, Opus→AAC) and `dash`
+# (as /bin/sh), exactly the shared libraries `ldd` says they need,
 # /etc/passwd with an unprivileged `meshcast` user (uid/gid 10001), and nothing else.
 # It is imported with `docker import` and tagged
 #
@@ -25,9 +26,10 @@ repo=${tag%%:*}
 node_bin=$(command -v node || true)
 nats_bin=$(command -v nats-server || true)
 sh_bin=$(command -v dash || true)
-for b in node_bin nats_bin sh_bin; do
+ffmpeg_bin=$(command -v ffmpeg || true)
+for b in node_bin nats_bin sh_bin ffmpeg_bin; do
   if [[ -z ${!b} ]]; then
-    echo "base-image: ${b%_bin} not found on this host (apt-get install nodejs nats-server dash)" >&2
+    echo "base-image: ${b%_bin} not found on this host (apt-get install nodejs nats-server dash ffmpeg)" >&2
     exit 1
   fi
 done
@@ -51,11 +53,12 @@ chmod 1777 "$root/tmp"
 cp -L "$node_bin" "$root/usr/bin/node"
 cp -L "$nats_bin" "$root/usr/bin/nats-server"
 cp -L "$sh_bin" "$root/usr/bin/dash"
+cp -L "$ffmpeg_bin" "$root/usr/bin/ffmpeg"
 ln -s dash "$root/usr/bin/sh"
 ln -s usr/bin/nats-server "$root/nats-server"
 
 # The dynamic loader and every library the binaries link, at the paths the loader searches.
-for bin in "$node_bin" "$nats_bin" "$sh_bin"; do
+for bin in "$node_bin" "$nats_bin" "$sh_bin" "$ffmpeg_bin"; do
   ldd "$(readlink -f "$bin")" | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}'
 done | sort -u | while read -r lib; do
   name=$(basename "$lib")

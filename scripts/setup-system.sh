@@ -4,7 +4,10 @@
 # As root it installs what is missing; otherwise it prints exactly what to run and fails.
 #
 #   bash scripts/setup-system.sh              Node.js + test/benchmark packages (test-all.sh)
-#   bash scripts/setup-system.sh --node-only  Node.js only (start-node.sh: a node needs nothing else)
+#   bash scripts/setup-system.sh --node       Node.js + ffmpeg (start-node.sh: a node runs ffmpeg for
+#                                             WebRTC audio, and refuses to start without it unless
+#                                             webrtc.enabled is false)
+#   bash scripts/setup-system.sh --node-only  Node.js only (compose/base-image.sh's hint)
 #
 # Node.js: apt's `nodejs` is used when it is new enough. When it is older (Debian 12 has 18,
 # NodeSource setups may pin 20) or missing, the official Node binary is taken from the npm
@@ -19,7 +22,9 @@ node_major_min=22   # package.json "engines"; every dependency's engines range a
 node_major_get=24   # the Node LTS line installed when the system's is too old
 
 node_only=0
+node_and_ffmpeg=0
 [[ ${1:-} == --node-only ]] && node_only=1
+[[ ${1:-} == --node ]] && node_and_ffmpeg=1
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
 
@@ -125,6 +130,16 @@ ensure_node() {
 
 ensure_node
 ((node_only)) && exit 0
+if ((node_and_ffmpeg)); then
+  command -v ffmpeg >/dev/null 2>&1 && exit 0
+  if is_root && command -v apt-get >/dev/null 2>&1; then
+    apt_install ffmpeg
+    exit 0
+  fi
+  echo "meshcast: ffmpeg is missing (a node runs it for WebRTC audio); install it with:  sudo apt-get install -y ffmpeg" >&2
+  echo "  (or run the node with MESHCAST_WEBRTC_ENABLED=false)" >&2
+  exit 1
+fi
 
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)

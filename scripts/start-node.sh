@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs one node on the in-process bus (no NATS needed) from a fresh checkout: gets a supported
-# Node.js if the system's is too old (scripts/setup-system.sh --node-only; a node needs no other
-# system package), installs npm packages, builds if the build is missing or older than a
-# source, then runs the built bin. Arguments go to `meshcast node`.
+# Node.js if the system's is too old and ffmpeg if it is missing (scripts/setup-system.sh --node;
+# the node runs ffmpeg for WebRTC audio), installs npm packages, builds if the build is missing
+# or older than a source, then runs the built bin. Arguments go to `meshcast node`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-system.sh --node-only
+bash scripts/setup-system.sh --node
 hash -r # setup may have put a newer node in /usr/local/bin
 if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   npm install --no-audit --no-fund

@@ -12,7 +12,7 @@ import { StreamRegistry } from './media/stream-registry.ts';
 import { isEncoder, type PublisherHandle, type StreamHub } from './media/stream-hub.ts';
 import { RtmpServer } from './rtmp/rtmp-server.ts';
 import { vodLibraryFor, type LocalVodLibrary } from './vod/vod-library.ts';
-import { checkWebrtcUdpPort } from './webrtc/udp-port.ts';
+import { checkWebrtcAtStart } from './webrtc/start-checks.ts';
 import { buildAdminServer, buildHttpServer, type HttpApiExtras, type Readiness } from './http/http-server.ts';
 import { ConnectionLimiter, SessionTable } from './sessions.ts';
 import { NonceMemory, verifyCredential, type CredentialCheck } from './mesh/mesh-credential.ts';
@@ -98,7 +98,7 @@ export class MediaNode implements MediaHost {
    */
   async start(opts: { beforeHttp?: () => Promise<void> } = {}): Promise<void> {
     const cfg = this.config;
-    await checkWebrtcUdpPort(cfg);
+    await checkWebrtcAtStart(cfg);
     this.rtmpPort = await this.rtmp.listen(cfg.rtmp_port, cfg.host);
     this.httpPort = cfg.http_port;
     this.state = 'running';

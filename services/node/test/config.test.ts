@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { checkWebrtcUdpPort } from '../src/webrtc/udp-port.ts';
+import { checkWebrtcAtStart, checkWebrtcFfmpeg, checkWebrtcUdpPort } from '../src/webrtc/start-checks.ts';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -373,6 +373,22 @@ test('the real CLI: a WebRTC UDP port another process holds stops the start with
     held.close();
   }
   await assert.doesNotReject(checkWebrtcUdpPort(loadConfig({ flags: { host: '127.0.0.1' }, env: { MESHCAST_WEBRTC_UDP_PORT: String(port) } })));
+});
+
+test('the real CLI: an ffmpeg that is missing, or lacks libopus, stops the start with one line naming webrtc.ffmpeg', async () => {
+  const r = await runCli(['node', '--host', '127.0.0.1', '--rtmp-port', '0', '--http-port', '0', '--admin-port', '0'], { MESHCAST_WEBRTC_FFMPEG: '/nonexistent/ffmpeg' });
+  assert.equal(r.code, 1, r.stdout + r.stderr);
+  const fatal = r.stdout.trimEnd().split('\n').filter((l) => l.includes('"level":60'));
+  assert.equal(fatal.length, 1, r.stdout);
+  assert.match((JSON.parse(fatal[0]!) as { msg: string }).msg, /config key "webrtc\.ffmpeg": "\/nonexistent\/ffmpeg" cannot be run \(not found\).*webrtc\.enabled: false/);
+  // An ffmpeg without libopus (a minimal build): refused, naming the encoder.
+  const dir = mkdtempSync(join(tmpdir(), 'meshcast-ffmpeg-'));
+  const fake = join(dir, 'ffmpeg');
+  writeFileSync(fake, '#!/bin/sh\nprintf "Encoders:\\n ------\\n A..... aac                  AAC (Advanced Audio Coding)\\n"\n', { mode: 0o755 });
+  await assert.rejects(checkWebrtcFfmpeg(fake), /webrtc\.ffmpeg.*has no libopus encoder/);
+  // The machine's ffmpeg (the tests need Debian's) has both; WebRTC off needs none.
+  await assert.doesNotReject(checkWebrtcFfmpeg('ffmpeg'));
+  await assert.doesNotReject(checkWebrtcAtStart(loadConfig({ flags: { host: '127.0.0.1' }, env: { MESHCAST_WEBRTC_FFMPEG: '/nonexistent/ffmpeg', MESHCAST_WEBRTC_ENABLED: 'false' } })));
 });
 
 test('the real CLI: --help prints the generated help and exits 0', async () => {

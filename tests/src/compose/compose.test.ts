@@ -1,7 +1,8 @@
 /**
  * The docker compose deployment (compose/), for real: build the images, `compose up`, wait for
  * health, publish from this host into an ingest container through its published loopback port,
- * play from a playback container through its loopback port, `compose kill` the owning ingest
+ * play from a playback container through its loopback port (and over WebRTC in headless Chromium,
+ * through the published UDP port), `compose kill` the owning ingest
  * container, republish to the other ingest node and check the viewer keeps its connection and
  * plays the new feed. The load profile's meshcast-load runs once, briefly, inside the compose
  * network. Then one NATS server (the leader of the ownership bucket) is killed while a stream
@@ -27,6 +28,9 @@ import { connectNatsBus } from '@meshcast/mesh';
 import { RtmpClient, startSyntheticPublisher, syntheticFrameNumber, type SyntheticPublisher } from '@meshcast/node/client';
 import type { RtmpMessage } from '@meshcast/proto';
 import { sleep, waitFor } from '../harness/ports.ts';
+import { FfmpegPublisher } from '../harness/ffmpeg.ts';
+import { browserUnavailable, launchBrowser } from '../harness/browser.ts';
+import { playWhep } from '../harness/whep-client.ts';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const COMPOSE_FILE = join(ROOT, 'compose/docker-compose.yml');
@@ -48,6 +52,8 @@ const PORTS = {
   nats2: { client: 14222, http: 18222 },
   nats3: { client: 14223, http: 18223 },
 } as const;
+/** playback2's WebRTC UDP port (`--webrtc-udp-port`), published on the same number. */
+const PLAYBACK2_WEBRTC_UDP = 18282;
 const NODE_SERVICES = ['ingest1', 'ingest2', 'playback1', 'playback2', 'playback3'] as const;
 const NATS_SERVICES = ['nats1', 'nats2', 'nats3'] as const;
 /** Long-running services; nats-ready is a one-shot that must have exited 0. */
@@ -246,7 +252,7 @@ function flvView(url: string): FlvViewer {
 }
 
 describe('docker compose deployment', { skip: skipReason }, () => {
-  const pubs: SyntheticPublisher[] = [];
+  const pubs: Array<Pick<SyntheticPublisher, 'stop'>> = [];
   const viewers: Array<{ close(): void }> = [];
   let netBefore = '';
   let failed = false;
@@ -348,6 +354,53 @@ describe('docker compose deployment', { skip: skipReason }, () => {
     const ns = v.frames.map((f) => f.n);
     for (let i = 1; i < ns.length; i++) assert.ok(ns[i]! > ns[i - 1]!, `frame numbers increase: ${ns[i - 1]} → ${ns[i]}`);
     mark('demo stream played');
+  }));
+
+  test('WebRTC through the published UDP ports: ffmpeg publishes to ingest2, headless Chromium plays H.264 + Opus over WHEP from playback2; the answer names no container address', guard(async () => {
+    const reason = browserUnavailable();
+    if (reason) throw new Error(reason);
+    const key = `wr${Date.now().toString(36)}`;
+    const pub = new FfmpegPublisher(`rtmp://${LO}:${PORTS.ingest2.rtmp}/live/${key}`);
+    pubs.push({ stop: () => void pub.stop() });
+    await waitFor('ingest2 owns the stream', async () => {
+      const r = await admin<{ streams: Array<{ stream: string; owner: string }> }>('playback2', '/api/v1/mesh/streams');
+      return r.streams.some((x) => x.stream === key && x.owner === 'ingest2');
+    }, 20_000, 200);
+    const whep = `http://${LO}:${PORTS.playback2.http}/live/${key}/whep`;
+    const browser = await launchBrowser();
+    try {
+      const page = await browser.newPage();
+      await page.goto(`http://${LO}:${PORTS.playback2.http}/healthz`);
+      // The answer's candidates: the node's service name and MESHCAST_WEBRTC_CANDIDATES, all on the published port.
+      const answer = (await page.evaluate(`(async (url) => {
+        const pc = new RTCPeerConnection();
+        pc.addTransceiver('video', { direction: 'recvonly' });
+        pc.addTransceiver('audio', { direction: 'recvonly' });
+        await pc.setLocalDescription(await pc.createOffer());
+        await new Promise((r) => { if (pc.iceGatheringState === 'complete') r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); setTimeout(r, 2000); });
+        const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+        const sdp = await res.text();
+        pc.close();
+        const loc = res.headers.get('Location');
+        if (loc) await fetch(new URL(loc, url), { method: 'DELETE' });
+        return { status: res.status, sdp };
+      })(${JSON.stringify(whep)})`)) as { status: number; sdp: string };
+      assert.equal(answer.status, 201, answer.sdp);
+      const candidates = [...answer.sdp.matchAll(/^a=candidate:\S+ \d+ UDP \d+ (\S+) (\d+) typ host/gm)].map((m) => `${m[1]}:${m[2]}`);
+      assert.ok(candidates.length > 0, answer.sdp);
+      assert.deepEqual([...new Set(candidates)].sort(), [`${LO}:${PLAYBACK2_WEBRTC_UDP}`, `playback2:${PLAYBACK2_WEBRTC_UDP}`], 'only the service name and the published address, on the published UDP port');
+      const played = await playWhep(page, whep, 4000);
+      assert.equal(played.status, 201, played.error);
+      assert.ok(played.frames > 30, `video frames shown in Chromium: ${played.frames}`);
+      assert.ok(played.framesDecoded > 30, `frames decoded: ${played.framesDecoded}`);
+      assert.equal(played.audioCodec, 'audio/opus', 'AAC became Opus in the container (its ffmpeg)');
+      assert.ok((played.audioPackets ?? 0) > 50, `Opus packets: ${played.audioPackets}`);
+      console.log(`# WHEP in compose: ${played.frames} frames shown, ${played.framesDecoded} decoded, ${played.audioPackets} Opus packets in 4 s; candidates ${candidates.join(', ')}`);
+    } finally {
+      await browser.close();
+      await pub.stop();
+    }
+    mark('WebRTC played');
   }));
 
   test('the load profile: meshcast-load in a container, 20 viewers of the demo stream placed over the playback pool', { skip: existsSync(join(ROOT, 'tools/bin/meshcast-load.mjs')) ? false : 'tools/bin/meshcast-load.mjs is not there' }, guard(async () => {

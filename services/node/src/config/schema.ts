@@ -423,11 +423,12 @@ export const NODE_SCHEMA = z.strictObject(
     }),
     webrtc: group('WebRTC: playback (WHEP, H.264 passed through) and ingest (WHIP, H.264 + Opus) over RTP, on one UDP port for every peer.', {
       enabled: bool(true, { description: 'Answer WHEP requests (`POST /:app/:stream/whep`) on the public listener, and WHIP publishes (`POST /:app/:stream/whip`) on ingest nodes.', aliases: ['MESHCAST_WEBRTC_ENABLED'] }),
-      udp_port: int(8189, 1, 65535, { description: 'The one UDP port every WebRTC peer of this node uses (ICE over a UDP mux), advertised in every answer, so never 0. Bound on the first WHEP or WHIP request.', aliases: ['MESHCAST_WEBRTC_UDP_PORT'] }),
+      udp_port: int(8189, 1, 65535, { description: 'The one UDP port every WebRTC peer of this node uses (ICE over a UDP mux), advertised in every answer, so never 0. Bound on the first WHEP or WHIP request; a port another process holds stops the start.', flag: 'webrtc-udp-port', aliases: ['MESHCAST_WEBRTC_UDP_PORT'] }),
       candidates: z
         .preprocess(toList, z.array(z.string({ error: 'expected an address' }), { error: 'expected a list of addresses' }))
         .default([])
-        .meta(meta('list of addresses', { description: 'Extra addresses advertised as ICE candidates besides `public_host` (a NAT\'s outside address).', aliases: ['MESHCAST_WEBRTC_CANDIDATES'] })),
+        .meta(meta('list of addresses', { description: 'Extra addresses advertised as ICE candidates besides `public_host` (a NAT\'s outside address).', flag: 'webrtc-candidates', aliases: ['MESHCAST_WEBRTC_CANDIDATES'] })),
+      ffmpeg: str('ffmpeg', { description: 'The ffmpeg the node runs for WebRTC audio: AAC→Opus for WHEP viewers, Opus→AAC for WHIP publishes (one child per stream, only while needed). It must have the libopus and aac encoders; checked at start while `enabled` (Debian: `apt-get install ffmpeg`).', aliases: ['MESHCAST_WEBRTC_FFMPEG'] }),
       session_timeout_s: num(10, { description: 'A peer that has not connected this many seconds after its answer, or whose ICE/DTLS failed, is closed.' }, z.number({ error: 'expected a number' }).positive({ error: 'must be greater than 0' })),
       rtcp_timeout_s: num(10, { description: 'A connected WHEP viewer that sends no RTCP (receiver reports, feedback) for this many seconds has gone away and is closed; browsers send RTCP about once a second. 0 turns this off.' }, z.number({ error: 'expected a number' }).min(0, { error: 'must be 0 or more' })),
       whip_keyframe_interval_s: num(2, { description: 'A WHIP publisher is asked for a keyframe (RTCP PLI) this often: WebRTC encoders send one only when asked, and HLS segments, new viewers and relays start on keyframes. Match `hls.target_duration_s`; 0 asks only at the start and after a loss.' }, z.number({ error: 'expected a number' }).min(0, { error: 'must be 0 or more' })),

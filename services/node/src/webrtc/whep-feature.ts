@@ -24,7 +24,7 @@ import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
 import { attachAudioChain, attachVideoChain, newSsrc, WhepSession, type PassthroughCodec, type WhepTrackSetup } from './whep-session.ts';
 import { OpusTranscoder } from './opus-transcoder.ts';
 import { whipOpusOf } from './whip-session.ts';
-import { webrtcBindAddress } from './udp-port.ts';
+import { webrtcBindAddress } from './start-checks.ts';
 
 /** Why a WHEP request cannot be served, with its HTTP status: one place, used by the routes and the docs' table. */
 export const WHEP_REFUSALS = {
@@ -58,9 +58,14 @@ export const WHEP_FEATURE: HttpFeature = {
     const transcoderFor = (hub: StreamHub): OpusTranscoder => {
       let t = transcoders.get(hub);
       if (!t) {
-        t = new OpusTranscoder(hub, ctx.host.log, (idle) => {
-          if (transcoders.get(hub) === idle) transcoders.delete(hub);
-        });
+        t = new OpusTranscoder(
+          hub,
+          ctx.host.log,
+          (idle) => {
+            if (transcoders.get(hub) === idle) transcoders.delete(hub);
+          },
+          cfg.ffmpeg,
+        );
         transcoders.set(hub, t);
       }
       return t;

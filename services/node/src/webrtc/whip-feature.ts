@@ -22,7 +22,7 @@ import { newSessionId } from '../sessions.ts';
 import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
 import { KEY_PARAM } from '../auth/configured-authorizer.ts';
 import { WhipSession, type WhipTracks } from './whip-session.ts';
-import { webrtcBindAddress } from './udp-port.ts';
+import { webrtcBindAddress } from './start-checks.ts';
 
 /** Largest SDP offer read: a browser's is 3-6 KiB; anything near this is not an offer. */
 export const MAX_OFFER_BYTES = 64 * 1024;

@@ -246,6 +246,7 @@ export class WhipSession implements Session {
             frame: (ms, data) => this.onAac(ms, data),
           },
           this.log,
+          this.host.config.webrtc.ffmpeg,
         );
         this.log.info({ consumers: this.hub.consumerCount, webrtcViewers: this.opusListeners.size }, 'Opus→AAC transcoding started: the stream has consumers that need AAC');
       }
