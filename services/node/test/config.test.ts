@@ -203,7 +203,7 @@ test('today\'s short environment names and flags keep working', () => {
   for (const [env, path] of Object.entries(aliases)) {
     assert.ok(SETTINGS.find((s) => s.path === path)?.env.includes(env), `${env} sets ${path}`);
   }
-  const flags = ['node-id', 'host', 'public-host', 'rtmp-port', 'http-port', 'roles', 'log-level', 'nats', 'mesh-secret', 'relay-fanout', 'capacity', 'nats-replicas', 'admin-host', 'admin-port'];
+  const flags = ['node-id', 'host', 'public-host', 'rtmp-port', 'http-port', 'roles', 'log-level', 'nats', 'mesh-secret', 'relay-fanout', 'capacity', 'nats-replicas', 'admin-host', 'admin-port', 'webrtc-udp-port', 'webrtc-candidates'];
   assert.deepEqual([...CONFIG_FLAGS].sort(), [...flags].sort());
   const base = loadConfig({ inline: BASE });
   for (const s of SETTINGS.filter((x) => x.flag)) {
