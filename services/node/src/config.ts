@@ -247,9 +247,17 @@ function checkRecording(cfg: NodeConfig): void {
 
 const vodSettings = (cfg: NodeConfig) => [['app_defaults.vod', cfg.app_defaults.vod] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.vod`, a.vod] as const)];
 
-/** An app with no VOD root here has the mesh to fetch from. */
+/** An app with no VOD root here has the mesh to fetch from; an app serving recordings names a live app that records. */
 function checkVod(cfg: NodeConfig): void {
   for (const [path, v] of vodSettings(cfg)) {
+    if (v && v.recordings) {
+      const live = v.recordings;
+      if (v.root !== '') throw settingError(path, `has both recordings (${JSON.stringify(live)}) and root (${JSON.stringify(v.root)}): an app serves either files from a root or an app's recordings`);
+      const liveApp = appConfig(cfg, live);
+      if (liveApp.vod) throw settingError(`${path}.recordings`, `names ${JSON.stringify(live)}, which is a VOD app${path === `apps.${live}.vod` ? ' (itself)' : ''}: it must name a live app that records`);
+      if (!liveApp.record) throw settingError(`${path}.recordings`, `names app ${JSON.stringify(live)}, which has no record (apps.${live}.record or app_defaults.record): there would be no recordings to serve`);
+      continue;
+    }
     if (!v || v.root !== '') continue;
     if (!v.remote) throw settingError(`${path}.root`, 'is empty and remote is false: the app would serve no file (give a directory, or remote: true in a mesh)');
     if (!isMeshMode(cfg)) throw settingError(`${path}.root`, 'is empty, and without a mesh (mesh.nats) there is no other node to serve the files from');

@@ -203,6 +203,7 @@ const RECORD = z.preprocess(
 /**
  * An app's VOD files (see docs/vod.md): `false` (a live app), or `{root, remote}`. `true` or an
  * empty `root` = this node holds none of the app's files and serves them from other nodes.
+ * `{recordings: <live app>}` serves that app's recordings instead of files.
  */
 const VOD = z.preprocess(
   (v) => {
@@ -216,11 +217,13 @@ const VOD = z.preprocess(
         {
           root: z.preprocess(toString, z.string({ error: 'expected a directory' })).default(''),
           remote: z.preprocess(toBoolean, z.boolean({ error: 'expected true or false' })).default(true),
+          // The live app whose recordings this app serves (vod-recordings.ts); absent or '' = files from `root`.
+          recordings: z.preprocess(toString, z.string({ error: 'expected an app name' })).optional(),
         },
-        { error: 'expected false, true or {root, remote}' },
+        { error: 'expected false, true, {root, remote} or {recordings}' },
       ),
     ],
-    { error: 'expected false, true or {root, remote}' },
+    { error: 'expected false, true, {root, remote} or {recordings}' },
   ),
 );
 
@@ -461,9 +464,9 @@ export const NODE_SCHEMA = z.strictObject(
         }),
       ),
       vod: appFields.vod.default(false).meta(
-        meta('false | {root, remote}', {
+        meta('false | {root, remote} | {recordings}', {
           description:
-            'Serve files instead of live streams (see docs/vod.md): `false` (a live app), or `{root: /srv/media, remote: true}`: RTMP `mp4:dir/file.mp4` / `file.flv` / `file`, HTTP `/<app>/dir/file.mp4`. Files this node does not hold under `root` (empty = none here) are found on other nodes of the mesh and copied once into `vod.cache_dir` (unless `remote: false`). `root` must be an existing directory.',
+            'Serve files instead of live streams (see docs/vod.md): `false` (a live app), or `{root: /srv/media, remote: true}`: RTMP `mp4:dir/file.mp4` / `file.flv` / `file`, HTTP `/<app>/dir/file.mp4`. Files this node does not hold under `root` (empty = none here) are found on other nodes of the mesh and copied once into `vod.cache_dir` (unless `remote: false`). `root` must be an existing directory. Or `{recordings: <live app>}`: the recordings of that app (which must have `record`) as MP4 files, `<stream>.mp4` (its latest recorded span) or `<stream>@20261205T160000Z.mp4` (from that UTC time); see docs/vod.md.',
         }),
       ),
     }),

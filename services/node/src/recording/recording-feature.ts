@@ -18,6 +18,7 @@ import type { HttpFeature, HttpFeatureContext } from '../http/features.ts';
 import type { Authorizer } from '../auth/authorizer.ts';
 import { appConfig } from '../config.ts';
 import { checkName, type MediaHost, type StreamRequest } from '../media/host.ts';
+import type { StreamRegistry } from '../media/stream-registry.ts';
 import { newSessionId } from '../sessions.ts';
 import { NothingToStitchError, type StitchedMp4 } from './mp4.ts';
 import { RecordingService } from './recording-service.ts';
@@ -28,10 +29,15 @@ const SERVICES = new WeakMap<MediaHost, RecordingService>();
 
 /** The node's recording service, made on first use (by whichever listener registers first). */
 export function recordingService(ctx: HttpFeatureContext): RecordingService {
-  let s = SERVICES.get(ctx.host);
+  return recordingServiceOf(ctx.host, ctx.registry);
+}
+
+/** The same, for what is not an HTTP feature (a VOD app serving recordings, vod-recordings.ts). */
+export function recordingServiceOf(host: MediaHost, registry: StreamRegistry): RecordingService {
+  let s = SERVICES.get(host);
   if (!s) {
-    s = new RecordingService(ctx.host.config, ctx.registry, ctx.host.log);
-    SERVICES.set(ctx.host, s);
+    s = new RecordingService(host.config, registry, host.log);
+    SERVICES.set(host, s);
   }
   return s;
 }

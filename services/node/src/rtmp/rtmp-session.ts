@@ -40,7 +40,7 @@ import type { Logger } from '../log.ts';
 import type { MeshPull } from '../mesh/mesh-credential.ts';
 import { newSessionId, type Session, type SessionInfo, type SessionRole } from '../sessions.ts';
 import { joinParams } from '../auth/params.ts';
-import { parseVodName, VodError } from '../vod/vod-library.ts';
+import { VodError } from '../vod/vod-library.ts';
 import { vodMediaPool, VodMediaError, type VodMedia } from '../vod/vod-media.ts';
 import { VodPlayer, WRITE_BUFFER_BYTES, type VodOutput } from '../vod/vod-player.ts';
 
@@ -631,7 +631,7 @@ export class RtmpSession implements Session {
    */
   private vodRequest(req: StreamRequest): { req: StreamRequest } | { code: string; description: string } {
     try {
-      return { req: { ...req, stream: parseVodName(req.stream).name } };
+      return { req: { ...req, stream: this.host.vod!.checkedName(req.app, req.stream).name } };
     } catch (err) {
       if (!(err instanceof VodError)) throw err;
       this.peerWarn({ reason: err.message }, 'VOD path refused');

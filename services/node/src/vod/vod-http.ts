@@ -22,7 +22,7 @@ import { checkName, type MediaHost, type StreamRequest } from '../media/host.ts'
 import { parseRange } from '../recording/recording-feature.ts';
 import { newSessionId } from '../sessions.ts';
 import { checkVodPull, VOD_PULL_HEADER } from './vod-remote.ts';
-import { parseVodName, vodHttpStatus, VodError, type VodFile, type VodFormat, type LocalVodLibrary } from './vod-library.ts';
+import { vodHttpStatus, VodError, type VodFile, type VodFormat, type LocalVodLibrary } from './vod-library.ts';
 
 const CONTENT_TYPES: Record<VodFormat, string> = { mp4: 'video/mp4', flv: 'video/x-flv' };
 const FILE_SEGMENT = /\.(mp4|m4v|flv)$/i;
@@ -70,7 +70,7 @@ export async function serveVodHttp(host: MediaHost, req: FastifyRequest, reply: 
 
   let name: string;
   try {
-    name = parseVodName(requestName).name;
+    name = library.checkedName(app, requestName).name;
   } catch (err) {
     if (err instanceof VodError) return refuse(vodHttpStatus(err.reason), err.message, { reason: err.reason });
     throw err;

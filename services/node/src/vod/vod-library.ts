@@ -18,6 +18,7 @@
 import { realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { appConfig, type NodeConfig } from '../config.ts';
+import { parseRecordingName, type RecordingsVodSource } from './vod-recordings.ts';
 
 export type VodFormat = 'mp4' | 'flv';
 
@@ -51,6 +52,8 @@ export function vodHttpStatus(reason: VodRefusal): number {
 
 export interface VodLibrary {
   isVodApp(app: string): boolean;
+  /** A request name's checked form, the name the app's play rules see; throws VodError('bad_path'). */
+  checkedName(app: string, requestName: string): { name: string; format: VodFormat };
   /** The file a request names; rejects with a {@link VodError}. */
   resolve(app: string, requestName: string): Promise<VodFile>;
 }
@@ -110,6 +113,8 @@ export interface VodAppSource {
   root: string;
   /** Files not under the root are looked for elsewhere (the mesh); default true. */
   remote?: boolean;
+  /** The live app whose recordings this app serves instead of files (vod-recordings.ts); empty or absent = files. */
+  recordings?: string;
 }
 
 /**
@@ -127,6 +132,8 @@ export interface LocalVodLibraryOptions {
   appSource: (app: string) => VodAppSource | undefined;
   /** Set when the node is in a mesh (see vod-remote.ts). */
   remote?: VodRemote;
+  /** The longest stream name (limits.max_stream_name_bytes): a recordings app's names are stream names. */
+  maxStreamNameBytes?: number;
 }
 
 /** The node's library: the app's root first, then the remote source. */
@@ -134,6 +141,8 @@ export class LocalVodLibrary implements VodLibrary {
   /** Real paths of roots, resolved once per root. */
   private readonly realRoots = new Map<string, Promise<string | undefined>>();
   remote: VodRemote | undefined;
+  /** Makes the files of apps that serve recordings (set at start when the node has such an app). */
+  recordings: RecordingsVodSource | undefined;
   /** Refused requests by reason, for `/metrics`. */
   readonly refusals: Record<VodRefusal, number> = { bad_path: 0, not_found: 0, not_vod_app: 0, unavailable: 0 };
 
@@ -143,6 +152,20 @@ export class LocalVodLibrary implements VodLibrary {
 
   isVodApp(app: string): boolean {
     return this.opts.appSource(app) !== undefined;
+  }
+
+  /**
+   * A request name's checked form for this app, the name its play rules see: parseVodName's for
+   * a file app (`mp4:dir/a` → `dir/a.mp4`), parseRecordingName's for a recordings app (`cam1` →
+   * `cam1.mp4`). Throws VodError('bad_path').
+   */
+  checkedName(app: string, requestName: string): { name: string; format: VodFormat } {
+    if (this.opts.appSource(app)?.recordings) return { name: parseRecordingName(requestName, this.maxStreamNameBytes).name, format: 'mp4' };
+    return parseVodName(requestName);
+  }
+
+  private get maxStreamNameBytes(): number {
+    return this.opts.maxStreamNameBytes ?? 1024;
   }
 
   async resolve(app: string, requestName: string): Promise<VodFile> {
@@ -157,6 +180,12 @@ export class LocalVodLibrary implements VodLibrary {
   private async find(app: string, requestName: string): Promise<VodFile> {
     const source = this.opts.appSource(app);
     if (!source) throw new VodError('not_vod_app', `app ${JSON.stringify(app)} is not a VOD app`);
+    if (source.recordings) {
+      const named = parseRecordingName(requestName, this.maxStreamNameBytes);
+      if (!this.recordings) throw new VodError('unavailable', `VOD app ${JSON.stringify(app)} serves recordings, and this node has no recordings source`);
+      const got = await this.recordings.file(app, source.recordings, named);
+      return { app, name: named.name, format: 'mp4', path: got.path, size: got.size };
+    }
     const { name, format } = parseVodName(requestName);
     const local = await this.localFile(app, name);
     if (local) return local;
@@ -171,7 +200,8 @@ export class LocalVodLibrary implements VodLibrary {
    */
   async localFile(app: string, name: string): Promise<VodFile | undefined> {
     const source = this.opts.appSource(app);
-    if (!source || source.root === '') return undefined;
+    // A recordings app has no root: its files are made here, never copied from another node.
+    if (!source || source.root === '' || source.recordings) return undefined;
     const root = await this.realRoot(source.root);
     if (root === undefined) return undefined;
     let real: string;
@@ -216,8 +246,9 @@ export function vodLibraryFor(cfg: NodeConfig): LocalVodLibrary {
   return new LocalVodLibrary({
     appSource: (app) => {
       const v = appConfig(cfg, app).vod;
-      return v ? { root: v.root, remote: v.remote } : undefined;
+      return v ? { root: v.root, remote: v.remote, recordings: v.recordings } : undefined;
     },
+    maxStreamNameBytes: cfg.limits.max_stream_name_bytes,
   });
 }
 
