@@ -4,7 +4,7 @@
  * NATS: the local directory store) and one to node M1 of a two-node mesh (nats-server: the object
  * store). Then:
  * - lone node: ffprobe reads `rtmp://…/rec/mp4:cam.mp4` with the recorded span's duration and
- *   ffmpeg decodes it end to end over RTMP; `cam@<UTC>.mp4` starts at that time; HTTP Range gives
+ *   ffmpeg decodes it end to end over RTMP; an RTMP play from 4 s starts at the keyframe before; `cam@<UTC>.mp4` starts at that time; HTTP Range gives
  *   206 with the bytes of the whole file; the HLS VOD playlist lists segments and ends; an
  *   unknown stream is 404 (RTMP StreamNotFound), a traversal or a bad time 400; the VOD app's play
  *   rules apply (a signed token for `cam.mp4`); two requests make one stitch;
@@ -119,6 +119,20 @@ describe('recordings as a VOD source', () => {
     const decoded = await decodeToEnd(rtmp);
     assert.equal(decoded.code, 0, decoded.errors);
     assert.ok(Math.abs(decoded.seconds - span.duration) < 1, `ffmpeg decoded ${decoded.seconds} s of ${span.duration} s: ${decoded.errors}`);
+
+    // RTMP seek: play from 4 s into the file starts at the keyframe at or before it (GOP 1 s), as for any VOD file.
+    const seeker = await RtmpClient.connect(rtmp);
+    const video: Array<{ ts: number; key: boolean }> = [];
+    seeker.onFrame = (m) => {
+      if (m.type === 9 && m.payload[1] === 1) video.push({ ts: m.timestamp, key: m.payload[0]! >> 4 === 1 });
+    };
+    try {
+      await seeker.play(undefined, undefined, 4000);
+      await waitFor('video after the seek', () => video.length > 0, 10_000, 50);
+      assert.ok(video[0]!.key && video[0]!.ts <= 4000 && video[0]!.ts >= 2900, `first frame after play from 4000 ms: ${JSON.stringify(video[0])}`);
+    } finally {
+      seeker.close();
+    }
 
     // From a time: 4 s into the span (whole seconds), up to the span's end, from the keyframe at or before it (GOP 1 s).
     const startMs = Date.parse(span.start);

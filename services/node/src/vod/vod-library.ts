@@ -14,6 +14,10 @@
  * - then on disk: the file's real path (symlinks resolved) must stay under the root's real path,
  *   and be a regular file;
  * - only `.mp4`/`.m4v` (MP4) and `.flv` (FLV) are served.
+ *
+ * An app with `vod: {recordings: <live app>}` has no root: its names are streams of the live
+ * app (parseRecordingName, after the same text rules), and its files are stitched recordings
+ * made in the node's VOD cache (vod-recordings.ts).
  */
 import { realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
