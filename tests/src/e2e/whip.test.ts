@@ -267,6 +267,46 @@ describe('WHIP ingest into a mesh; RTMP and HLS playback from the other node', {
     await waitFor('no transcoder left behind', () => ffmpegChildren(ingest).length === 0 || undefined, 5000);
   });
 
+  test('a second WHIP publisher of a live key is the hot standby, a third is refused (409), and the standby takes over when the primary goes', async () => {
+    const [ingest, play] = nodes as [NodeProcess, NodeProcess];
+    type Publishing = { streams: Array<{ stream: string; live: boolean; publishing: { state: string; primary: { node: string } | null; standby: { node: string } | null; failovers: Array<{ reason: string }> } | null }> };
+    const publishing = async (): Promise<NonNullable<Publishing['streams'][number]['publishing']> | undefined> => (await ingest.api<Publishing>('/api/v1/streams')).streams.find((s) => s.stream === 'dup')?.publishing ?? undefined;
+    const first = await publishWhip(page, `${ingest.httpUrl}/live/dup/whip`, KEY, 1500);
+    assert.equal(first.status, 201, first.error);
+    await waitFor('the first WHIP publisher is the primary', async () => (await publishing())?.primary ?? undefined, 10_000);
+    const pageB = await browser.newPage();
+    const pageC = await browser.newPage();
+    try {
+      await pageB.goto(`${ingest.httpUrl}/healthz`);
+      await pageC.goto(`${ingest.httpUrl}/healthz`);
+      const second = await publishWhip(pageB, `${ingest.httpUrl}/live/dup/whip`, KEY, 1500);
+      assert.equal(second.status, 201, `a live encoder's twin is kept as the standby: ${second.error}`);
+      assert.equal(second.state, 'connected');
+      await waitFor('the stream API shows the standby', async () => (await publishing())?.standby ?? undefined, 10_000, 100);
+      const third = await publishWhip(pageC, `${ingest.httpUrl}/live/dup/whip`, KEY, 0);
+      assert.equal(third.status, 409, third.error);
+      assert.match(third.error ?? '', /standby/);
+      // A viewer on the other node plays through the change of publisher.
+      const before = await ffmpegDecode(`${play.rtmpUrl}/live/dup`, 2);
+      assert.ok(before.frames > 20, `frames from the primary: ${before.frames} (${before.errors})`);
+      const goneAt = Date.now();
+      await page.evaluate('window.__pubs.at(-1).close()');
+      const promoted = await waitFor('the standby is promoted', async () => {
+        const p = await publishing();
+        return p && p.standby === null && p.primary && p.failovers.length > 0 ? p : undefined;
+      }, 15_000, 50);
+      const promotedMs = Date.now() - goneAt;
+      console.log(`# WHIP standby promoted ${promotedMs} ms after the primary's peer closed (failover reason: ${promoted.failovers.at(-1)?.reason})`);
+      const after = await ffmpegDecode(`${play.rtmpUrl}/live/dup`, 2);
+      assert.ok(after.frames > 20, `frames from the promoted standby on the other node: ${after.frames} (${after.errors})`);
+      assert.equal((await fetch(`${ingest.httpUrl}${second.location}`, { method: 'DELETE' })).status, 200);
+      await waitFor('the publish ended', async () => !(await ingest.api<Streams>('/api/v1/streams')).streams.some((s) => s.stream === 'dup' && s.live) || undefined, 5000);
+    } finally {
+      await pageB.close();
+      await pageC.close();
+    }
+  });
+
   test('a peer that stays connected but sends no RTP is dropped after limits.idle_publisher_timeout_ms', async () => {
     const [ingest] = nodes as [NodeProcess];
     const pub = await publishWhip(page, `${ingest.httpUrl}/live/quiet/whip`, KEY, 1000);
