@@ -13,3 +13,4 @@ export * from './rtp/ogg.ts';
 export * from './rtp/h264-depacketizer.ts';
 export * from './rtp/ogg-writer.ts';
 export * from './rtp/adts.ts';
+export * from './rtp/vp9-packetizer.ts';

@@ -13,7 +13,7 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection } from 'node-datachannel';
-import { advertiseCandidates, chooseH264, classifyAudioTag, classifyVideoTag, CodecConfigError, offersCodec, parseAvcDecoderConfig, parseSdpOffer, profileLevelId } from '@meshcast/proto';
+import { advertiseCandidates, chooseH264, classifyAudioTag, classifyVideoTag, CodecConfigError, fmtpParams, offersCodec, parseAvcDecoderConfig, parseSdpOffer, profileLevelId, vp9ConfigProfile } from '@meshcast/proto';
 import { checkName, type StreamRequest } from '../media/host.ts';
 import type { MediaFrame } from '../media/frame.ts';
 import { appConfig } from '../config.ts';
@@ -30,7 +30,7 @@ import { webrtcBindAddress } from './start-checks.ts';
 export const WHEP_REFUSALS = {
   bFrames: { status: 422, code: 'WHEP.BFrames', text: 'the source uses B-frames (composition time offsets), which WebRTC cannot play in order; publish without B-frames (x264: -bf 0 or a baseline profile)' },
   noH264: { status: 406, code: 'WHEP.NoH264', text: 'the offer has no H.264 with packetization-mode=1 in a video m-section' },
-  codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec cannot be sent to this viewer: this node passes through H.264, and H.265 or AV1 when the offer has it' },
+  codec: { status: 415, code: 'WHEP.Codec', text: 'the stream\'s video codec cannot be sent to this viewer: this node passes through H.264, and H.265, AV1 or VP9 when the offer has it' },
   notLive: { status: 504, code: 'WHEP.NotLive', text: 'the stream has no video yet (play_wait_ms ran out)' },
   badOffer: { status: 400, code: 'WHEP.BadOffer', text: 'the body must be an SDP offer (Content-Type: application/sdp) with a video m-section' },
 } as const;
@@ -186,8 +186,9 @@ export const WHEP_FEATURE: HttpFeature = {
         const v = new nodeDataChannel.Video(video.mid, 'SendOnly');
         // libdatachannel takes the offer's fmtp as given; without one, its own H.265 line.
         if (choice.codec === 'avc') v.addH264Codec(choice.pt, choice.fmtp);
-        else if (choice.fmtp) v.addVideoCodec(choice.pt, choice.codec === 'hevc' ? 'H265' : 'AV1', choice.fmtp);
+        else if (choice.fmtp) v.addVideoCodec(choice.pt, FOURCC[choice.codec]!, choice.fmtp);
         else if (choice.codec === 'hevc') v.addH265Codec(choice.pt);
+        else if (choice.codec === 'vp9') v.addVP9Codec(choice.pt);
         else v.addAV1Codec(choice.pt);
         const ssrc = newSsrc();
         v.addSSRC(ssrc, 'meshcast', `meshcast-${id}`, `video-${id}`);
@@ -207,7 +208,7 @@ export const WHEP_FEATURE: HttpFeature = {
         const local = pc.localDescription();
         if (!local) throw new Error('no local description after setLocalDescription');
         answer = advertiseCandidates(local.sdp, advertised(), cfg.udp_port);
-        session = new WhepSession(id, { pc, track, rtpConfig, codec: choice.codec, audio }, hub, sreq, ctx.host, (s) => {
+        session = new WhepSession(id, { pc, track, rtpConfig, ssrc, payloadType: choice.pt, codec: choice.codec, audio }, hub, sreq, ctx.host, (s) => {
           ctx.host.sessions.remove(s);
           resources.delete(s.id);
           livePeers--;
@@ -295,15 +296,21 @@ function codecChoice(hub: StreamHub, video: ReturnType<typeof parseSdpOffer>[num
   if (header) {
     const tag = classifyVideoTag(header.payload);
     if (!(tag instanceof CodecConfigError)) {
-      if (tag.codec === 'hevc' || tag.codec === 'av1') {
-        // H.265 (RFC 7798) and AV1 over RTP: the browser's own format line is answered as offered.
-        const rtpName = tag.codec === 'hevc' ? 'H265' : 'AV1';
-        const f = video.formats.find((x) => x.codec.toUpperCase() === rtpName && x.clockRate === 90000);
-        if (f) return { codec: tag.codec, pt: f.pt, fmtp: f.fmtp };
+      const codec = tag.codec;
+      if (codec === 'hevc' || codec === 'av1' || codec === 'vp9') {
+        // H.265 (RFC 7798), AV1 and VP9 (RFC 9628) over RTP: the browser's own format line is answered as offered.
+        const rtpName = FOURCC[codec]!;
+        // VP9: the format of the stream's profile (a format without profile-id is profile 0: RFC 9628's media type parameters).
+        const vp9Profile = codec === 'vp9' ? (vp9ConfigProfile(header.payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength)) ?? 0) : undefined;
+        const f = video.formats.find((x) => x.codec.toUpperCase() === rtpName && x.clockRate === 90000 && (vp9Profile === undefined || Number(fmtpParams(x.fmtp).get('profile-id') ?? 0) === vp9Profile));
+        if (f) return { codec, pt: f.pt, fmtp: f.fmtp };
+        if (vp9Profile !== undefined && offersCodec(video, rtpName)) {
+          return { refusal: 'codec', detail: `the stream's video is VP9 profile ${vp9Profile}; the offer has VP9 but not that profile (the offer has ${offeredVideoCodecs(video)})` };
+        }
       }
       if (tag.codec !== 'avc') {
         const name = FOURCC[tag.codec] ?? tag.codec;
-        const why = tag.codec === 'hevc' || tag.codec === 'av1' || !offersCodec(video, name) ? 'the offer does not have it' : `the offer has it, but this node passes through only H.264, H.265 and AV1`;
+        const why = codec === 'hevc' || codec === 'av1' || codec === 'vp9' || !offersCodec(video, name) ? 'the offer does not have it' : `the offer has it, but this node passes through only H.264, H.265, AV1 and VP9`;
         return { refusal: 'codec', detail: `the stream's video is ${name}; ${why} (the offer has ${offeredVideoCodecs(video)})` };
       }
       const cfg = parseAvcDecoderConfig(header.payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength));

@@ -1,7 +1,8 @@
 /**
  * WhepSession: one WebRTC (WHEP) viewer. It is a hub sink taking the shared FLV tags, and sends
  * their H.264 access units untouched over one RTP video track (RFC 6184 packetization-mode 1 by
- * libdatachannel's packetiser, RTCP sender reports, NACK answered from a small history).
+ * libdatachannel's packetiser, RTCP sender reports, NACK answered from a small history); H.265,
+ * AV1 and VP9 likewise (VP9 packetised here: see attachVideoChain).
  *
  * It joins the hub only once the peer's DTLS is up, so the hub's GOP cache gives the first
  * picture at once. SPS/PPS go in front of every IDR. A picture-loss request (PLI/FIR) makes this
@@ -10,7 +11,7 @@
 import { randomInt } from 'node:crypto';
 import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection, Track, RtpPacketizationConfig } from 'node-datachannel';
-import { av1TemporalUnit, avccAccessUnit, classifyVideoTag, opusPacketSamples, parseAvcDecoderConfig, parseHevcDecoderConfig, rtcpKeyframeRequests, CodecConfigError } from '@meshcast/proto';
+import { av1TemporalUnit, avccAccessUnit, classifyVideoTag, opusPacketSamples, packetizeVp9Frame, parseAvcDecoderConfig, parseHevcDecoderConfig, rtcpKeyframeRequests, rtpPackets, vp9KeyframeSize, VP9_PICTURE_ID_MASK, CodecConfigError, type Vp9FrameSize } from '@meshcast/proto';
 import { FRAME_VIDEO, type WireFormat } from '../media/frame.ts';
 import type { MediaHost, StreamRequest } from '../media/host.ts';
 import type { MediaSink, StreamHub } from '../media/stream-hub.ts';
@@ -32,21 +33,35 @@ const PLI_AFTER_IDR_MS = 300;
 const MAX_FRAGMENT = 1200;
 
 /** The video codecs passed through to WebRTC untouched (as classifyVideoTag names them). */
-export type PassthroughCodec = 'avc' | 'hevc' | 'av1';
+export type PassthroughCodec = 'avc' | 'hevc' | 'av1' | 'vp9';
 
 export interface WhepTrackSetup {
   pc: PeerConnection;
   track: Track;
   rtpConfig: RtpPacketizationConfig;
+  /** The video track's SSRC and payload type: VP9 packets are written here whole (no libdatachannel packetiser for it). */
+  ssrc: number;
+  payloadType: number;
   /** The stream's video codec the track carries; frames of any other codec (a republish with another) are not sent. */
   codec: PassthroughCodec;
   /** The Opus track and where its packets come from: the stream's shared AAC→Opus transcoder, or a WHIP publisher's own Opus. */
   audio?: { track: Track; rtpConfig: RtpPacketizationConfig; transcoder: OpusSource };
 }
 
-/** Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh track: RFC 6184 for H.264, RFC 7798 for H.265, the AOM RTP payload format for AV1. */
+/**
+ * Sets up the video track's RTP chain (packetiser → sender reports → NACK history) on a fresh
+ * track: RFC 6184 for H.264, RFC 7798 for H.265, the AOM RTP payload format for AV1. VP9 has no
+ * packetiser in libdatachannel: the session writes whole RTP packets (RFC 9628, proto's
+ * vp9-packetizer), which the chain's sender reports count and its NACK history keeps, as for the others.
+ */
 export function attachVideoChain(track: Track, ssrc: number, payloadType: number, codec: PassthroughCodec = 'avc'): RtpPacketizationConfig {
   const rtpConfig = new nodeDataChannel.RtpPacketizationConfig(ssrc, 'meshcast', payloadType, VIDEO_CLOCK);
+  if (codec === 'vp9') {
+    const reporter = new RtcpSrReporter(rtpConfig);
+    reporter.addToChain(new RtcpNackResponder());
+    track.setMediaHandler(reporter);
+    return rtpConfig;
+  }
   const packetizer =
     codec === 'hevc'
       ? new nodeDataChannel.H265RtpPacketizer('Length', rtpConfig, MAX_FRAGMENT)
@@ -88,6 +103,10 @@ export class WhepSession implements Session, MediaSink {
   private opusPackets = 0;
   private opusSamples = 0;
   private watchdog: RtcpWatchdog | undefined;
+  /** VP9 only (we write its RTP headers): the next sequence number and picture ID, and the last keyframe's size. */
+  private vp9Sequence = randomInt(0, 0x10000);
+  private vp9PictureId = randomInt(0, 0x8000);
+  private vp9Size: Vp9FrameSize | undefined;
 
   constructor(
     readonly id: string,
@@ -174,6 +193,11 @@ export class WhepSession implements Session, MediaSink {
       this.parameterSets = [payload.subarray(tag.dataOffset + 4, tag.dataOffset + tag.dataLength)];
       return;
     }
+    if (tag.isSequenceHeader && codec === 'vp9') {
+      // vpcC: nothing of it goes on the wire (VP9 keyframes carry their own headers); kept as "configuration seen".
+      this.parameterSets = [payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength)];
+      return;
+    }
     if (tag.isSequenceHeader) {
       const record = payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength);
       const cfg = codec === 'hevc' ? parseHevcDecoderConfig(record) : parseAvcDecoderConfig(record);
@@ -191,13 +215,21 @@ export class WhepSession implements Session, MediaSink {
     if (this.waitKey && !tag.isKeyframe) return;
     if (tag.isKeyframe && this.parameterSets.length === 0) return; // no decoder configuration yet
     const data = payload.subarray(tag.dataOffset, tag.dataOffset + tag.dataLength);
-    const au = codec === 'av1' ? av1TemporalUnit(data, tag.isKeyframe ? this.parameterSets[0] : undefined) : avccAccessUnit(data, this.nalLengthSize, tag.isKeyframe ? this.parameterSets : undefined, codec);
-    if (au.length === 0) return;
-    this.firstTs ??= ts;
-    this.setup.rtpConfig.timestamp = (this.baseRtpTs + (ts - this.firstTs) * (VIDEO_CLOCK / 1000)) >>> 0;
+    if (data.length === 0) return;
     if (!this.setup.track.isOpen()) return;
+    const timestamp = this.rtpTimestamp(ts);
+    this.setup.rtpConfig.timestamp = timestamp;
+    // One access unit for libdatachannel's packetiser to cut, or (VP9) the RTP packets themselves.
+    const messages =
+      codec === 'vp9'
+        ? this.vp9Packets(data, tag.isKeyframe, timestamp)
+        : [codec === 'av1' ? av1TemporalUnit(data, tag.isKeyframe ? this.parameterSets[0] : undefined) : avccAccessUnit(data, this.nalLengthSize, tag.isKeyframe ? this.parameterSets : undefined, codec)];
+    if (messages.every((m) => m.length === 0)) return;
     try {
-      this.setup.track.sendMessageBinary(au);
+      for (const m of messages) {
+        this.setup.track.sendMessageBinary(m);
+        this.bytesOut += m.length;
+      }
     } catch (err) {
       this.close(`sending to the peer failed: ${(err as Error).message}`);
       return;
@@ -207,7 +239,26 @@ export class WhepSession implements Session, MediaSink {
       this.lastIdrAt = Date.now();
     }
     this.framesOut++;
-    this.bytesOut += au.length;
+  }
+
+  /** The RTP timestamp of an FLV timestamp (ms): the track's random base plus the time since the first frame sent. */
+  private rtpTimestamp(ts: number): number {
+    this.firstTs ??= ts;
+    return (this.baseRtpTs + (ts - this.firstTs) * (VIDEO_CLOCK / 1000)) >>> 0;
+  }
+
+  /**
+   * A VP9 frame (or superframe) as RTP packets of our own (RFC 9628), the picture ID one up per
+   * frame sent: the receiver chains inter frames by picture ID, and a keyframe (after a skip)
+   * starts afresh. The keyframe's size goes in its scalability structure.
+   */
+  private vp9Packets(frame: Buffer, keyframe: boolean, timestamp: number): Buffer[] {
+    if (keyframe) this.vp9Size = vp9KeyframeSize(frame) ?? this.vp9Size;
+    const payloads = packetizeVp9Frame(frame, { pictureId: this.vp9PictureId, keyframe, size: this.vp9Size, maxPayload: MAX_FRAGMENT });
+    const packets = rtpPackets(payloads, { payloadType: this.setup.payloadType, ssrc: this.setup.ssrc, timestamp, sequence: this.vp9Sequence });
+    this.vp9Sequence = (this.vp9Sequence + packets.length) & 0xffff;
+    this.vp9PictureId = (this.vp9PictureId + 1) & VP9_PICTURE_ID_MASK;
+    return packets;
   }
 
   /** RTP over UDP never backs up into the process: the socket takes or drops. */
