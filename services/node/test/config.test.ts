@@ -8,8 +8,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { CONFIG_FLAGS, ConfigError, SETTINGS, appConfig, configWarnings, defaultConfig, envName, helpText, loadConfig, type NodeConfig, type Setting } from '../src/config.ts';
+import { CONFIG_FLAGS, SETTINGS, appConfig, configWarnings, defaultConfig, envName, helpText, loadConfig, type NodeConfig, type Setting } from '../src/config.ts';
 import { prettyStream } from '../src/log.ts';
+import { configRefusal as refusal } from './refusals.ts';
 
 const REPO = resolve(import.meta.dirname, '../../..');
 const CLI = join(REPO, 'services/node/src/cli.ts');
@@ -20,17 +21,6 @@ function file(text: string): string {
   return p;
 }
 
-/** The ConfigError a load throws (fails the test when it loads). */
-function refusal(input: Parameters<typeof loadConfig>[0]): string {
-  try {
-    loadConfig(input);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${String(err)}`);
-    assert.ok(!err.message.includes('\n'), `one line: ${err.message}`);
-    return err.message;
-  }
-  assert.fail('the config loaded');
-}
 
 function at(cfg: NodeConfig, path: string): unknown {
   return path.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)[k], cfg);

@@ -4,16 +4,8 @@ import { mkdtemp, mkdir, writeFile, symlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalVodLibrary, parseVodName, VodError } from '../src/vod/vod-library.ts';
+import { vodRefusalReason as refusal } from './refusals.ts';
 
-const refusal = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof VodError, String(err));
-    return err.reason;
-  }
-  return 'accepted';
-};
 
 test('request names: FMS/crtmpserver forms map to a relative file and format', () => {
   assert.deepEqual(parseVodName('mp4:dir/file.mp4'), { name: 'dir/file.mp4', format: 'mp4' });

@@ -4,24 +4,16 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { ConfigError, loadConfig } from '../src/config.ts';
+import { loadConfig } from '../src/config.ts';
 import { NothingToStitchError, type StitchedMp4 } from '../src/recording/mp4.ts';
 import type { SegmentInfo } from '../src/recording/store.ts';
 import { VodCache } from '../src/vod/vod-cache.ts';
 import { LocalVodLibrary, vodLibraryFor, VodError } from '../src/vod/vod-library.ts';
+import { configRefusal as refusal, vodRefusalReason as reason } from './refusals.ts';
 import { formatStamp, hasRecordingsVodApps, parseRecordingName, parseStamp, recordedWindow, RecordingsVodSource, REUSE_MS, type RecordingsReader } from '../src/vod/vod-recordings.ts';
 
 const log = pino({ level: 'silent' });
 
-const reason = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof VodError, String(err));
-    return err.reason;
-  }
-  return 'accepted';
-};
 
 test('recording names: <stream>.mp4 in every protocol\'s form is the latest span; <stream>@<UTC>.mp4 a time', () => {
   for (const n of ['cam1.mp4', 'mp4:cam1.mp4', 'MP4:cam1', 'cam1', 'cam1.MP4']) assert.deepEqual(parseRecordingName(n, 1024), { name: 'cam1.mp4', stream: 'cam1', atMs: undefined }, n);
@@ -130,16 +122,6 @@ test('RecordingsVodSource: one stitch per window into the cache; a grown span ge
   }
 });
 
-function refusal(input: Parameters<typeof loadConfig>[0]): string {
-  try {
-    loadConfig(input);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${String(err)}`);
-    assert.ok(!err.message.includes('\n'), `one line: ${err.message}`);
-    return err.message;
-  }
-  assert.fail('the config loaded');
-}
 
 test('config: vod {recordings} loads; with a root, naming an app that does not record, or a VOD app (itself) it fails at start naming the setting', () => {
   const ok = loadConfig({ inline: { apps: { live: { record: true }, rec: { vod: { recordings: 'live' } } } } });

@@ -241,8 +241,6 @@ function refuse(reply: FastifyReply, why: keyof typeof WHEP_REFUSALS, detail?: s
   void reply.code(r.status).send({ error: detail ? `${r.text}: ${detail}` : r.text, code: r.code });
 }
 
-/** A wildcard host lets libdatachannel bind every interface; a named one is bound as given. */
-
 /** The offered Opus payload type to send the stream's audio as, when the stream's audio is AAC (anything else is not transcoded). */
 function audioChoice(hub: StreamHub, media: ReturnType<typeof parseSdpOffer>): { mid: string; pt: number } | undefined {
   // A stream published over WHIP on this node has Opus already (whip-session.ts); otherwise only AAC is transcoded.

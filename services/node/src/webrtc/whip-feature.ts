@@ -246,4 +246,3 @@ function chooseIngestH264(video: OfferedMedia): { pt: number; fmtp: string } | u
   return f ? { pt: f.pt, fmtp: f.fmtp } : undefined;
 }
 
-/** A wildcard host lets libdatachannel bind every interface; a named one is bound as given. */
