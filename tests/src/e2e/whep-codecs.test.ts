@@ -15,6 +15,7 @@ import nodeDataChannel from 'node-datachannel';
 import type { PeerConnection, Track } from 'node-datachannel';
 import { NodeProcess } from '../harness/node-process.ts';
 import { freeUdpPort, waitFor } from '../harness/ports.ts';
+import { answerAndConnect, connectWithRetry } from '../harness/ndc-whep.ts';
 import { hevcClip, publishClip, type Clip } from '../../../services/node/test/hls-support.ts';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -212,33 +213,31 @@ describe('WHEP for H.265, AV1 and VP9 sources (Enhanced RTMP)', { timeout: 120_0
   });
 
   test('an H.265 stream and an offer with H.265: passed through as RTP (RFC 7798) with VPS, SPS, PPS and IDR NAL units', async () => {
-    const p = await offerer(['H264', 'H265']);
-    peers.push(p);
-    const res = await post(`${node.httpUrl}/live/h265/whep`, p.offer);
-    assert.equal(res.status, 201, await res.clone().text());
-    const answer = await res.text();
-    assert.match(answer, /a=rtpmap:97 H265\/90000/, 'the answer picks the offered H.265 format');
-    assert.doesNotMatch(answer, /a=rtpmap:96 H264/, 'and only that one');
-    const nalTypes = new Set<number>();
-    let packets = 0;
-    p.tracks[0]!.onMessage((pkt) => {
-      if (pkt.length < 14 || (pkt[1]! & 0x7f) !== 97) return; // not our RTP (RTCP)
-      packets++;
-      const cc = pkt[0]! & 0x0f;
-      const ext = pkt[0]! & 0x10 ? 4 + 4 * pkt.readUInt16BE(12 + 4 * cc + 2) : 0;
-      const payload = pkt.subarray(12 + 4 * cc + ext);
-      const type = (payload[0]! >> 1) & 0x3f;
-      // 49: a fragmentation unit (RFC 7798 §4.4.3): the fragmented NAL's type is in the FU header.
-      nalTypes.add(type === 49 ? payload[2]! & 0x3f : type);
+    // A fresh peer when libdatachannel loses its offerer race (harness/ndc-whep.ts).
+    const { nalTypes, packets } = await connectWithRetry(async () => {
+      const p = await offerer(['H264', 'H265']);
+      peers.push(p);
+      const res = await post(`${node.httpUrl}/live/h265/whep`, p.offer);
+      assert.equal(res.status, 201, await res.clone().text());
+      const answer = await res.text();
+      assert.match(answer, /a=rtpmap:97 H265\/90000/, 'the answer picks the offered H.265 format');
+      assert.doesNotMatch(answer, /a=rtpmap:96 H264/, 'and only that one');
+      const got = { nalTypes: new Set<number>(), n: 0, packets: () => got.n };
+      p.tracks[0]!.onMessage((pkt) => {
+        if (pkt.length < 14 || (pkt[1]! & 0x7f) !== 97) return; // not our RTP (RTCP)
+        got.n++;
+        const cc = pkt[0]! & 0x0f;
+        const ext = pkt[0]! & 0x10 ? 4 + 4 * pkt.readUInt16BE(12 + 4 * cc + 2) : 0;
+        const payload = pkt.subarray(12 + 4 * cc + ext);
+        const type = (payload[0]! >> 1) & 0x3f;
+        // 49: a fragmentation unit (RFC 7798 §4.4.3): the fragmented NAL's type is in the FU header.
+        got.nalTypes.add(type === 49 ? payload[2]! & 0x3f : type);
+      });
+      if (await answerAndConnect(p.pc, answer)) return got;
+      await fetch(new URL(res.headers.get('Location')!, node.httpUrl), { method: 'DELETE' });
+      return undefined;
     });
-    try {
-      p.pc.setRemoteDescription(answer, 'answer');
-    } catch (err) {
-      // As in whep-peer-gone.test.ts: libdatachannel now and then throws on the answer's
-      // candidates after applying it; ICE goes on, and the wait for RTP below fails if not.
-      if (!/remote candidate without ICE transport/.test((err as Error).message)) throw err;
-    }
-    await waitFor('H.265 RTP arrives', () => (packets > 30 && [32, 33, 34].every((t) => nalTypes.has(t)) && (nalTypes.has(19) || nalTypes.has(20))) || undefined, 15_000, 100);
+    await waitFor('H.265 RTP arrives', () => (packets() > 30 && [32, 33, 34].every((t) => nalTypes.has(t)) && (nalTypes.has(19) || nalTypes.has(20))) || undefined, 15_000, 100);
     const sessions = (await node.api<{ sessions: Array<{ protocol: string; stream: string; bytesOut: number }> }>('/api/v1/sessions')).sessions;
     assert.ok(sessions.some((s) => s.protocol === 'whep' && s.stream === 'h265' && s.bytesOut > 0));
   });
@@ -271,40 +270,37 @@ describe('WHEP for H.265, AV1 and VP9 sources (Enhanced RTMP)', { timeout: 120_0
     assert.equal(r.status, 415);
     assert.match(((await r.json()) as { error: string }).error, /the stream's video is VP9 profile 0; the offer has VP9 but not that profile \(the offer has H264, VP9\)/);
 
-    const p = await offerer(['H264', 'VP9'], true);
-    peers.push(p);
-    const res = await post(`${node.httpUrl}/live/vp9/whep`, p.offer);
-    assert.equal(res.status, 201, await res.clone().text());
-    const answer = await res.text();
-    assert.match(answer, /a=rtpmap:97 VP9\/90000/, 'the answer picks the offered VP9 format');
-    const seen = new Map<number, number>(); // sequence number → times received
-    let ssrc = 0;
-    let keyframeSize = '';
-    let senderReports = 0;
-    let framesEnded = 0;
-    p.tracks[0]!.onMessage((pkt) => {
-      if (pkt.length >= 8 && pkt[1] === 200) senderReports++; // RTCP SR (RFC 3550 §6.4.1)
-      if (pkt.length < 15 || (pkt[1]! & 0x7f) !== 97) return;
-      const seq = pkt.readUInt16BE(2);
-      seen.set(seq, (seen.get(seq) ?? 0) + 1);
-      ssrc = pkt.readUInt32BE(8);
-      const d = pkt.subarray(12); // no CSRCs or extensions in the node's packets
-      assert.equal(d[0]! & 0x80, 0x80, 'a picture ID in every descriptor');
-      if (d[0]! & 0x04) {
-        framesEnded++;
-        assert.equal(pkt[1]! & 0x80, 0x80, 'the marker bit on the packet that ends a frame');
-      }
-      if (d[0]! & 0x02) keyframeSize = `${d.readUInt16BE(4)}x${d.readUInt16BE(6)}`; // V: one layer, Y=1
+    // A fresh peer when libdatachannel loses its offerer race (harness/ndc-whep.ts).
+    const got = await connectWithRetry(async () => {
+      const p = await offerer(['H264', 'VP9'], true);
+      peers.push(p);
+      const res = await post(`${node.httpUrl}/live/vp9/whep`, p.offer);
+      assert.equal(res.status, 201, await res.clone().text());
+      const answer = await res.text();
+      assert.match(answer, /a=rtpmap:97 VP9\/90000/, 'the answer picks the offered VP9 format');
+      const a = { answer, seen: new Map<number, number>(), ssrc: 0, keyframeSize: '', senderReports: 0, framesEnded: 0 }; // seen: sequence number → times received
+      p.tracks[0]!.onMessage((pkt) => {
+        if (pkt.length >= 8 && pkt[1] === 200) a.senderReports++; // RTCP SR (RFC 3550 §6.4.1)
+        if (pkt.length < 15 || (pkt[1]! & 0x7f) !== 97) return;
+        const seq = pkt.readUInt16BE(2);
+        a.seen.set(seq, (a.seen.get(seq) ?? 0) + 1);
+        a.ssrc = pkt.readUInt32BE(8);
+        const d = pkt.subarray(12); // no CSRCs or extensions in the node's packets
+        assert.equal(d[0]! & 0x80, 0x80, 'a picture ID in every descriptor');
+        if (d[0]! & 0x04) {
+          a.framesEnded++;
+          assert.equal(pkt[1]! & 0x80, 0x80, 'the marker bit on the packet that ends a frame');
+        }
+        if (d[0]! & 0x02) a.keyframeSize = `${d.readUInt16BE(4)}x${d.readUInt16BE(6)}`; // V: one layer, Y=1
+      });
+      if (await answerAndConnect(p.pc, answer)) return a;
+      await fetch(new URL(res.headers.get('Location')!, node.httpUrl), { method: 'DELETE' });
+      return undefined;
     });
-    try {
-      p.pc.setRemoteDescription(answer, 'answer');
-    } catch (err) {
-      if (!/remote candidate without ICE transport/.test((err as Error).message)) throw err;
-    }
-    await waitFor('VP9 RTP and a sender report arrive', () => (framesEnded > 20 && senderReports > 0) || undefined, 15_000, 100);
-    assert.equal(keyframeSize, '320x240', 'the keyframe\'s scalability structure names its size');
-    assert.ok(ssrc !== 0 && answer.includes(`a=ssrc:${ssrc} `), 'the packets carry the SSRC the answer names');
-    assert.ok([...seen.values()].every((n) => n === 1), 'no sequence number used twice');
+    await waitFor('VP9 RTP and a sender report arrive', () => (got.framesEnded > 20 && got.senderReports > 0) || undefined, 15_000, 100);
+    assert.equal(got.keyframeSize, '320x240', 'the keyframe\'s scalability structure names its size');
+    assert.ok(got.ssrc !== 0 && got.answer.includes(`a=ssrc:${got.ssrc} `), 'the packets carry the SSRC the answer names');
+    assert.ok([...got.seen.values()].every((n) => n === 1), 'no sequence number used twice');
   });
 
   test('a VP9 stream: Chromium decodes and shows it over WHEP (RFC 9628); an offer without VP9 gets 415', { skip: browserUnavailable() }, async () => {

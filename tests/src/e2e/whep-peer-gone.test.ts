@@ -13,47 +13,47 @@ import type { PeerConnection } from 'node-datachannel';
 import { NodeProcess } from '../harness/node-process.ts';
 import { FfmpegPublisher } from '../harness/ffmpeg.ts';
 import { freeUdpPort, waitFor } from '../harness/ports.ts';
+import { answerAndConnect, connectWithRetry } from '../harness/ndc-whep.ts';
 import { browserUnavailable, launchBrowser } from '../harness/browser.ts';
 
 const RTCP_TIMEOUT_S = 2;
 
 /** A recvonly H.264 + Opus peer; `reports`: send RTCP receiver reports as a browser does. Resolves once media arrives. */
-async function peer(url: string, reports: boolean): Promise<{ pc: PeerConnection; close: () => void; packets: () => number }> {
-  const pc = new nodeDataChannel.PeerConnection(`gone-${reports}`, { iceServers: [], bindAddress: '127.0.0.1' });
-  const video = new nodeDataChannel.Video('0', 'RecvOnly');
-  video.addH264Codec(102, 'level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f');
-  const audio = new nodeDataChannel.Audio('1', 'RecvOnly');
-  audio.addOpusCodec(111);
-  const vt = pc.addTrack(video);
-  const at = pc.addTrack(audio);
-  if (reports) {
-    vt.setMediaHandler(new nodeDataChannel.RtcpReceivingSession());
-    at.setMediaHandler(new nodeDataChannel.RtcpReceivingSession());
-  }
-  let n = 0;
-  vt.onMessage(() => n++);
-  const offer = await new Promise<string>((resolve) => {
-    pc.onGatheringStateChange((s) => s === 'complete' && resolve(pc.localDescription()!.sdp));
-    pc.setLocalDescription();
+function peer(url: string, reports: boolean): Promise<{ pc: PeerConnection; close: () => void; packets: () => number }> {
+  return connectWithRetry(async () => {
+    const pc = new nodeDataChannel.PeerConnection(`gone-${reports}`, { iceServers: [], bindAddress: '127.0.0.1' });
+    const video = new nodeDataChannel.Video('0', 'RecvOnly');
+    video.addH264Codec(102, 'level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f');
+    const audio = new nodeDataChannel.Audio('1', 'RecvOnly');
+    audio.addOpusCodec(111);
+    const vt = pc.addTrack(video);
+    const at = pc.addTrack(audio);
+    if (reports) {
+      vt.setMediaHandler(new nodeDataChannel.RtcpReceivingSession());
+      at.setMediaHandler(new nodeDataChannel.RtcpReceivingSession());
+    }
+    let n = 0;
+    vt.onMessage(() => n++);
+    // Tracks first: libdatachannel aborts when a peer connection goes with its tracks still open.
+    const close = (): void => {
+      vt.close();
+      at.close();
+      pc.close();
+    };
+    const offer = await new Promise<string>((resolve) => {
+      pc.onGatheringStateChange((s) => s === 'complete' && resolve(pc.localDescription()!.sdp));
+      pc.setLocalDescription();
+    });
+    const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: offer });
+    assert.equal(res.status, 201, await res.clone().text());
+    if (!(await answerAndConnect(pc, await res.text()))) {
+      close();
+      await fetch(new URL(res.headers.get('Location')!, url), { method: 'DELETE' });
+      return undefined;
+    }
+    await waitFor('media reaches the peer', () => n > 20 || undefined, 10_000, 50);
+    return { pc, close, packets: () => n };
   });
-  const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: offer });
-  assert.equal(res.status, 201, await res.clone().text());
-  try {
-    pc.setRemoteDescription(await res.text(), 'answer');
-  } catch (err) {
-    // libdatachannel (the client here) now and then throws on the answer's candidates after it
-    // has applied the description and started ICE; ICE goes on (the node's checks give it the
-    // node's address), and the media wait below fails the test if it does not.
-    if (!/remote candidate without ICE transport/.test((err as Error).message)) throw err;
-  }
-  await waitFor('media reaches the peer', () => n > 20 || undefined, 10_000, 50);
-  // Tracks first: libdatachannel aborts when a peer connection goes with its tracks still open.
-  const close = (): void => {
-    vt.close();
-    at.close();
-    pc.close();
-  };
-  return { pc, close, packets: () => n };
 }
 
 describe('WHEP peers that go away', { timeout: 90_000 }, () => {
