@@ -13,6 +13,7 @@ export type ProtocolErrorCode =
   | 'MESSAGE_MALFORMED'
   | 'TOO_MANY_CHUNK_STREAMS'
   | 'PARTIAL_TOO_LARGE'
+  | 'CONTROL_FLOOD'
   | 'AMF_TRUNCATED'
   | 'AMF_UNKNOWN_MARKER'
   | 'AMF_TOO_DEEP'

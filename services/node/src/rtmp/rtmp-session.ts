@@ -67,6 +67,14 @@ const MAX_QUEUED_COMMANDS = 64;
  */
 const MAX_BAD_DATA_MESSAGES = 100;
 const BAD_DATA_WINDOW_MS = 10_000;
+/**
+ * Protocol control and user control messages (acks, pings, window and buffer sizes) from one
+ * peer in CONTROL_WINDOW_MS. Real clients send a few a second (an ack per window, a ping
+ * answer, a buffer length); a peer past this floods, and each of its 18-byte pings would cost us
+ * a decode and an answer, so it is closed rather than answered or read at line rate.
+ */
+const MAX_CONTROL_MESSAGES = 500;
+const CONTROL_WINDOW_MS = 1000;
 /** Longest client-supplied text echoed back or logged (FCPublish names, unknown command names, tcUrl). */
 const MAX_ECHO_CHARS = 256;
 
@@ -136,6 +144,7 @@ export class RtmpSession implements Session {
   /** Reading is paused because the peer does not read our replies (limits.reply_buffer_bytes). */
   private readPaused = false;
   private badData = { since: 0, count: 0 };
+  private controlFlood = { since: 0, count: 0 };
 
   constructor(
     readonly socket: Socket,
@@ -253,14 +262,17 @@ export class RtmpSession implements Session {
       case MessageType.ABORT:
       case MessageType.ACK:
       case MessageType.SET_PEER_BANDWIDTH:
+        this.countControl();
         return; // the decoder applies chunk size and abort itself
       case MessageType.WINDOW_ACK_SIZE: {
+        if (!this.countControl()) return;
         const c = decodeControl(m);
         if (c instanceof RtmpProtocolError) return this.fail(c);
         if (c.kind === 'windowAckSize') this.peerWindow = c.size;
         return;
       }
       case MessageType.USER_CONTROL: {
+        if (!this.countControl()) return;
         const c = decodeControl(m);
         if (c instanceof RtmpProtocolError) return this.fail(c);
         if (c.kind === 'userControl' && c.event === UserControlEvent.PING_REQUEST) {
@@ -276,6 +288,15 @@ export class RtmpSession implements Session {
       default:
         this.log.debug({ type: m.type }, 'ignoring message type');
     }
+  }
+
+  /** Counts one control message; false (and the peer closed) once it floods. */
+  private countControl(): boolean {
+    const now = Date.now();
+    if (now - this.controlFlood.since > CONTROL_WINDOW_MS) this.controlFlood = { since: now, count: 0 };
+    if (++this.controlFlood.count <= MAX_CONTROL_MESSAGES) return true;
+    this.fail(new RtmpProtocolError('CONTROL_FLOOD', `more than ${MAX_CONTROL_MESSAGES} control messages (acks, pings, sizes) in ${CONTROL_WINDOW_MS} ms`));
+    return false;
   }
 
   /**
