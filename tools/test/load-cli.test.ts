@@ -4,6 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FlvTag } from '@meshcast/proto';
@@ -177,6 +179,50 @@ describe('meshcast-load against a meshcast node', { timeout: 60_000 }, () => {
       const { sessions } = await webrtc.api<{ sessions: Array<{ protocol: string }> }>('/api/v1/sessions');
       assert.deepEqual(sessions.filter((x) => x.protocol === 'whep'), []);
     } finally {
+      await webrtc.kill();
+      webrtc.cleanup();
+    }
+  });
+
+  it('--protocol whep: a viewer whose peer fails before it plays asks again with a fresh peer; the report counts the retry, not a failure', async () => {
+    const webrtc = await NodeProcess.start({ host: '127.0.0.173', config: { webrtc: { udp_port: await freeUdpPort('127.0.0.173') } }, env: { MESHCAST_LOG_LEVEL: 'warn' } });
+    // A WHEP proxy that spoils the first answer's DTLS fingerprint: that peer refuses the node's
+    // certificate and fails, as a libdatachannel peer does when it loses the offerer race.
+    let posts = 0;
+    let deletes = 0;
+    const proxy = createServer((req: IncomingMessage, res: ServerResponse) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        void (async () => {
+          if (req.method === 'POST') posts++;
+          if (req.method === 'DELETE') deletes++;
+          const up = await fetch(`${webrtc.httpUrl}${req.url}`, { method: req.method, headers: { 'Content-Type': req.headers['content-type'] ?? 'application/sdp' }, body: req.method === 'POST' ? Buffer.concat(chunks) : undefined });
+          let body = Buffer.from(await up.arrayBuffer());
+          if (req.method === 'POST' && posts === 1) body = Buffer.from(body.toString().replace(/(a=fingerprint:sha-256 )([0-9A-F]{2})/i, (_, p: string, b: string) => `${p}${b === '00' ? '11' : '00'}`));
+          const headers: Record<string, string> = { 'Content-Type': up.headers.get('content-type') ?? 'application/sdp' };
+          const loc = up.headers.get('location');
+          if (loc) headers.Location = loc;
+          res.writeHead(up.status, headers).end(body);
+        })().catch((err: Error) => res.writeHead(502).end(err.message));
+      });
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.173', r));
+    const proxyUrl = `http://127.0.0.173:${(proxy.address() as AddressInfo).port}`;
+    try {
+      const r = await runBin(['--url', `${webrtc.rtmpUrl}/live/wheprt`, '--protocol', 'whep', '--play-url', `${proxyUrl}/live/wheprt/whep`, '--viewers', '2', '--duration', '2', '--ramp', '0', '--json']);
+      assert.equal(r.code, 0, r.err);
+      const s = (JSON.parse(r.out) as LoadReport).summary;
+      assert.equal(s.failed, 0, JSON.stringify(s.failures));
+      assert.equal(s.receiving, 2);
+      assert.deepEqual(s.retries, { 'connect:ICE_FAILED': 1 });
+      assert.equal(posts, 3, 'two viewers, one of them twice');
+      // The failed attempt's session and the two played ones were all DELETEd.
+      assert.equal(deletes, 3);
+      const { sessions } = await webrtc.api<{ sessions: Array<{ protocol: string }> }>('/api/v1/sessions');
+      assert.deepEqual(sessions.filter((x) => x.protocol === 'whep'), []);
+    } finally {
+      proxy.close();
       await webrtc.kill();
       webrtc.cleanup();
     }

@@ -46,6 +46,7 @@ function part(over: Partial<SwarmPartReport>): SwarmPartReport {
     playing: 0,
     receiving: 0,
     failures: {},
+    retries: {},
     ttff: '',
     latency: '',
     frameLatency: '',
@@ -86,6 +87,7 @@ describe('merging swarm reports', () => {
       playing: 2,
       receiving: 2,
       failures: { 'connect:TIMEOUT': 1 },
+      retries: { 'connect:ICE_FAILED': 2 },
       ttff: hist([400, 500]),
       latency: hist([70, 90]),
       windowBytes: [1000, 990, 0],
@@ -102,6 +104,7 @@ describe('merging swarm reports', () => {
     assert.equal(s.receiving, 5);
     assert.equal(s.failed, 1);
     assert.deepEqual(s.failures, { 'connect:TIMEOUT': 1 });
+    assert.deepEqual(s.retries, { 'connect:ICE_FAILED': 2 }, 'a retry is reported, not counted as a failure');
     assert.equal(s.ttffMs.count, 5);
     assert.equal(s.ttffMs.p50, 300);
     assert.equal(s.ttffMs.max, 500);

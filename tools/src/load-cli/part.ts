@@ -205,6 +205,7 @@ export class LoadPart {
     const lat = newHistogram();
     const flat = newHistogram();
     const failures: Record<string, number> = { ...this.routeFailures };
+    const retries: Record<string, number> = {};
     const out: SwarmPartReport = {
       pid: process.pid,
       requested: this.total,
@@ -212,6 +213,7 @@ export class LoadPart {
       playing: 0,
       receiving: 0,
       failures,
+      retries,
       ttff: '',
       latency: '',
       frameLatency: '',
@@ -231,6 +233,7 @@ export class LoadPart {
       out.playing += r.playing;
       out.receiving += r.receiving;
       for (const [k, v] of Object.entries(r.failures)) failures[k] = (failures[k] ?? 0) + v;
+      for (const [k, v] of Object.entries(r.retries)) retries[k] = (retries[k] ?? 0) + v;
       ttff.add(decodeHistogram(r.ttff));
       lat.add(decodeHistogram(r.latency));
       flat.add(decodeHistogram(r.frameLatency));

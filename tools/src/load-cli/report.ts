@@ -94,6 +94,7 @@ export function renderReport(r: LoadReport): string {
       : `  frames       ${r.framesReceived} received; timestamps backwards ${s.tsBackwards}, jumps ${s.tsJumps}`,
     `  failures     ${Object.keys(s.failures).length ? Object.entries(s.failures).map(([k, v]) => `${k} ×${v}`).join(', ') : 'none'}`,
   ];
+  if (Object.keys(s.retries).length > 0) lines.push(`  retried      ${Object.entries(s.retries).map(([k, v]) => `${k} ×${v}`).join(', ')}  (attempts made again with a fresh peer)`);
   if (r.route) {
     const placed = Object.entries(r.route.perNode)
       .sort(([a], [b]) => (a < b ? -1 : 1))

@@ -19,6 +19,14 @@ const VIDEO_CLOCK_PER_MS = 90;
 const OPUS_CLOCK_PER_MS = 48;
 /** How long a DELETE of the session may take when the swarm stops before the peer is closed anyway. */
 const DELETE_TIMEOUT_MS = 2000;
+/**
+ * Attempts per viewer whose peer fails before it plays. libdatachannel, as the DTLS client,
+ * can receive the node's certificate before it has stored the answer's fingerprint; it then
+ * refuses the certificate and the peer fails ~10 ms after the answer (a few peers in a hundred
+ * under load). A browser does not do this, so a viewer asks again with a fresh peer, as a
+ * player would, and the report counts the retry instead of a failure.
+ */
+const MAX_ATTEMPTS = 3;
 
 /** Swarms in this process with peers not yet closed: libdatachannel's threads stop after the last. */
 let liveSwarms = 0;
@@ -66,6 +74,8 @@ export function carriesIdr(payload: Buffer): boolean {
 
 class WhepViewer extends ViewerTally {
   pc: PeerConnection | undefined;
+  /** Peers made for this viewer so far (see MAX_ATTEMPTS). */
+  attempts = 0;
   tracks: Track[] = [];
   /** The session resource from the answer's Location, for the DELETE. */
   resource: string | undefined;
@@ -103,6 +113,7 @@ export class WhepSwarm extends SwarmCore<WhepViewer> {
       this.fail(v, v.resource ? 'play:NO_MEDIA' : 'connect:TIMEOUT');
       this.close(v);
     }, timeoutMs);
+    v.attempts++;
     let pc: PeerConnection;
     try {
       // Loopback only, as every target of this tool; each peer has its own UDP port.
@@ -122,18 +133,22 @@ export class WhepSwarm extends SwarmCore<WhepViewer> {
     // Receiver reports (RFC 3550 §6.4.2) go back to the node, as a browser's do.
     vt.setMediaHandler(new nodeDataChannel.RtcpReceivingSession());
     at.setMediaHandler(new nodeDataChannel.RtcpReceivingSession());
-    vt.onMessage((pkt) => this.onVideo(v, pkt));
-    at.onMessage((pkt) => this.onAudio(v, pkt));
+    // Events of a peer this viewer has replaced (a retry) are not the viewer's.
+    vt.onMessage((pkt) => v.pc === pc && this.onVideo(v, pkt));
+    at.onMessage((pkt) => v.pc === pc && this.onAudio(v, pkt));
     pc.onStateChange((s) => {
+      if (v.pc !== pc) return;
       if (s === 'connected' && v.state === 'connecting') {
         v.state = 'playing';
         this.playing++;
       } else if ((s === 'failed' || s === 'closed' || s === 'disconnected') && !this.stopping) {
-        this.fail(v, v.state === 'playing' ? `closed:${s}` : `connect:ICE_${s.toUpperCase()}`);
+        const cause = v.state === 'playing' ? `closed:${s}` : `connect:ICE_${s.toUpperCase()}`;
+        if (v.state === 'connecting' && v.attempts < MAX_ATTEMPTS) return this.retry(v, i, cause);
+        this.fail(v, cause);
       }
     });
     pc.onGatheringStateChange((s) => {
-      if (s !== 'complete' || this.stopping || v.posted) return;
+      if (v.pc !== pc || s !== 'complete' || this.stopping || v.posted) return;
       v.posted = true;
       const offer = pc.localDescription();
       if (!offer) return this.fail(v, 'connect:NO_OFFER');
@@ -142,16 +157,32 @@ export class WhepSwarm extends SwarmCore<WhepViewer> {
     pc.setLocalDescription();
   }
 
+  /** A fresh peer for a viewer whose peer failed before it played; the failed session is DELETEd. */
+  private retry(v: WhepViewer, i: number, cause: string): void {
+    this.noteRetry(cause);
+    this.close(v);
+    v.posted = false;
+    v.tracks = [];
+    v.auBytes = 0;
+    v.auIdr = false;
+    v.videoTs0 = undefined;
+    v.audioTs0 = undefined;
+    this.open(v, i);
+  }
+
   private async post(v: WhepViewer, sdp: string): Promise<void> {
+    const pc = v.pc;
     let res: Response;
     try {
       res = await fetch(this.opts.url, { method: 'POST', headers: { 'Content-Type': 'application/sdp', 'User-Agent': 'meshcast-load' }, body: sdp, signal: AbortSignal.timeout(this.opts.timeoutMs ?? 10_000) });
     } catch (err) {
       const e = err as Error & { cause?: { code?: string } };
+      if (v.pc !== pc) return;
       return this.fail(v, `connect:${e.cause?.code ?? e.name}`);
     }
     const body = await res.text();
     if (res.status !== 201) {
+      if (v.pc !== pc) return;
       let code = '';
       try {
         code = (JSON.parse(body) as { code?: string }).code ?? '';
@@ -161,10 +192,16 @@ export class WhepSwarm extends SwarmCore<WhepViewer> {
       return this.fail(v, `play:HTTP${res.status}${code ? `:${code}` : ''}`);
     }
     const loc = res.headers.get('location');
-    if (loc) v.resource = new URL(loc, this.opts.url).toString();
+    const resource = loc ? new URL(loc, this.opts.url).toString() : undefined;
+    if (v.pc !== pc) {
+      // The peer was replaced while its offer was out: end the session it made.
+      if (resource) void fetch(resource, { method: 'DELETE', signal: AbortSignal.timeout(DELETE_TIMEOUT_MS) }).then((r) => r.body?.cancel()).catch(() => undefined);
+      return;
+    }
+    v.resource = resource;
     if (this.stopping || v.state === 'failed') return this.close(v);
     try {
-      v.pc?.setRemoteDescription(body, 'answer');
+      pc?.setRemoteDescription(body, 'answer');
     } catch (err) {
       // libdatachannel now and then throws on the answer's candidates after it has applied the
       // description and started ICE; ICE goes on (the node's checks give it the node's address),
@@ -207,8 +244,9 @@ export class WhepSwarm extends SwarmCore<WhepViewer> {
     v.pc = undefined;
     const resource = v.resource;
     v.resource = undefined;
+    const tracks = v.tracks; // the peer's own: a retry gives the viewer new ones before this runs
     const closePeer = (): void => {
-      for (const t of v.tracks) t.close();
+      for (const t of tracks) t.close();
       pc?.close();
     };
     if (!resource) return closePeer();

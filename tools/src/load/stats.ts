@@ -31,6 +31,11 @@ export interface SwarmPartReport {
   receiving: number;
   /** Viewers that failed (connect/play refused, closed while playing, or no video at all), by cause. */
   failures: Record<string, number>;
+  /**
+   * Connection attempts that failed and were made again with a fresh peer, by cause. A viewer
+   * that then played is not a failure; one that ran out of attempts is counted in `failures`.
+   */
+  retries: Record<string, number>;
   /** Time to first video keyframe (connect start → first keyframe: the first picture a player can show), ms, hdr-histogram compressed base64. */
   ttff: string;
   /** Glass-to-glass latency from onMeshcastClock stamps seen during the window, ms. */
@@ -87,6 +92,8 @@ export interface SwarmSummary {
   receiving: number;
   failed: number;
   failures: Record<string, number>;
+  /** Attempts made again with a fresh peer, by cause (see SwarmPartReport.retries). */
+  retries: Record<string, number>;
   ttffMs: Percentiles;
   latencyMs: Percentiles;
   frameLatencyMs: Percentiles;
@@ -138,6 +145,7 @@ export function summarizeSwarm(parts: SwarmPartReport[], expectedBytesPerViewer:
   const flat = newHistogram();
   let early = 0;
   const failures: Record<string, number> = {};
+  const retries: Record<string, number> = {};
   const bytes: number[] = [];
   const lags: number[] = [];
   let requested = 0;
@@ -161,6 +169,7 @@ export function summarizeSwarm(parts: SwarmPartReport[], expectedBytesPerViewer:
     windowMs = Math.max(windowMs, p.windowMs);
     rss += p.rssBytes;
     for (const [k, v] of Object.entries(p.failures)) failures[k] = (failures[k] ?? 0) + v;
+    for (const [k, v] of Object.entries(p.retries)) retries[k] = (retries[k] ?? 0) + v;
     ttff.add(decodeHistogram(p.ttff));
     lat.add(decodeHistogram(p.latency));
     flat.add(decodeHistogram(p.frameLatency));
@@ -189,6 +198,7 @@ export function summarizeSwarm(parts: SwarmPartReport[], expectedBytesPerViewer:
     receiving,
     failed,
     failures,
+    retries,
     ttffMs: percentiles(ttff),
     latencyMs: percentiles(lat),
     frameLatencyMs: percentiles(flat),

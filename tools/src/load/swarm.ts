@@ -153,6 +153,7 @@ export abstract class SwarmCore<V extends ViewerTally> {
   winTs1 = -Infinity;
   protected readonly viewers: V[] = [];
   private readonly failures: Record<string, number> = {};
+  private readonly retries: Record<string, number> = {};
   private ttff: Histogram = newHistogram();
   private latency: Histogram = newHistogram();
   private frameLatency: Histogram = newHistogram();
@@ -211,6 +212,11 @@ export abstract class SwarmCore<V extends ViewerTally> {
     v.state = 'failed';
     this.failed++;
     this.failures[cause] = (this.failures[cause] ?? 0) + 1;
+  }
+
+  /** Counts an attempt that failed with `cause` and is being made again (the viewer has not failed). */
+  protected noteRetry(cause: string): void {
+    this.retries[cause] = (this.retries[cause] ?? 0) + 1;
   }
 
   /** @internal called by viewers */
@@ -323,6 +329,7 @@ export abstract class SwarmCore<V extends ViewerTally> {
       playing: this.playing,
       receiving: this.receiving,
       failures,
+      retries: { ...this.retries },
       ttff: encodeHistogram(this.ttff),
       latency: encodeHistogram(this.latency),
       frameLatency: encodeHistogram(this.frameLatency),
