@@ -8,11 +8,14 @@
  *   206 with the bytes of the whole file; the HLS VOD playlist lists segments and ends; an
  *   unknown stream is 404 (RTMP StreamNotFound), a traversal or a bad time 400; the VOD app's play
  *   rules apply (a signed token for `cam.mp4`); two requests make one stitch;
+ * - lone node in headless Chromium: a <video> plays `cam.mp4` over HTTP from the start and after a
+ *   seek to the middle, and hls.js plays the HLS VOD of it;
  * - mesh: M2, which recorded nothing, serves M1's recording over RTMP, HTTP and HLS.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RtmpClient } from '@meshcast/node/client';
@@ -20,6 +23,7 @@ import { startNatsServer, type NatsServer } from '../harness/nats.ts';
 import { NodeProcess } from '../harness/node-process.ts';
 import { FfmpegPublisher, run } from '../harness/ffmpeg.ts';
 import { waitFor } from '../harness/ports.ts';
+import { launchBrowser } from '../harness/browser.ts';
 import { mintToken } from '../../../services/node/src/auth/token.ts';
 
 const SECONDS = 9;
@@ -72,6 +76,55 @@ async function decodeToEnd(url: string): Promise<{ code: number | null; seconds:
 
 /** `20261205T160000Z` of a time (whole seconds, UTC). */
 const stamp = (ms: number): string => new Date(Math.floor(ms / 1000) * 1000).toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
+
+/**
+ * In the page (plain JS: the project compiles without the DOM library). A muted <video> plays
+ * the recording from the start, then from a seek to the middle.
+ */
+const PROGRESSIVE_PLAY = `(async () => {
+  const v = document.createElement('video');
+  v.muted = true;
+  document.body.append(v);
+  const until = (what, ok, ms) => new Promise((res, rej) => {
+    const t0 = Date.now();
+    const tick = () => {
+      if (ok()) return res();
+      if (v.error) return rej(new Error(what + ': media error ' + v.error.code + ' ' + v.error.message));
+      if (Date.now() - t0 > ms) return rej(new Error(what + ': timed out at currentTime ' + v.currentTime));
+      setTimeout(tick, 50);
+    };
+    tick();
+  });
+  v.src = '/rec/cam.mp4';
+  await v.play();
+  await until('plays from the start', () => v.currentTime > 1.5 && v.videoWidth > 0, 15000);
+  const fromStart = { currentTime: v.currentTime, width: v.videoWidth, height: v.videoHeight, duration: v.duration };
+  const target = v.duration / 2;
+  v.currentTime = target;
+  await until('plays after the seek', () => !v.seeking && v.currentTime > target + 1, 15000);
+  const q = v.getVideoPlaybackQuality();
+  return { fromStart, seekTo: target, afterSeek: v.currentTime, framesShown: q.totalVideoFrames - q.droppedVideoFrames };
+})()`;
+
+/** In the page, after hls.js is loaded: the HLS VOD of the recording until 2 s have played, or a fatal error. */
+const HLS_PLAY = `(async () => {
+  const v = document.createElement('video');
+  v.muted = true;
+  document.body.append(v);
+  const player = new Hls();
+  const fatal = [];
+  player.on(Hls.Events.ERROR, (_e, d) => { if (d.fatal) fatal.push(d.details || '?'); });
+  player.loadSource('/rec/cam.mp4/index.m3u8');
+  player.attachMedia(v);
+  const t0 = Date.now();
+  while (!(v.currentTime > 2 && v.videoWidth > 0) && fatal.length === 0 && Date.now() - t0 < 20000) {
+    if (v.paused && v.readyState >= 2) await v.play().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const out = { currentTime: v.currentTime, width: v.videoWidth, duration: v.duration, fatal };
+  player.destroy();
+  return out;
+})()`;
 
 describe('recordings as a VOD source', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'meshcast-vodrec-e2e-'));
@@ -183,6 +236,31 @@ describe('recordings as a VOD source', () => {
     // The cache: the whole recording and the time form were stitched once each, whatever the requests and apps.
     const vod = await lone.api<{ cache?: { fetches: number; hits: number } }>('/api/v1/vod');
     assert.ok(vod.cache && vod.cache.fetches === 2 && vod.cache.hits >= 4, JSON.stringify(vod));
+  });
+
+  test('Chromium plays the recording: a <video> over HTTP from the start and after a seek, and the HLS VOD with hls.js', async (t) => {
+    const span = loneRec.spans[0]!;
+    const browser = await launchBrowser();
+    try {
+      const page = await browser.newPage();
+      // A page of the node's own origin (the playlist as text), so hls.js fetches from it as a player page would.
+      await page.goto(`${lone.httpUrl}/rec/cam.mp4/index.m3u8`);
+      const progressive = (await page.evaluate(PROGRESSIVE_PLAY)) as { fromStart: { currentTime: number; width: number; height: number; duration: number }; seekTo: number; afterSeek: number; framesShown: number };
+      t.diagnostic(`<video> cam.mp4: ${JSON.stringify(progressive)}`);
+      assert.equal(progressive.fromStart.width, ENCODER.width);
+      assert.equal(progressive.fromStart.height, ENCODER.height);
+      assert.ok(Math.abs(progressive.fromStart.duration - span.duration) < 1, `<video> duration ${progressive.fromStart.duration} s vs the span's ${span.duration} s`);
+      assert.ok(progressive.framesShown > 25, `${progressive.framesShown} frames shown`);
+
+      await page.addScriptTag({ content: readFileSync(createRequire(import.meta.url).resolve('hls.js/dist/hls.min.js'), 'utf8') });
+      const hls = (await page.evaluate(HLS_PLAY)) as { currentTime: number; width: number; duration: number; fatal: string[] };
+      t.diagnostic(`hls.js cam.mp4/index.m3u8: ${JSON.stringify(hls)}`);
+      assert.deepEqual(hls.fatal, []);
+      assert.ok(hls.currentTime > 2 && hls.width === ENCODER.width, JSON.stringify(hls));
+      assert.ok(Math.abs(hls.duration - span.duration) < 1.5, `HLS duration ${hls.duration} s vs the span's ${span.duration} s`);
+    } finally {
+      await browser.close();
+    }
   });
 
   test('mesh: a node that recorded nothing serves the recording from the object store over RTMP, HTTP and HLS', async () => {
