@@ -195,11 +195,12 @@ describe('meshcast-load against a meshcast node', { timeout: 60_000 }, () => {
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
         void (async () => {
-          if (req.method === 'POST') posts++;
+          // Numbered on arrival: both viewers' offers come at once.
+          const post = req.method === 'POST' ? ++posts : 0;
           if (req.method === 'DELETE') deletes++;
           const up = await fetch(`${webrtc.httpUrl}${req.url}`, { method: req.method, headers: { 'Content-Type': req.headers['content-type'] ?? 'application/sdp' }, body: req.method === 'POST' ? Buffer.concat(chunks) : undefined });
           let body = Buffer.from(await up.arrayBuffer());
-          if (req.method === 'POST' && posts === 1) body = Buffer.from(body.toString().replace(/(a=fingerprint:sha-256 )([0-9A-F]{2})/i, (_, p: string, b: string) => `${p}${b === '00' ? '11' : '00'}`));
+          if (post === 1) body = Buffer.from(body.toString().replace(/(a=fingerprint:sha-256 )([0-9A-F]{2})/i, (_, p: string, b: string) => `${p}${b === '00' ? '11' : '00'}`));
           const headers: Record<string, string> = { 'Content-Type': up.headers.get('content-type') ?? 'application/sdp' };
           const loc = up.headers.get('location');
           if (loc) headers.Location = loc;
@@ -215,10 +216,12 @@ describe('meshcast-load against a meshcast node', { timeout: 60_000 }, () => {
       const s = (JSON.parse(r.out) as LoadReport).summary;
       assert.equal(s.failed, 0, JSON.stringify(s.failures));
       assert.equal(s.receiving, 2);
-      assert.deepEqual(s.retries, { 'connect:ICE_FAILED': 1 });
-      assert.equal(posts, 3, 'two viewers, one of them twice');
-      // The failed attempt's session and the two played ones were all DELETEd.
-      assert.equal(deletes, 3);
+      // The spoiled answer's peer was retried; libdatachannel's own race may add a retry of its own.
+      assert.ok((s.retries['connect:ICE_FAILED'] ?? 0) >= 1, JSON.stringify(s.retries));
+      const retried = Object.values(s.retries).reduce((a, b) => a + b, 0);
+      assert.equal(posts, 2 + retried, 'one offer per viewer, and one per retry');
+      // Every session made, the failed attempts' and the played ones, was DELETEd.
+      assert.equal(deletes, posts);
       const { sessions } = await webrtc.api<{ sessions: Array<{ protocol: string }> }>('/api/v1/sessions');
       assert.deepEqual(sessions.filter((x) => x.protocol === 'whep'), []);
     } finally {
