@@ -10,6 +10,7 @@
  * picture ID alone. A keyframe's first packet carries the scalability structure (V) with the
  * picture's size when it is known, so the receiver learns the resolution before decoding.
  */
+import { BitReader } from '../codec.ts';
 
 /** Picture IDs are 15 bits (RFC 9628 §4.2, M=1): they wrap to 0 after 0x7fff. */
 export const VP9_PICTURE_ID_MASK = 0x7fff;
@@ -101,22 +102,6 @@ export function rtpPackets(payloads: readonly Buffer[], h: RtpHeaderFields): Buf
   });
 }
 
-/** Reads bits MSB first; past the end it reads undefined. */
-class BitReader {
-  private pos = 0;
-  constructor(private readonly buf: Buffer) {}
-  read(n: number): number | undefined {
-    let v = 0;
-    for (let i = 0; i < n; i++) {
-      const byte = this.buf[this.pos >> 3];
-      if (byte === undefined) return undefined;
-      v = v * 2 + ((byte >> (7 - (this.pos & 7))) & 1);
-      this.pos++;
-    }
-    return v;
-  }
-}
-
 const VP9_FRAME_MARKER = 2;
 const VP9_SYNC_CODE = 0x498342;
 const CS_RGB = 7;
@@ -128,26 +113,23 @@ const CS_RGB = 7;
  * Undefined when the frame is not a keyframe or the header is truncated or malformed.
  */
 export function vp9KeyframeSize(frame: Buffer): Vp9FrameSize | undefined {
+  // Past the end the reader gives zero bits and sets `overrun`: checked before the size is used.
   const r = new BitReader(frame);
-  if (r.read(2) !== VP9_FRAME_MARKER) return undefined;
-  const low = r.read(1);
-  const high = r.read(1);
-  if (low === undefined || high === undefined) return undefined;
-  const profile = (high << 1) | low;
-  if (profile === 3 && r.read(1) !== 0) return undefined; // reserved_zero
-  if (r.read(1) !== 0) return undefined; // show_existing_frame: no header of its own
-  if (r.read(1) !== 0) return undefined; // frame_type 0 = KEY_FRAME
-  if (r.read(2) === undefined) return undefined; // show_frame, error_resilient_mode
-  if (r.read(24) !== VP9_SYNC_CODE) return undefined;
-  if (profile >= 2 && r.read(1) === undefined) return undefined; // ten_or_twelve_bit
-  const colorSpace = r.read(3);
-  if (colorSpace === undefined) return undefined;
+  if (r.readBits(2) !== VP9_FRAME_MARKER) return undefined;
+  const low = r.readBit();
+  const profile = (r.readBit() << 1) | low;
+  if (profile === 3 && r.readBit() !== 0) return undefined; // reserved_zero
+  if (r.readBit() !== 0) return undefined; // show_existing_frame: no header of its own
+  if (r.readBit() !== 0) return undefined; // frame_type 0 = KEY_FRAME
+  r.skipBits(2); // show_frame, error_resilient_mode
+  if (r.readBits(24) !== VP9_SYNC_CODE) return undefined;
+  if (profile >= 2) r.skipBits(1); // ten_or_twelve_bit
+  const colorSpace = r.readBits(3);
   // color_range, then subsampling_x/y and reserved_zero in profiles 1 and 3 (RGB: no range, no subsampling bits).
-  const bits = (colorSpace !== CS_RGB ? 1 : 0) + (profile === 1 || profile === 3 ? (colorSpace !== CS_RGB ? 3 : 1) : 0);
-  if (bits > 0 && r.read(bits) === undefined) return undefined;
-  const w = r.read(16);
-  const h = r.read(16);
-  if (w === undefined || h === undefined) return undefined;
+  r.skipBits((colorSpace !== CS_RGB ? 1 : 0) + (profile === 1 || profile === 3 ? (colorSpace !== CS_RGB ? 3 : 1) : 0));
+  const w = r.readBits(16);
+  const h = r.readBits(16);
+  if (!r.ok) return undefined;
   return { width: w + 1, height: h + 1 };
 }
 

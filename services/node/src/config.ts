@@ -245,7 +245,8 @@ function checkRecording(cfg: NodeConfig): void {
   }
 }
 
-const vodSettings = (cfg: NodeConfig) => [['app_defaults.vod', cfg.app_defaults.vod] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.vod`, a.vod] as const)];
+/** Every VOD setting of a config with its path: `app_defaults.vod`, then `apps.<app>.vod`. */
+export const vodSettings = (cfg: NodeConfig) => [['app_defaults.vod', cfg.app_defaults.vod] as const, ...Object.entries(cfg.apps).map(([app, a]) => [`apps.${app}.vod`, a.vod] as const)];
 
 /** An app with no VOD root here has the mesh to fetch from; an app serving recordings names a live app that records. */
 function checkVod(cfg: NodeConfig): void {

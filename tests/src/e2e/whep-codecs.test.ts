@@ -63,51 +63,60 @@ async function offerer(codecs: Array<'H264' | 'H265' | 'VP8' | 'VP9' | 'VP9-2' |
   };
 }
 
+/** ffmpeg's test pattern, 320x240, encoded with `codecArgs` into a file of `format`; its bytes. */
+function encodeTestPattern(seconds: number, fps: number, codecArgs: string[], format: 'obu' | 'ivf'): Buffer {
+  const dir = mkdtempSync(join(tmpdir(), `meshcast-${format}-`));
+  try {
+    const file = join(dir, `clip.${format}`);
+    execFileSync('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', '-y', '-f', 'lavfi', '-i', `testsrc=size=320x240:rate=${fps}`, '-t', String(seconds), ...codecArgs, '-pix_fmt', 'yuv420p', '-f', format, file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    return readFileSync(file);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A clip of Enhanced RTMP video tags: the sequence header `config`, then one CodedFrames tag per frame at `fps`. */
+function enhancedClip(fourcc: string, config: Buffer, frames: Array<{ data: Buffer; key: boolean }>, seconds: number, fps: number): Clip {
+  return {
+    headers: [{ type: 9, timestamp: 0, payload: exVideo(1, 0, fourcc, config) }],
+    frames: frames.map((f, i) => ({ type: 9 as const, timestamp: Math.round((i * 1000) / fps), payload: exVideo(f.key ? 1 : 2, 1, fourcc, f.data) })),
+    periodMs: seconds * 1000,
+  };
+}
+
 /**
  * AV1 (SVT-AV1, low delay, a keyframe a second) as Enhanced RTMP 'av01' tags: an av1C sequence
  * header tag, then one CodedFrames tag per temporal unit (the OBUs as the encoder wrote them).
  */
 function av1Clip(seconds: number, fps: number): Clip {
-  const dir = mkdtempSync(join(tmpdir(), 'meshcast-av1-'));
-  try {
-    const file = join(dir, 'a.obu');
-    execFileSync('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', '-y', '-f', 'lavfi', '-i', `testsrc=size=320x240:rate=${fps}`, '-t', String(seconds), '-c:v', 'libsvtav1', '-preset', '12', '-g', String(fps), '-svtav1-params', 'pred-struct=1', '-pix_fmt', 'yuv420p', '-f', 'obu', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-    const data = readFileSync(file);
-    // Split at temporal delimiters (OBU type 2); every OBU here carries its size (leb128).
-    const units: Buffer[] = [];
-    let seqHeader: Buffer | undefined;
-    let start = 0;
-    let off = 0;
-    while (off < data.length) {
-      const obuStart = off;
-      const type = (data[off]! >> 3) & 0x0f;
-      off += data[off]! & 0x04 ? 2 : 1;
-      let size = 0;
-      for (let i = 0; ; i++) {
-        const b = data[off++]!;
-        size += (b & 0x7f) * 2 ** (7 * i);
-        if (!(b & 0x80)) break;
-      }
-      off += size;
-      if (type === 2 && obuStart > start) {
-        units.push(data.subarray(start, obuStart));
-        start = obuStart;
-      }
-      if (type === 1) seqHeader ??= data.subarray(obuStart, off);
+  const data = encodeTestPattern(seconds, fps, ['-c:v', 'libsvtav1', '-preset', '12', '-g', String(fps), '-svtav1-params', 'pred-struct=1'], 'obu');
+  // Split at temporal delimiters (OBU type 2); every OBU here carries its size (leb128).
+  const units: Buffer[] = [];
+  let seqHeader: Buffer | undefined;
+  let start = 0;
+  let off = 0;
+  while (off < data.length) {
+    const obuStart = off;
+    const type = (data[off]! >> 3) & 0x0f;
+    off += data[off]! & 0x04 ? 2 : 1;
+    let size = 0;
+    for (let i = 0; ; i++) {
+      const b = data[off++]!;
+      size += (b & 0x7f) * 2 ** (7 * i);
+      if (!(b & 0x80)) break;
     }
-    units.push(data.subarray(start));
-    assert.ok(seqHeader, 'the encoder wrote a sequence header');
-    // av1C: marker+version, then profile/level and flags this node does not read, then the configOBUs.
-    const av1C = Buffer.concat([Buffer.from([0x81, 0x08, 0x0c, 0x00]), seqHeader]);
-    const hasSeq = (u: Buffer): boolean => u.includes(seqHeader!);
-    return {
-      headers: [{ type: 9, timestamp: 0, payload: exVideo(1, 0, 'av01', av1C) }],
-      frames: units.map((u, i) => ({ type: 9 as const, timestamp: Math.round((i * 1000) / fps), payload: exVideo(hasSeq(u) ? 1 : 2, 1, 'av01', u) })),
-      periodMs: seconds * 1000,
-    };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+    off += size;
+    if (type === 2 && obuStart > start) {
+      units.push(data.subarray(start, obuStart));
+      start = obuStart;
+    }
+    if (type === 1) seqHeader ??= data.subarray(obuStart, off);
   }
+  units.push(data.subarray(start));
+  assert.ok(seqHeader, 'the encoder wrote a sequence header');
+  // av1C: marker+version, then profile/level and flags this node does not read, then the configOBUs.
+  const av1C = Buffer.concat([Buffer.from([0x81, 0x08, 0x0c, 0x00]), seqHeader]);
+  return enhancedClip('av01', av1C, units.map((u) => ({ data: u, key: u.includes(seqHeader!) })), seconds, fps);
 }
 
 /**
@@ -116,31 +125,20 @@ function av1Clip(seconds: number, fps: number): Clip {
  * VP9 frame header says KEY_FRAME.
  */
 function vp9Clip(seconds: number, fps: number): Clip {
-  const dir = mkdtempSync(join(tmpdir(), 'meshcast-vp9-'));
-  try {
-    const file = join(dir, 'v.ivf');
-    execFileSync('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', '-y', '-f', 'lavfi', '-i', `testsrc=size=320x240:rate=${fps}`, '-t', String(seconds), '-c:v', 'libvpx-vp9', '-deadline', 'realtime', '-cpu-used', '8', '-g', String(fps), '-auto-alt-ref', '0', '-lag-in-frames', '0', '-pix_fmt', 'yuv420p', '-f', 'ivf', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-    const data = readFileSync(file);
-    // IVF: a 32-byte file header, then per frame a 4-byte little-endian size and an 8-byte timestamp.
-    const frames: Buffer[] = [];
-    for (let off = data.readUInt16LE(6); off + 12 <= data.length; ) {
-      const size = data.readUInt32LE(off);
-      frames.push(data.subarray(off + 12, off + 12 + size));
-      off += 12 + size;
-    }
-    // Uncompressed header (VP9 spec §6.2), profile 0: frame_marker(2) profile(2) show_existing_frame(1) frame_type(1: 0 = key).
-    const isKey = (f: Buffer): boolean => (f[0]! & 0xc8) === 0x80 && (f[0]! & 0x04) === 0;
-    assert.ok(frames.length >= seconds * fps && isKey(frames[0]!), `${frames.length} VP9 frames, the first a keyframe`);
-    // vpcC: version 1, flags 0; profile 0, level 1.0, 8 bits 4:2:0, BT.709 colour, no codec initialization data.
-    const vpcC = Buffer.from([0x01, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x82, 0x01, 0x01, 0x01, 0x00, 0x00]);
-    return {
-      headers: [{ type: 9, timestamp: 0, payload: exVideo(1, 0, 'vp09', vpcC) }],
-      frames: frames.map((f, i) => ({ type: 9 as const, timestamp: Math.round((i * 1000) / fps), payload: exVideo(isKey(f) ? 1 : 2, 1, 'vp09', f) })),
-      periodMs: seconds * 1000,
-    };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  const data = encodeTestPattern(seconds, fps, ['-c:v', 'libvpx-vp9', '-deadline', 'realtime', '-cpu-used', '8', '-g', String(fps), '-auto-alt-ref', '0', '-lag-in-frames', '0'], 'ivf');
+  // IVF: a 32-byte file header, then per frame a 4-byte little-endian size and an 8-byte timestamp.
+  const frames: Buffer[] = [];
+  for (let off = data.readUInt16LE(6); off + 12 <= data.length; ) {
+    const size = data.readUInt32LE(off);
+    frames.push(data.subarray(off + 12, off + 12 + size));
+    off += 12 + size;
   }
+  // Uncompressed header (VP9 spec §6.2), profile 0: frame_marker(2) profile(2) show_existing_frame(1) frame_type(1: 0 = key).
+  const isKey = (f: Buffer): boolean => (f[0]! & 0xc8) === 0x80 && (f[0]! & 0x04) === 0;
+  assert.ok(frames.length >= seconds * fps && isKey(frames[0]!), `${frames.length} VP9 frames, the first a keyframe`);
+  // vpcC: version 1, flags 0; profile 0, level 1.0, 8 bits 4:2:0, BT.709 colour, no codec initialization data.
+  const vpcC = Buffer.from([0x01, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x82, 0x01, 0x01, 0x01, 0x00, 0x00]);
+  return enhancedClip('vp09', vpcC, frames.map((f) => ({ data: f, key: isKey(f) })), seconds, fps);
 }
 
 /**

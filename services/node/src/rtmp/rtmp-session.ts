@@ -75,6 +75,23 @@ const BAD_DATA_WINDOW_MS = 10_000;
  */
 const MAX_CONTROL_MESSAGES = 500;
 const CONTROL_WINDOW_MS = 1000;
+/** Events in fixed windows of `windowMs`: `over` is true once more than `max` fell in the current one. */
+class WindowedCount {
+  private since = 0;
+  private count = 0;
+  constructor(
+    private readonly max: number,
+    private readonly windowMs: number,
+  ) {}
+  over(now: number): boolean {
+    if (now - this.since > this.windowMs) {
+      this.since = now;
+      this.count = 0;
+    }
+    return ++this.count > this.max;
+  }
+}
+
 /** Longest client-supplied text echoed back or logged (FCPublish names, unknown command names, tcUrl). */
 const MAX_ECHO_CHARS = 256;
 
@@ -143,8 +160,8 @@ export class RtmpSession implements Session {
   private lastActiveAt = Date.now();
   /** Reading is paused because the peer does not read our replies (limits.reply_buffer_bytes). */
   private readPaused = false;
-  private badData = { since: 0, count: 0 };
-  private controlFlood = { since: 0, count: 0 };
+  private readonly badData = new WindowedCount(MAX_BAD_DATA_MESSAGES, BAD_DATA_WINDOW_MS);
+  private readonly controlMessages = new WindowedCount(MAX_CONTROL_MESSAGES, CONTROL_WINDOW_MS);
 
   constructor(
     readonly socket: Socket,
@@ -292,9 +309,7 @@ export class RtmpSession implements Session {
 
   /** Counts one control message; false (and the peer closed) once it floods. */
   private countControl(): boolean {
-    const now = Date.now();
-    if (now - this.controlFlood.since > CONTROL_WINDOW_MS) this.controlFlood = { since: now, count: 0 };
-    if (++this.controlFlood.count <= MAX_CONTROL_MESSAGES) return true;
+    if (!this.controlMessages.over(Date.now())) return true;
     this.fail(new RtmpProtocolError('CONTROL_FLOOD', `more than ${MAX_CONTROL_MESSAGES} control messages (acks, pings, sizes) in ${CONTROL_WINDOW_MS} ms`));
     return false;
   }
@@ -342,9 +357,7 @@ export class RtmpSession implements Session {
     if (!ns || ns.kind !== 'publishing' || !ns.hub) return;
     const values = m.type === MessageType.DATA_AMF3 ? decodeAmf3Command(m.payload, this.amfLimits) : decodeAmf0(m.payload, this.amfLimits);
     if (values instanceof Error) {
-      const now = Date.now();
-      if (now - this.badData.since > BAD_DATA_WINDOW_MS) this.badData = { since: now, count: 0 };
-      if (++this.badData.count > MAX_BAD_DATA_MESSAGES) {
+      if (this.badData.over(Date.now())) {
         return this.fail(new RtmpProtocolError('MESSAGE_MALFORMED', `more than ${MAX_BAD_DATA_MESSAGES} undecodable data messages in ${BAD_DATA_WINDOW_MS} ms (last: ${values.code})`));
       }
       this.peerWarn({ err: values.message, code: values.code }, 'undecodable data message; dropped');

@@ -27,7 +27,7 @@
  * player, or many viewers arriving together, do not each stitch a slightly longer file.
  */
 import { writeFile } from 'node:fs/promises';
-import type { NodeConfig } from '../config.ts';
+import { vodSettings, type NodeConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import { checkName } from '../media/host.ts';
 import { NothingToStitchError, type StitchedMp4 } from '../recording/mp4.ts';
@@ -126,10 +126,6 @@ export class RecordingsVodSource {
     this.now = opts.now ?? Date.now;
   }
 
-  get cache(): VodCache {
-    return this.opts.cache;
-  }
-
   /** The cached MP4 of `name` of VOD app `vodApp`, which serves the recordings of `liveApp`; rejects with VodError. */
   async file(vodApp: string, liveApp: string, name: RecordingName): Promise<{ path: string; size: number }> {
     const reader = this.opts.reader();
@@ -182,5 +178,5 @@ function storeFailure(err: unknown, what: string): unknown {
 
 /** True when some app of this config serves recordings (per app, `"*"` or `app_defaults`). */
 export function hasRecordingsVodApps(cfg: NodeConfig): boolean {
-  return [cfg.app_defaults.vod, ...Object.values(cfg.apps).map((a) => a.vod)].some((v) => !!(v && v.recordings));
+  return vodSettings(cfg).some(([, v]) => !!(v && v.recordings));
 }

@@ -245,4 +245,3 @@ function chooseIngestH264(video: OfferedMedia): { pt: number; fmtp: string } | u
   const f = mode1.find((x) => plid(x).startsWith('42e0')) ?? mode1.find((x) => plid(x).startsWith('42')) ?? mode1[0];
   return f ? { pt: f.pt, fmtp: f.fmtp } : undefined;
 }
-
