@@ -13,7 +13,8 @@
 #   containers reach nothing but each other. Its data root is kept, so the base image is cached.
 # - When no engine can be started (not root, no packages, the kernel refuses), it prints
 #   "compose test: SKIPPED: <why>" and exits 0, except under CI=true, where it fails
-#   ("compose test: FAILED: …"). When an engine runs and the test fails, it fails.
+#   ("compose test: FAILED: …"). When an engine runs and the test fails, it fails; under CI a
+#   run that skipped any test fails too.
 # - iptables/ip6tables rules (nft and legacy), bridges/veths and ip_forward are compared before
 #   and after; any difference fails the step.
 #
@@ -26,8 +27,9 @@ repo=$(pwd)
 started=$(date +%s)
 
 # Outside CI a machine without an engine skips; under CI (CI=true, or any CI value but "" / false / 0) that is a failure.
+in_ci() { [[ -n ${CI:-} && ${CI} != false && ${CI} != 0 ]]; }
 skip() {
-  if [[ -n ${CI:-} && ${CI} != false && ${CI} != 0 ]]; then
+  if in_ci; then
     echo "compose test: FAILED: cannot run under CI=${CI}: $*" >&2
     exit 1
   fi
@@ -146,8 +148,15 @@ if [[ $private == 1 ]]; then
 fi
 
 # The test itself: build, up, publish, play, kill the owner, republish, down, verify.
-(cd tests && timeout --kill-after=30 900 node --import tsx --test --test-concurrency=1 --test-reporter=spec src/compose/compose.test.ts)
-rc=$?
+report=$(mktemp /tmp/meshcast-compose-test.XXXXXX.log)
+(cd tests && timeout --kill-after=30 900 node --import tsx --test --test-concurrency=1 --test-reporter=spec src/compose/compose.test.ts) 2>&1 | tee "$report"
+rc=${PIPESTATUS[0]}
+# Under CI a skipped test fails the step as a skipped step does: the run must say "skipped 0".
+if in_ci && ! grep -qE '^ℹ skipped 0$' "$report"; then
+  echo "compose test: FAILED: under CI=${CI} every test must run, and the run reports skipped tests (or no summary)" >&2
+  rc=1
+fi
+rm -f "$report"
 
 # Safety net for a test that was killed before its own teardown: take the project down.
 compose=(docker compose)
